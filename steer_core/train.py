@@ -1,0 +1,381 @@
+"""Fit a steer on cached final hidden states.
+
+The LM body is frozen, so its final hidden states h are computed once per dataset (and saved); fitting W then
+only touches the output projection: ``loss = CE(E (h + ε Σ s_i W_i h), next token)``. That objective is convex in
+W. Tokens are packed (a batch is a set of real tokens, never padding), so padding costs no compute and never
+enters the loss. Checkpoints hold the steer and the optimizer state; per-epoch token orders derive from the
+seed, so a resumed fit replays exactly the steps the interrupted one would have taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import TrainConfig
+from .lm import LoadedLM
+from .steer import Steer
+
+
+@dataclass
+class HiddenCache:
+    """Final hidden states of every predicting position, with its next token and its text's index."""
+
+    h: torch.Tensor  # (N, d)
+    targets: torch.Tensor  # (N,)
+    text_index: torch.Tensor  # (N,)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.targets.numel())
+
+
+@dataclass
+class TrainSummary:
+    """What a fit did; stored in the steer's metadata."""
+
+    epochs: int = 0
+    steps: int = 0
+    train_tokens: int = 0
+    val_tokens: int = 0
+    base_val_loss: float = float("nan")
+    best_val_loss: float = float("nan")
+    best_epoch: int = 0
+    val_history: list[float] = field(default_factory=list)
+    train_history: list[float] = field(default_factory=list)
+    stopped_early: bool = False
+    cache_seconds: float = 0.0
+    fit_seconds: float = 0.0
+    resumed_from_step: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def texts_hash(texts: Sequence[str], values: torch.Tensor | None = None) -> str:
+    """Content hash of a training set (texts and their steer values)."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\x00")
+    if values is not None:
+        h.update(values.float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- hidden-state cache
+@torch.no_grad()
+def cache_hidden_states(
+    lm: LoadedLM,
+    texts: Sequence[str],
+    max_length: int = 64,
+    batch_tokens: int = 4096,
+    progress: bool = False,
+) -> HiddenCache:
+    """Run the frozen body once over ``texts`` (sorted by length, right-padded) and keep only real positions."""
+    tok = lm.tokenizer
+    ids = [tok(t, add_special_tokens=True)["input_ids"][:max_length] for t in texts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    hs, ys, xs = [], [], []
+    batches = _length_batches(order, ids, batch_tokens)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="cache hidden states", unit="batch")
+    pad = tok.pad_token_id or 0
+    for batch in batches:
+        width = max(len(ids[i]) for i in batch)
+        inp = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, i in enumerate(batch):
+            inp[r, : len(ids[i])] = torch.tensor(ids[i])
+            mask[r, : len(ids[i])] = 1
+        out = lm.body(input_ids=inp.to(lm.device), attention_mask=mask.to(lm.device)).last_hidden_state.float().cpu()
+        for r, i in enumerate(batch):
+            n = len(ids[i]) - 1
+            if n <= 0:
+                continue
+            hs.append(out[r, :n])
+            ys.append(torch.tensor(ids[i][1 : n + 1]))
+            xs.append(torch.full((n,), i, dtype=torch.long))
+    if not hs:
+        raise ValueError("no text has two or more tokens: nothing to train on")
+    return HiddenCache(torch.cat(hs), torch.cat(ys), torch.cat(xs))
+
+
+def _length_batches(order: list[int], ids: list[list[int]], batch_tokens: int) -> list[list[int]]:
+    batches, cur = [], []
+    for i in order:
+        if cur and (len(cur) + 1) * len(ids[i]) > batch_tokens:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def save_cache(cache: HiddenCache, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"h": cache.h.contiguous(), "targets": cache.targets, "text_index": cache.text_index}, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_cache(path: Path) -> HiddenCache:
+    with safe_open(str(path), framework="pt") as f:
+        return HiddenCache(f.get_tensor("h"), f.get_tensor("targets"), f.get_tensor("text_index"))
+
+
+def cached_hidden_states(
+    lm: LoadedLM, texts: Sequence[str], max_length: int, cache_dir: Path | None, progress: bool = False
+) -> tuple[HiddenCache, bool]:
+    """Hidden states for ``texts``, read from ``cache_dir`` when this model and text set were cached before."""
+    if cache_dir is None:
+        return cache_hidden_states(lm, texts, max_length, progress=progress), False
+    key = hashlib.sha256(f"{lm.fingerprint}|{max_length}|{texts_hash(texts)}".encode()).hexdigest()[:24]
+    path = Path(cache_dir) / f"hidden-{key}.safetensors"
+    if path.is_file():
+        return load_cache(path), True
+    cache = cache_hidden_states(lm, texts, max_length, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_cache(cache, path)
+    return cache, False
+
+
+# --------------------------------------------------------------------------------------------- loss
+class OutputHead:
+    """The frozen output projection E (and bias), on the fitting device."""
+
+    def __init__(self, lm: LoadedLM, device: torch.device) -> None:
+        emb = lm.output_embeddings
+        self.weight = emb.weight.detach().to(device)
+        bias = getattr(emb, "bias", None)
+        self.bias = None if bias is None else bias.detach().to(device)
+        self.device = device
+
+    def loss(self, steer: Steer, h: torch.Tensor, values: torch.Tensor, targets: torch.Tensor, reduction="mean"):
+        hs = steer.apply(h, values)
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = F.linear(hs, self.weight, self.bias)
+            logits = logits.float()
+        else:
+            logits = F.linear(hs, self.weight, self.bias)
+        return F.cross_entropy(logits, targets, reduction=reduction)
+
+
+@torch.no_grad()
+def evaluate_loss(
+    head: OutputHead, steer: Steer, cache: HiddenCache, text_values: torch.Tensor, chunk: int = 4096
+) -> float:
+    """Mean next-token loss over every cached token at each text's own steer values."""
+    total, dev = 0.0, head.device
+    for s in range(0, cache.tokens, chunk):
+        h = cache.h[s : s + chunk].to(dev)
+        v = text_values[cache.text_index[s : s + chunk]].to(dev)
+        total += float(head.loss(steer, h, v, cache.targets[s : s + chunk].to(dev), reduction="sum"))
+    return total / max(cache.tokens, 1)
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def _checkpoint_path(directory: Path) -> Path:
+    return Path(directory) / "checkpoint.safetensors"
+
+
+def save_checkpoint(directory: Path, steer: Steer, opt: torch.optim.Optimizer, state: dict) -> None:
+    """Steer + optimizer state as safetensors (no pickle), written atomically."""
+    tensors = {f"steer.{k}": v.detach().cpu().contiguous() for k, v in steer.state_dict().items()}
+    opt_state = opt.state_dict()
+    scalars = {}
+    for pid, st in opt_state["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
+            else:
+                scalars[f"{pid}.{k}"] = v
+    meta = {"state": json.dumps(state), "opt_scalars": json.dumps(scalars),
+            "param_groups": json.dumps(opt_state["param_groups"])}
+    path = _checkpoint_path(directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(directory: Path, steer: Steer, opt: torch.optim.Optimizer) -> dict | None:
+    """Restore steer and optimizer from ``directory``; None when there is no checkpoint."""
+    path = _checkpoint_path(directory)
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    steer.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("steer.")})
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    for k, v in json.loads(meta["opt_scalars"]).items():
+        pid, name = k.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    return json.loads(meta["state"])
+
+
+# --------------------------------------------------------------------------------------------- fit
+def fit_steer(
+    lm: LoadedLM,
+    train_texts: Sequence[str],
+    train_values: torch.Tensor,
+    val_texts: Sequence[str],
+    val_values: torch.Tensor,
+    names: Sequence[str],
+    cfg: TrainConfig,
+    *,
+    seed: int = 0,
+    work_dir: str | Path | None = None,
+    progress: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[Steer, TrainSummary]:
+    """Fit steers ``names`` so that text i is modelled best at values ``train_values[i]`` (rows × len(names)).
+
+    ``work_dir`` holds the hidden-state cache and the checkpoint: with it, a crashed fit resumes where it stopped
+    (same result), and a rerun on the same texts skips the body entirely.
+    """
+    if len(train_texts) != len(train_values) or len(val_texts) != len(val_values):
+        raise ValueError("texts and values must have the same length")
+    torch.manual_seed(seed)
+    summary = TrainSummary()
+    work = Path(work_dir) if work_dir is not None else None
+    t0 = time.perf_counter()
+    train, _ = cached_hidden_states(lm, train_texts, cfg.max_length, work, progress)
+    val, _ = cached_hidden_states(lm, val_texts, cfg.max_length, work, progress) if len(val_texts) else (None, False)
+    summary.cache_seconds = round(time.perf_counter() - t0, 2)
+    summary.train_tokens, summary.val_tokens = train.tokens, (val.tokens if val else 0)
+
+    dev = lm.device
+    head = OutputHead(lm, dev)
+    steer = Steer(names, lm.dim, cfg.rank, cfg.epsilon).to(dev)
+    train_values, val_values = train_values.float(), val_values.float()
+    opt = _optimizer(steer, cfg)
+    state = {"epoch": 0, "step_in_epoch": 0, "steps": 0, "best": None, "best_epoch": 0, "bad_epochs": 0,
+             "val_history": [], "train_history": [], "epoch_loss_sum": 0.0, "epoch_tokens": 0}
+    best_path = work / "best.safetensors" if work else None
+    if work is not None:
+        restored = load_checkpoint(work, steer, opt)
+        if restored is not None:
+            state = restored
+            summary.resumed_from_step = state["steps"]
+    if val is not None:
+        summary.base_val_loss = evaluate_loss(head, Steer(names, lm.dim, None, cfg.epsilon).to(dev), val, val_values)
+    best_state = None
+    if state["best"] is not None and best_path is not None and best_path.is_file():
+        best_state = Steer.load(best_path).state_dict()
+
+    t1 = time.perf_counter()
+    n = train.tokens
+    steps_per_epoch = math.ceil(n / cfg.tokens_per_batch)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=state["steps"], desc="fit steer", unit="step")
+    stopped = False
+    while state["epoch"] < cfg.epochs and not stopped:
+        epoch = state["epoch"]
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        if cfg.optimizer == "lbfgs":
+            loss = _lbfgs_epoch(opt, steer, head, train, train_values, dev)
+            state["epoch_loss_sum"], state["epoch_tokens"] = loss * n, n
+            state["steps"] += 1
+            if bar:
+                bar.update(steps_per_epoch)
+        else:
+            for b in range(state["step_in_epoch"], steps_per_epoch):
+                idx = order[b * cfg.tokens_per_batch : (b + 1) * cfg.tokens_per_batch]
+                h, y = train.h[idx].to(dev), train.targets[idx].to(dev)
+                v = train_values[train.text_index[idx]].to(dev)
+                opt.zero_grad(set_to_none=True)
+                loss = head.loss(steer, h, v, y)
+                loss.backward()
+                opt.step()
+                state["steps"] += 1
+                state["step_in_epoch"] = b + 1
+                state["epoch_loss_sum"] += float(loss.detach()) * len(idx)
+                state["epoch_tokens"] += len(idx)
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+                if on_step:
+                    on_step(state["steps"], float(loss.detach()))
+                if work is not None and state["steps"] % cfg.checkpoint_every == 0:
+                    save_checkpoint(work, steer, opt, state)
+        state["train_history"].append(state["epoch_loss_sum"] / max(state["epoch_tokens"], 1))
+        vloss = evaluate_loss(head, steer, val, val_values) if val is not None else state["train_history"][-1]
+        state["val_history"].append(vloss)
+        if state["best"] is None or vloss < state["best"]:
+            state["best"], state["best_epoch"], state["bad_epochs"] = vloss, epoch + 1, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in steer.state_dict().items()}
+            if best_path is not None:
+                steer.save(best_path)
+        else:
+            state["bad_epochs"] += 1
+            if cfg.patience and state["bad_epochs"] >= cfg.patience:
+                stopped = True
+        state.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0, epoch_tokens=0)
+        if work is not None:
+            save_checkpoint(work, steer, opt, state)
+    if bar:
+        bar.close()
+    if best_state is not None:
+        steer.load_state_dict(best_state)
+    summary.epochs, summary.steps = state["epoch"], state["steps"]
+    summary.best_val_loss, summary.best_epoch = state["best"], state["best_epoch"]
+    summary.val_history, summary.train_history = state["val_history"], state["train_history"]
+    summary.stopped_early = stopped
+    summary.fit_seconds = round(time.perf_counter() - t1, 2)
+    steer.metadata.update(
+        base_fingerprint=lm.fingerprint,
+        base_model=lm.spec,
+        base_name=lm.name,
+        train_data_hash=texts_hash(train_texts, train_values),
+        train=cfg.model_dump(),
+        summary=summary.to_dict(),
+    )
+    return steer.cpu(), summary
+
+
+def _optimizer(steer: Steer, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "lbfgs":
+        return torch.optim.LBFGS(steer.parameters(), lr=1.0, max_iter=5, history_size=10,
+                                 line_search_fn="strong_wolfe")
+    return torch.optim.Adam(steer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _lbfgs_epoch(opt, steer, head, cache, values, dev, chunk: int = 4096) -> float:
+    """One full-batch L-BFGS step (up to max_iter evaluations), gradients accumulated over token chunks."""
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for s in range(0, cache.tokens, chunk):
+            h = cache.h[s : s + chunk].to(dev)
+            v = values[cache.text_index[s : s + chunk]].to(dev)
+            loss = head.loss(steer, h, v, cache.targets[s : s + chunk].to(dev), reduction="sum") / cache.tokens
+            loss.backward()
+            total += float(loss)
+        return torch.tensor(total)
+
+    return float(opt.step(closure))
