@@ -168,6 +168,29 @@ def _resolve_spec(spec: str) -> tuple[str, Path | None, str]:
     return "hub", None, spec
 
 
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether a hub model was downloaded before (then it loads offline)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:
+        return False
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the hub answers a TCP connect within ``timeout`` (an offline from_pretrained waits ~30 s)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    import socket
+
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def load_lm(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: torch.dtype = torch.float32) -> LoadedLM:
     """Load a frozen LM (eval mode, no grads) and its tokenizer, ready for batched left-padded generation."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -178,6 +201,11 @@ def load_lm(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: torch.dtype =
     if kind == "gguf":
         path = gguf_cache_path(path)
     source = str(path) if path is not None else spec
+    if kind == "hub" and not hub_reachable() and not _in_hub_cache(spec):
+        raise ModelLoadError(
+            f"cannot load model {spec!r}: the Hugging Face hub is not reachable (offline?) and it is not in the "
+            f"local cache; use 'default' (the packaged SmolLM2) or a local model directory / .gguf file"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)

@@ -246,22 +246,25 @@ def fit_steer(
     *,
     seed: int = 0,
     work_dir: str | Path | None = None,
+    hidden_cache_dir: str | Path | None = None,
     progress: bool = False,
     on_step: Callable[[int, float], None] | None = None,
 ) -> tuple[Steer, TrainSummary]:
     """Fit steers ``names`` so that text i is modelled best at values ``train_values[i]`` (rows × len(names)).
 
-    ``work_dir`` holds the hidden-state cache and the checkpoint: with it, a crashed fit resumes where it stopped
-    (same result), and a rerun on the same texts skips the body entirely.
+    ``work_dir`` holds the checkpoint: with it, a crashed fit resumes where it stopped (same result).
+    ``hidden_cache_dir`` (default: ``work_dir``) keeps hidden states per model and text set, so a rerun on the
+    same texts skips the LM body entirely.
     """
     if len(train_texts) != len(train_values) or len(val_texts) != len(val_values):
         raise ValueError("texts and values must have the same length")
     torch.manual_seed(seed)
     summary = TrainSummary()
     work = Path(work_dir) if work_dir is not None else None
+    hidden = Path(hidden_cache_dir) if hidden_cache_dir is not None else work
     t0 = time.perf_counter()
-    train, _ = cached_hidden_states(lm, train_texts, cfg.max_length, work, progress)
-    val, _ = cached_hidden_states(lm, val_texts, cfg.max_length, work, progress) if len(val_texts) else (None, False)
+    train, _ = cached_hidden_states(lm, train_texts, cfg.max_length, hidden, progress)
+    val, _ = cached_hidden_states(lm, val_texts, cfg.max_length, hidden, progress) if len(val_texts) else (None, False)
     summary.cache_seconds = round(time.perf_counter() - t0, 2)
     summary.train_tokens, summary.val_tokens = train.tokens, (val.tokens if val else 0)
 
@@ -375,7 +378,7 @@ def _lbfgs_epoch(opt, steer, head, cache, values, dev, chunk: int = 4096) -> flo
             v = values[cache.text_index[s : s + chunk]].to(dev)
             loss = head.loss(steer, h, v, cache.targets[s : s + chunk].to(dev), reduction="sum") / cache.tokens
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         return torch.tensor(total)
 
     return float(opt.step(closure))

@@ -1,0 +1,61 @@
+"""Shared fixtures: the real packaged default model (loaded once) and tiny random models for the math."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("STEER_CACHE_DIR", str(ROOT / ".cache" / "steer"))
+os.environ.setdefault("HF_HOME", str(ROOT / ".cache" / "hf"))
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def default_dir() -> Path:
+    """The converted default model directory (GGUF → safetensors, cached across runs)."""
+    from steer_core.lm import default_gguf_path, gguf_cache_path
+
+    return gguf_cache_path(default_gguf_path())
+
+
+@pytest.fixture(scope="session")
+def default_lm():
+    from steer_core.lm import load_lm
+
+    return load_lm("default", device="cpu")
+
+
+def build_tiny_model_dir(path: Path, tokenizer_dir: Path, hidden: int = 32, seed: int = 0) -> Path:
+    """A tiny random Llama with the default tokenizer, saved as a normal HF model directory."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+        tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, default_dir) -> Path:
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model", default_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_dir):
+    from steer_core.lm import load_lm
+
+    return load_lm(str(tiny_dir), device="cpu")

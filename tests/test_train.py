@@ -1,0 +1,124 @@
+"""Fitting on cached hidden states: it learns, it never reruns the body, and it resumes to the same steer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from steer_core.config import TrainConfig
+from steer_core.steer import Steer
+from steer_core.train import cache_hidden_states, fit_steer
+
+POS = ["I love this, it is wonderful and great", "what a lovely happy day, thank you so much",
+       "great service, really excellent and kind", "amazing food and a wonderful friendly crew",
+       "thanks so much, best trip ever", "so happy with the great help today"]
+NEG = ["this is terrible and I hate it", "awful delay, worst service ever, so angry",
+       "rude staff and a horrible broken seat", "lost my bag again, terrible and useless",
+       "cancelled flight, awful, never again", "the worst day, angry and disappointed"]
+
+
+def _data():
+    texts = POS + NEG
+    values = torch.tensor([[1.0, 1.0]] * len(POS) + [[-1.0, 1.0]] * len(NEG))
+    return texts, values
+
+
+def test_cache_holds_only_real_tokens(tiny_lm):
+    texts = ["a b c d e f g", "hi there"]
+    cache = cache_hidden_states(tiny_lm, texts, max_length=64)
+    lens = [len(tiny_lm.tokenizer(t)["input_ids"]) for t in texts]
+    assert cache.tokens == sum(n - 1 for n in lens)
+    # the cached states equal an unpadded forward of each text alone
+    for i, t in enumerate(texts):
+        ids = tiny_lm.tokenizer(t, return_tensors="pt")
+        with torch.no_grad():
+            h = tiny_lm.body(**ids).last_hidden_state[0, :-1]
+        torch.testing.assert_close(cache.h[cache.text_index == i], h, rtol=1e-4, atol=1e-5)
+
+
+def test_fit_lowers_val_loss_and_never_reruns_the_body(tiny_lm, tmp_path):
+    texts, values = _data()
+    calls = {"n": 0}
+    hook = tiny_lm.body.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        cfg = TrainConfig(epochs=4, lr=0.05, epsilon=0.1, tokens_per_batch=32, patience=0)
+        steer, summary = fit_steer(tiny_lm, texts, values, texts[:4], values[:4], ["style", "dummy"], cfg)
+        body_calls = calls["n"]
+    finally:
+        hook.remove()
+    n_batches = 2  # train + val cache, each one batch at these sizes
+    assert body_calls <= n_batches, f"the body ran {body_calls} times; it must only build the cache"
+    assert summary.best_val_loss < summary.base_val_loss
+    assert steer.metadata["base_fingerprint"] == tiny_lm.fingerprint
+    assert steer.matrices().abs().sum() > 0
+
+
+def test_low_rank_and_lbfgs_fit(tiny_lm):
+    texts, values = _data()
+    for cfg in (TrainConfig(rank=4, epochs=2, lr=0.05, epsilon=0.1, tokens_per_batch=32),
+                TrainConfig(optimizer="lbfgs", epochs=2, epsilon=0.1)):
+        steer, summary = fit_steer(tiny_lm, texts, values, texts[:4], values[:4], ["style", "dummy"], cfg)
+        assert summary.best_val_loss < summary.base_val_loss, cfg.optimizer
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_resume_after_interruption_gives_the_same_steer(tiny_lm, tmp_path):
+    texts, values = _data()
+    cfg = TrainConfig(epochs=3, lr=0.05, epsilon=0.1, tokens_per_batch=16, checkpoint_every=2, patience=0)
+    args = (tiny_lm, texts, values, texts[:4], values[:4], ["style", "dummy"], cfg)
+    whole, _ = fit_steer(*args, seed=1, work_dir=tmp_path / "a")
+
+    def crash(step, loss):
+        if step == 5:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        fit_steer(*args, seed=1, work_dir=tmp_path / "b", on_step=crash)
+    resumed, summary = fit_steer(*args, seed=1, work_dir=tmp_path / "b")
+    assert summary.resumed_from_step == 4
+    torch.testing.assert_close(resumed.matrices(), whole.matrices(), rtol=0, atol=0)
+
+
+def test_kill_9_then_rerun_resumes_to_the_same_steer(tiny_dir, tmp_path):
+    """A real crash: the CLI is SIGKILLed mid-fit; the same command then resumes from its checkpoint."""
+    data = tmp_path / "d.jsonl"
+    rows = [{"text": t * 3, "label": "positive"} for t in POS] + [{"text": t * 3, "label": "negative"} for t in NEG]
+    data.write_text("\n".join(json.dumps(r) for r in rows * 6))
+    env = {**os.environ, "STEER_CACHE_DIR": str(tmp_path / "cache")}
+
+    def cmd(out, work):
+        return [sys.executable, "-m", "steer_core.cli", "train", "--model", str(tiny_dir), "--data", str(data),
+                "--out", str(out), "--work-dir", str(work), "--epochs", "40", "--batch-tokens", "16",
+                "--epsilon", "0.1", "--lr", "0.01", "--threads", "1", "--quiet", "--val-fraction", "0"]
+
+    ref = subprocess.run(cmd(tmp_path / "ref.safetensors", tmp_path / "wref"), env=env, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    work = tmp_path / "w"
+    proc = subprocess.Popen(cmd(tmp_path / "out.safetensors", work), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = work / "checkpoint.safetensors"
+    deadline = time.time() + 120
+    while time.time() < deadline and not ckpt.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    if proc.poll() is not None:
+        pytest.skip("the fit finished before it could be killed")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out.safetensors").exists(), "a killed run must not leave a steer file"
+    again = subprocess.run(cmd(tmp_path / "out.safetensors", work), env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    a, b = Steer.load(tmp_path / "ref.safetensors"), Steer.load(tmp_path / "out.safetensors")
+    assert b.metadata["summary"]["resumed_from_step"] > 0
+    torch.testing.assert_close(a.matrices(), b.matrices(), rtol=0, atol=0)
