@@ -26,7 +26,14 @@ _ARCH_KEYS = ("model_type", "model_name", "tokenizer_name", "num_classes")
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    """HF_HUB_OFFLINE as set now, or as huggingface_hub read it at import."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        from huggingface_hub.constants import is_offline_mode
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(is_offline_mode())
 
 
 def _one_line(err: BaseException) -> str:

@@ -1,0 +1,29 @@
+"""Scorers for steer evaluation: toxicity, sentiment, fluency (judge-LM perplexity) and diversity.
+
+``get_scorer(name, **kwargs)`` builds one by name; names in ``known_scorers()``. Model libraries load lazily.
+``conditional_perplexity`` (in ``perplexity``, which imports torch) is loaded on first access.
+"""
+
+from typing import Any
+
+from . import detox as _detox  # noqa: F401  (registers detoxify)
+from . import hf as _hf  # noqa: F401  (registers hf:<model>)
+from .base import Kind, Scorer, ScorerUnavailable, batched, get_scorer, known_scorers, register
+from .detox import DetoxifyScorer
+from .diversity import distinct_n, ngrams, repetition_rate
+from .hf import HFScorer, pick_label
+from .lexical import POS_THRESHOLD, ProfanityScorer, VaderScorer, sentiment_label
+
+__all__ = [
+    "Kind", "Scorer", "ScorerUnavailable", "batched", "get_scorer", "known_scorers", "register",
+    "DetoxifyScorer", "HFScorer", "ProfanityScorer", "VaderScorer", "pick_label", "sentiment_label",
+    "POS_THRESHOLD", "distinct_n", "ngrams", "repetition_rate", "conditional_perplexity",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "conditional_perplexity":
+        from .perplexity import conditional_perplexity
+
+        return conditional_perplexity
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
