@@ -59,6 +59,7 @@ class FileSource(Strict):
     path: str
     text_column: str = "text"
     label_column: str = "label"
+    confidence_column: str | None = Field(None, description="optional column of label confidences in [0, 1]")
 
 
 class PackagedSource(Strict):
@@ -90,6 +91,7 @@ class GeneratedSource(Strict):
     prompts: Annotated[Union[HubSource, FileSource, PackagedSource], Field(discriminator="kind")]
     count: int = Field(200, ge=1)
     max_new_tokens: int = Field(30, ge=1)
+    prompt_words: int = Field(5, ge=1, description="each generation starts from the first words of a prompt text")
 
 
 Source = Annotated[
@@ -102,6 +104,7 @@ class CleanConfig(Strict):
     urls: Literal["keep", "drop", "replace"] = "drop"
     mentions: Literal["keep", "drop", "replace"] = "drop"
     hashtags: Literal["keep", "strip_hash", "drop"] = "strip_hash"
+    repair_mojibake: bool = Field(True, description="re-decode UTF-8 read as Latin-1; drop runs of mojibake debris")
     min_words: int = Field(4, ge=0)
     max_words: int = Field(60, ge=1)
     dedupe: bool = True
