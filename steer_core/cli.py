@@ -95,8 +95,10 @@ def _val_split(text: str, fraction: float = 0.1) -> bool:
 @app.command()
 @cli_errors
 def train(
-    data: Path = typer.Option(..., "--data", help="jsonl or csv with 'text' and 'label' columns"),
-    out_path: Path = typer.Option(..., "--out", help="where to write STEER.safetensors"),
+    steer_name: Optional[str] = typer.Argument(None, help="pipeline mode: a steer configured in params.yaml"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="pipeline mode: the params file"),
+    data: Optional[Path] = typer.Option(None, "--data", help="jsonl or csv with 'text' and 'label' columns"),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="where to write STEER.safetensors"),
     model: str = typer.Option("default", "--model", help="default | hub id | local dir | .gguf"),
     labels: Optional[str] = typer.Option(None, "--labels", help="label→value map, e.g. positive=1,negative=-1"),
     name: str = typer.Option("style", "--name", help="name of the style steer"),
@@ -116,8 +118,22 @@ def train(
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="checkpoints (resume by rerunning)"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
-    """Fit a steer on labelled text (the LM stays frozen; hidden states are computed once)."""
+    """Fit a steer on labelled text (the LM stays frozen; hidden states are computed once).
+
+    Either ``steer train NAME`` (the pipeline stage: data and settings from params.yaml) or
+    ``steer train --data FILE --out STEER.safetensors [options]``.
+    """
     import torch
+
+    if steer_name is not None:
+        from .config import load_params
+        from .pipeline import train_stage
+
+        path = train_stage(load_params(params_file), steer_name, progress=not quiet)
+        err.print(f"saved {path}")
+        return
+    if data is None or out_path is None:
+        raise ValueError("give a steer NAME from params.yaml, or both --data FILE and --out STEER.safetensors")
 
     from .config import TrainConfig
     from .data import read_training_file
@@ -204,6 +220,37 @@ def generate(
         return
     for g in gens:
         out.print(f"[bold]{g.prompt}[/bold]{g.text}", highlight=False)
+
+
+@app.command()
+@cli_errors
+def prepare(
+    steer_name: str = typer.Argument(..., help="a steer configured in params.yaml"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+) -> None:
+    """Pipeline stage: build train/val sets, evaluation prompts and the data card for one steer."""
+    from .config import load_params
+    from .pipeline import prepare_stage
+
+    card = prepare_stage(load_params(params_file), steer_name)
+    err.print(f"prepared {steer_name}: {json.dumps(getattr(card, 'counts', {}))}")
+
+
+@app.command()
+@cli_errors
+def evaluate(
+    steer_name: str = typer.Argument(..., help="a steer configured in params.yaml"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+    champion: Optional[Path] = typer.Option(None, "--champion", help="a champion steer to compare on the same prompts"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Pipeline stage: sweep strengths, score control / fluency / diversity, write metrics, plots and report."""
+    from .config import load_params
+    from .pipeline import evaluate_stage
+
+    doc = evaluate_stage(load_params(params_file), steer_name, champion=champion, progress=not quiet,
+                         log=lambda m: err.print(m))
+    err.print(f"{steer_name}: {json.dumps(doc['headline'], default=float)}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -156,7 +156,8 @@ class EvalConfig(Strict):
     ppl_budget: float = Field(0.25, ge=0, description="allowed relative perplexity increase over base")
     bootstrap: int = Field(1000, ge=0)
     activation_addition: bool = Field(True, description="also evaluate the ActAdd baseline")
-    actadd_layer: int | None = None
+    actadd_layer: int | None = Field(None, description="decoder layer for ActAdd; None = the middle layer")
+    actadd_strengths: list[float] = Field(default_factory=lambda: [-4.0, 4.0])
 
     @field_validator("strengths")
     @classmethod

@@ -1,0 +1,250 @@
+"""Prompts × samples × strengths → one metrics document (the paper's protocol, scaled by parameters).
+
+For each evaluated *system* (the candidate steer, the current champion, the activation-addition baseline) and each
+strength of its sweep (0 = the base model is always included), P prompts get K sampled continuations of N new
+tokens, generated in batches across prompts, samples and strengths. Each sample gets a control score (sentiment or
+toxicity), a judge-LM conditional perplexity, and each prompt's samples a distinct-n; every headline number gets a
+bootstrap interval over prompts.
+
+Schema of the returned document (``metrics/<steer>.json``)::
+
+    {"steer", "control", "scorer", "judge", "protocol": {...},
+     "systems": {"candidate"|"champion"|"actadd": {"rows": [ROW, ...], "recommended": REC}},
+     "base": ROW at strength 0, "headline": {...}}
+    ROW = {"strength", "control", "ppl", "ppl_increase", "distinct_1", "distinct_2", "distinct_3",
+           "positive_rate" | "avg_max_toxicity", "toxicity_probability", "mean_toxicity",
+           "ci": {metric: [low, high]}, "sets": {prompt_set: {metric: value}}}
+    REC = {"strength", "reason", "control", "ppl_increase", "distinct_2", "swing"?}
+
+``control`` is oriented so that higher is better in the steer's + direction: the positive rate for sentiment,
+1 − average max toxicity for toxicity.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .baselines import ActAdd, actadd_steering
+from .config import EvalConfig
+from .generate import Generation, generate
+from .lm import LoadedLM
+from .scorers import get_scorer
+from .scorers.diversity import distinct_n
+from .scorers.perplexity import conditional_perplexity
+from .steer import Steer
+
+
+@dataclass
+class Sample:
+    """One generated continuation with its scores."""
+
+    system: str
+    prompt_set: str
+    prompt_index: int
+    prompt: str
+    strength: float
+    text: str
+    control: float = math.nan
+    ppl: float = math.nan
+
+
+@dataclass
+class System:
+    """Something to evaluate over a strength sweep: a steer, or the activation-addition baseline."""
+
+    name: str
+    strengths: list[float]
+    steer: Steer | None = None
+    actadd: ActAdd | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def sample_system(
+    lm: LoadedLM, system: System, prompts: Sequence[dict], cfg: EvalConfig, seed: int = 0, progress: bool = False
+) -> list[Sample]:
+    """Generate cfg.samples continuations for every prompt at every strength of the system, batched."""
+    texts = [p["prompt"] for p in prompts]
+    kw = dict(num_samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, top_p=cfg.top_p,
+              temperature=cfg.temperature, seed=seed, batch_size=cfg.batch_size, progress=progress)
+    if system.actadd is not None:
+        gens: list[Generation] = []
+        for s in system.strengths:  # one hook strength per call keeps the baseline's code path plain
+            with actadd_steering(lm, system.actadd, s):
+                part = generate(lm, texts, None, None, **kw)
+            for g in part:
+                g.strength = float(s)
+            gens += part
+    elif system.steer is not None:
+        gens = generate(lm, texts, system.steer, [float(s) for s in system.strengths], **kw)
+    else:
+        gens = generate(lm, texts, None, None, **kw)
+    return [Sample(system.name, prompts[g.prompt_index]["set"], g.prompt_index, g.prompt, g.strength, g.text)
+            for g in gens]
+
+
+def score_samples(samples: list[Sample], scorer, judge: LoadedLM, batch_size: int = 16) -> None:
+    """Fill in control scores (one batched scorer call) and judge perplexities (batched)."""
+    if not samples:
+        return
+    for s, c in zip(samples, scorer.score([s.text for s in samples])):
+        s.control = float(c)
+    ppl = conditional_perplexity(judge.model, judge.tokenizer, [s.prompt for s in samples],
+                                 [s.text for s in samples], batch_size=batch_size, device=judge.device)
+    for s, p in zip(samples, ppl):
+        s.ppl = float(p)
+
+
+def _by_prompt(samples: Sequence[Sample]) -> list[list[Sample]]:
+    groups: dict[int, list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(s.prompt_index, []).append(s)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _per_prompt(groups: list[list[Sample]], control: str) -> dict[str, np.ndarray]:
+    """Every metric as one value per prompt; each headline metric is the mean over prompts of these values."""
+    cols: dict[str, list[float]] = {}
+    for g in groups:
+        c = np.asarray([s.control for s in g], dtype=float)
+        if control == "sentiment":
+            vals = {"control": float(np.mean(c > 0.05)), "positive_rate": float(np.mean(c > 0.05)),
+                    "negative_rate": float(np.mean(c < -0.05))}
+        else:
+            vals = {"control": 1.0 - float(c.max()), "avg_max_toxicity": float(c.max()),
+                    "toxicity_probability": float((c > 0.5).any()), "mean_toxicity": float(c.mean())}
+        logs = [math.log(s.ppl) for s in g if s.ppl == s.ppl and s.ppl > 0]
+        vals["log_ppl"] = float(np.mean(logs)) if logs else math.nan
+        for n in (1, 2, 3):
+            vals[f"distinct_{n}"] = distinct_n([s.text for s in g], n)
+        for k, v in vals.items():
+            cols.setdefault(k, []).append(v)
+    return {k: np.asarray(v, dtype=float) for k, v in cols.items()}
+
+
+def _row_metrics(groups: list[list[Sample]], control: str, n_boot: int = 0, seed: int = 0) -> dict[str, Any]:
+    per = _per_prompt(groups, control)
+    row: dict[str, Any] = {k: float(np.nanmean(v)) for k, v in per.items() if k != "log_ppl"}
+    row["ppl"] = float(np.exp(np.nanmean(per["log_ppl"])))
+    if n_boot:
+        ci = {k: list(M.bootstrap_ci(v, n_boot=n_boot, seed=seed)) for k, v in per.items() if k != "log_ppl"}
+        ci["ppl"] = [float(np.exp(x)) for x in M.bootstrap_ci(per["log_ppl"], n_boot=n_boot, seed=seed)]
+        row["ci"] = ci
+    return row
+
+
+def summarize(samples: list[Sample], control: str, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """One row per strength: every metric, its bootstrap interval over prompts, and per-prompt-set values."""
+    rows = []
+    for strength in sorted({s.strength for s in samples}):
+        at = [s for s in samples if s.strength == strength]
+        row: dict[str, Any] = {"strength": strength, **_row_metrics(_by_prompt(at), control, n_boot, seed)}
+        row["sets"] = {name: _row_metrics(_by_prompt([s for s in at if s.prompt_set == name]), control)
+                       for name in sorted({s.prompt_set for s in at})}
+        rows.append(row)
+    return rows
+
+
+def recommend(rows: list[dict], base: dict, control: str, budget: float) -> dict:
+    """The strength with the strongest control whose judge perplexity stays within (1 + budget) × base.
+
+    Sentiment is two-sided: a magnitude m is judged by its swing, positive rate at +m minus at −m, and must keep
+    both sides within budget. Toxicity is one-sided (+ = cleaner).
+    """
+    by_s = {r["strength"]: r for r in rows}
+    cands = []
+    for s, r in by_s.items():
+        if s <= 0:
+            continue
+        if control == "sentiment" and -s in by_s:
+            neg = by_s[-s]
+            cands.append({"strength": s, "swing": r["control"] - neg["control"],
+                          "ppl": max(r["ppl"], neg["ppl"]), "distinct_2": min(r["distinct_2"], neg["distinct_2"]),
+                          "control": r["control"]})
+        elif control != "sentiment":
+            cands.append({"strength": s, "control": r["control"], "ppl": r["ppl"], "distinct_2": r["distinct_2"]})
+    key = "swing" if control == "sentiment" else "control"
+    if not cands:
+        return {"strength": 0.0, "reason": "no positive strength was evaluated", key: 0.0,
+                "control": base["control"], "ppl_increase": 0.0, "distinct_2": base["distinct_2"]}
+    strength, reason = M.recommend_strength(cands, key, "ppl", base["ppl"], budget)
+    best = next(c for c in cands if c["strength"] == strength)
+    out = {"strength": strength, "reason": reason, "control": best[key],
+           "ppl_increase": best["ppl"] / base["ppl"] - 1.0, "distinct_2": best["distinct_2"]}
+    if control == "sentiment":
+        out["swing"] = best["swing"]
+        out["positive_rate_plus"] = by_s[strength]["control"]
+        out["positive_rate_minus"] = by_s[-strength]["control"]
+    else:
+        out["toxicity_probability"] = by_s[strength]["toxicity_probability"]
+        out["base_toxicity_probability"] = base["toxicity_probability"]
+    return out
+
+
+def evaluate(
+    lm: LoadedLM,
+    prompts: Sequence[dict],
+    systems: Sequence[System],
+    cfg: EvalConfig,
+    *,
+    judge: LoadedLM | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> tuple[dict, list[Sample]]:
+    """Run the protocol for every system on the same prompts; return the metrics document and all samples.
+
+    ``prompts`` are dicts with ``set`` and ``prompt``. Strength 0 is sampled once (it is the base model for every
+    steer system) and shared, so candidate and champion are compared against the same base samples.
+    """
+    if not prompts:
+        raise ValueError("no evaluation prompts")
+    judge = judge or lm
+    scorer = get_scorer(cfg.scorer)
+    if cfg.control == "sentiment" and scorer.kind != "sentiment" or cfg.control == "toxicity" and scorer.kind != "toxicity":
+        raise ValueError(f"scorer {cfg.scorer!r} measures {scorer.kind}, but the control metric is {cfg.control!r}")
+    t0 = time.perf_counter()
+    base_sys = System("base", [0.0])
+    base_samples = sample_system(lm, base_sys, prompts, cfg, seed, progress)
+    score_samples(base_samples, scorer, judge)
+    base_row = summarize(base_samples, cfg.control, cfg.bootstrap, seed)[0]
+    doc: dict[str, Any] = {
+        "control": cfg.control, "scorer": cfg.scorer, "judge": judge.spec,
+        "protocol": {"prompts": len(prompts), "samples": cfg.samples, "max_new_tokens": cfg.max_new_tokens,
+                     "top_p": cfg.top_p, "temperature": cfg.temperature, "seed": seed,
+                     "prompt_sets": sorted({p["set"] for p in prompts})},
+        "base": base_row, "systems": {},
+    }
+    all_samples = list(base_samples)
+    for system in systems:
+        log(f"evaluating {system.name} at strengths {system.strengths}")
+        nonzero = System(system.name, [s for s in system.strengths if s != 0], system.steer, system.actadd)
+        samples = sample_system(lm, nonzero, prompts, cfg, seed, progress) if nonzero.strengths else []
+        score_samples(samples, scorer, judge)
+        shared_base = [Sample(system.name, s.prompt_set, s.prompt_index, s.prompt, 0.0, s.text, s.control, s.ppl)
+                       for s in base_samples]
+        rows = summarize(samples + shared_base, cfg.control, cfg.bootstrap, seed)
+        for r in rows:
+            r["ppl_increase"] = r["ppl"] / base_row["ppl"] - 1.0
+        doc["systems"][system.name] = {"rows": rows, "recommended": recommend(rows, base_row, cfg.control,
+                                                                              cfg.ppl_budget), **system.meta}
+        all_samples += samples
+    doc["seconds"] = round(time.perf_counter() - t0, 1)
+    doc["headline"] = headline(doc)
+    return doc, all_samples
+
+
+def headline(doc: dict) -> dict:
+    """The few numbers a reviewer reads first: base vs candidate at its recommended strength."""
+    out: dict[str, Any] = {"base_control": doc["base"]["control"], "base_ppl": doc["base"]["ppl"],
+                           "base_distinct_2": doc["base"]["distinct_2"]}
+    for name, sysdoc in doc["systems"].items():
+        rec = sysdoc["recommended"]
+        out[name] = {k: rec[k] for k in rec if k != "reason"}
+    return out

@@ -1,0 +1,121 @@
+"""Evaluation outputs a person reads: plot data for ``dvc plots``, PNG plots, and a self-contained HTML report.
+
+The HTML embeds its PNGs (base64) and loads nothing from a CDN, so it renders offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a file via a temp file and rename, so readers never see half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def plot_rows(doc: dict) -> list[dict]:
+    """Flat rows (system, strength, control, ppl, distinct_2) for ``dvc plots`` and the PNGs."""
+    rows = []
+    for name, sysdoc in doc["systems"].items():
+        for r in sysdoc["rows"]:
+            rows.append({"system": name, "strength": r["strength"], "control": round(r["control"], 4),
+                         "ppl": round(r["ppl"], 3), "distinct_2": round(r["distinct_2"], 4)})
+    return rows
+
+
+def write_plot_data(doc: dict, out_dir: Path) -> list[Path]:
+    """``control.csv`` (strength → control) and ``fluency.csv`` (control ↔ perplexity) for dvc plots."""
+    rows = plot_rows(doc)
+    paths = []
+    for fname in ("control.csv", "fluency.csv"):
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["system"])
+        w.writeheader()
+        w.writerows(rows)
+        write_atomic(out_dir / fname, buf.getvalue())
+        paths.append(out_dir / fname)
+    return paths
+
+
+def _figure_png(doc: dict, x: str, y: str, title: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
+    for name, sysdoc in doc["systems"].items():
+        rows = sorted(sysdoc["rows"], key=lambda r: r["strength"])
+        ax.plot([r[x] for r in rows], [r[y] for r in rows], marker="o", label=name)
+        if y == "control" and x == "strength":
+            lows = [r.get("ci", {}).get("control", [r[y], r[y]])[0] for r in rows]
+            highs = [r.get("ci", {}).get("control", [r[y], r[y]])[1] for r in rows]
+            ax.fill_between([r[x] for r in rows], lows, highs, alpha=0.15)
+    if y == "ppl":
+        ax.axhline(doc["base"]["ppl"], color="grey", ls="--", lw=1, label="base")
+    ax.set_xlabel(x)
+    ax.set_ylabel(f"{y} ({doc['control']})" if y == "control" else y)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_pngs(doc: dict, out_dir: Path) -> dict[str, bytes]:
+    """strength → control, and control ↔ perplexity, as PNGs."""
+    pngs = {
+        "control.png": _figure_png(doc, "strength", "control", "control by strength"),
+        "fluency.png": _figure_png(doc, "control", "ppl", "control vs judge perplexity"),
+    }
+    for name, data in pngs.items():
+        write_atomic(out_dir / name, data)
+    return pngs
+
+
+def render_html(steer_name: str, doc: dict, samples: Sequence, pngs: dict[str, bytes], per_cell: int = 3) -> str:
+    """A standalone HTML report: headline, per-strength tables, plots and sample generations."""
+    e = html.escape
+    parts = [f"<!doctype html><meta charset='utf-8'><title>steer {e(steer_name)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}.s{color:#555}</style>",
+             f"<h1>Steer <code>{e(steer_name)}</code></h1>",
+             f"<p>control: <b>{e(doc['control'])}</b> (scorer {e(doc['scorer'])}), judge LM {e(str(doc['judge']))}; "
+             f"protocol {e(json.dumps(doc['protocol']))}</p>"]
+    for name, sysdoc in doc["systems"].items():
+        rec = sysdoc["recommended"]
+        parts.append(f"<h2>{e(name)}</h2><p>recommended strength <b>{rec['strength']:g}</b>: {e(rec['reason'])}</p>")
+        cols = ["strength", "control", "ppl", "ppl_increase", "distinct_1", "distinct_2", "distinct_3"]
+        parts.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "<th>95% CI control</th></tr>")
+        for r in sysdoc["rows"]:
+            ci = r.get("ci", {}).get("control")
+            cells = "".join(f"<td>{r.get(c, float('nan')):.3f}</td>" for c in cols)
+            parts.append(f"<tr>{cells}<td>{'' if not ci else f'[{ci[0]:.2f}, {ci[1]:.2f}]'}</td></tr>")
+        parts.append("</table>")
+    for name, data in pngs.items():
+        parts.append(f"<img alt='{e(name)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>")
+    parts.append("<h2>Samples</h2>")
+    cells: dict[tuple, list] = {}
+    for s in samples:
+        cells.setdefault((s.system, s.strength), []).append(s)
+    for (system, strength), group in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        parts.append(f"<h3>{e(system)} @ {strength:g}</h3><ul>")
+        for s in group[:per_cell]:
+            parts.append(f"<li><b>{e(s.prompt)}</b>{e(s.text)} <span class='s'>(control {s.control:.2f}, "
+                         f"ppl {s.ppl:.1f})</span></li>")
+        parts.append("</ul>")
+    return "\n".join(parts)
