@@ -253,6 +253,264 @@ def evaluate(
     err.print(f"{steer_name}: {json.dumps(doc['headline'], default=float)}")
 
 
+# --------------------------------------------------------------------------------------------- steer algebra & insight
+def _emit_json(doc: dict) -> None:
+    sys.stdout.write(json.dumps(doc, ensure_ascii=False, default=str) + "\n")
+
+
+def _load_for(steer_path: Path, model: Optional[str], device: str, threads: Optional[int]):
+    """Load a steer and its LM (``--model``, else the steer's own base_model, else default); check the base."""
+    from .lm import load_lm
+    from .steer import Steer
+
+    steer = Steer.load(steer_path)
+    _runtime(threads)
+    lm = load_lm(model or steer.metadata.get("base_model") or "default", device)
+    steer.check_base(lm.fingerprint, source=str(steer_path))
+    return steer, lm
+
+
+@app.command()
+@cli_errors
+def compose(
+    parts: list[str] = typer.Argument(..., help="STEER.safetensors[:WEIGHT] …, e.g. a.safetensors:1 b.safetensors:-0.5"),
+    out_path: Path = typer.Option(..., "--out", help="where to write the composed .safetensors"),
+    keep_dummy: bool = typer.Option(False, "--keep-dummy", help="keep each part's dummy steer"),
+    collapse: Optional[str] = typer.Option(None, "--collapse", help="sum the parts' primary steers into ONE steer of this name"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON document on stdout"),
+) -> None:
+    """Weighted sum of steers trained on the same base model (names kept per part; clashes get a 'file.' prefix)."""
+    from .algebra import compose as run_compose, parse_part
+    from .steer import Steer
+
+    if out_path.suffix != ".safetensors":
+        raise ValueError(f"--out {out_path} must end in .safetensors")
+    specs = [parse_part(p) for p in parts]
+    steers = []
+    for path, _ in specs:
+        s = Steer.load(path)
+        s.metadata.setdefault("source_path", str(path))
+        steers.append(s)
+    result = run_compose([(s, w) for s, (_, w) in zip(steers, specs)], [Path(p).stem for p, _ in specs],
+                         keep_dummy=keep_dummy, collapse=collapse)
+    result.save(out_path)
+    doc = {"out": str(out_path), "names": result.names, "epsilon": result.epsilon, "rank": result.rank,
+           "base_fingerprint": result.metadata.get("base_fingerprint"),
+           "parts": [{"path": e["source"], "weight": e["weight"], "names": e["used"], "as": e["as"]}
+                     for e in result.metadata["composition"]]}
+    if as_json:
+        _emit_json(doc)
+        return
+    err.print(f"saved {out_path}: steers {', '.join(result.names)} (set each with --strength name=value)")
+
+
+@app.command()
+@cli_errors
+def merge(
+    steer_path: Path = typer.Argument(..., help="a .safetensors steer"),
+    strength: str = typer.Option(..., "--strength", help="e.g. 3, -2 or name=2,other=-1 (dummy stays 0)"),
+    out_dir: Path = typer.Option(..., "--out", help="model directory to write"),
+    model: Optional[str] = typer.Option(None, "--model", help="base model (default: the steer's base_model)"),
+    force: bool = typer.Option(False, "--force", help="replace --out if it exists"),
+    device: str = typer.Option("cpu", "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Fold a steer at a fixed strength into the output layer: a plain HF model dir, loadable without steer code."""
+    from .merge import merge_into_model
+    from .steer import parse_strengths
+
+    if out_dir.exists() and not force:
+        raise ValueError(f"--out {out_dir} already exists (use --force to replace it)")
+    steer, lm = _load_for(steer_path, model, device, threads)
+    values = parse_strengths(strength, steer)
+    merge_into_model(lm, steer, values, out_dir, overwrite=force, source=str(steer_path))
+    doc = {"out": str(out_dir), "model": lm.spec, "values": dict(zip(steer.names, values.tolist()))}
+    if as_json:
+        _emit_json(doc)
+        return
+    err.print(f"saved {out_dir}: {lm.name} with {steer_path.name} folded in at {doc['values']}")
+
+
+@app.command()
+@cli_errors
+def explain(
+    steer_path: Path = typer.Argument(..., help="a .safetensors steer"),
+    model: Optional[str] = typer.Option(None, "--model", help="base model (default: the steer's base_model)"),
+    name: Optional[str] = typer.Option(None, "--name", help="which steer (default: the primary one)"),
+    k: int = typer.Option(5, "--k", min=1, help="singular directions to show"),
+    top_tokens: int = typer.Option(10, "--top-tokens", min=1),
+    all_tokens: bool = typer.Option(False, "--all-tokens", help="do not filter to word-like tokens"),
+    min_len: int = typer.Option(3, "--min-len", min=1, help="shortest word-like token"),
+    out_json: Optional[Path] = typer.Option(None, "--out", help="also write the result as JSON here"),
+    device: str = typer.Option("cpu", "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The steer's top singular directions and the tokens each one promotes / demotes."""
+    from .explain import explain as run_explain, explain_table, write_explain_artifact
+
+    steer, lm = _load_for(steer_path, model, device, threads)
+    result = run_explain(steer, lm, name=name, k=k, top_tokens=top_tokens, word_like=not all_tokens, min_len=min_len)
+    result["steer"] = str(steer_path)
+    if out_json:
+        write_explain_artifact(result, out_json)
+    if as_json:
+        _emit_json(result)
+        return
+    out.print(explain_table(result))
+
+
+@app.command()
+@cli_errors
+def highlight(
+    steer_path: Path = typer.Argument(..., help="a .safetensors steer"),
+    text: str = typer.Option(..., "--text", help="the text to analyse"),
+    strength: float = typer.Option(1.0, "--strength", help="compare the text's likelihood at +S and -S"),
+    model: Optional[str] = typer.Option(None, "--model", help="base model (default: the steer's base_model)"),
+    name: Optional[str] = typer.Option(None, "--name", help="which steer (default: the primary one)"),
+    spans: int = typer.Option(3, "--spans", min=0, help="how many spans to pick"),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="write an HTML rendering here"),
+    device: str = typer.Option("cpu", "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Which tokens and spans of a text carry the steer's +S style (green) or −S style (red)."""
+    from .explain import highlight as run_highlight, render_html, render_terminal
+
+    steer, lm = _load_for(steer_path, model, device, threads)
+    result = run_highlight(lm, steer, text, strength=strength, top_spans=spans, name=name)
+    if html_out:
+        import os
+        import tempfile
+
+        html_out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{html_out.name}.", suffix=".tmp", dir=html_out.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(render_html(result))
+        os.replace(tmp, html_out)
+    if as_json:
+        _emit_json(result)
+        return
+    out.print(render_terminal(result))
+    for i, sp in enumerate(result["spans"], 1):
+        out.print(f"{i}. [bold]{sp['text']}[/bold]  {sp['score']:+.3f} nats", highlight=False)
+
+
+@app.command()
+@cli_errors
+def transfer(
+    steer_path: Path = typer.Argument(..., help="a .safetensors steer"),
+    to_model: str = typer.Option(..., "--to", help="target model spec (default | hub id | local dir | .gguf)"),
+    out_path: Path = typer.Option(..., "--out", help="where to write the transferred .safetensors"),
+    from_model: Optional[str] = typer.Option(None, "--from", help="source model (default: the steer's base_model)"),
+    ridge: float = typer.Option(0.0, "--ridge", min=0.0, help="ridge penalty of the least-squares fit"),
+    device: str = typer.Option("cpu", "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Carry a steer to another LM through a least-squares map between the output embeddings (shared tokens)."""
+    from .lm import load_lm
+    from .transfer import transfer as run_transfer
+
+    if out_path.suffix != ".safetensors":
+        raise ValueError(f"--out {out_path} must end in .safetensors")
+    steer, src = _load_for(steer_path, from_model, device, threads)
+    dst = load_lm(to_model, device)
+    new, report = run_transfer(steer, src, dst, ridge=ridge)
+    new.save(out_path)
+    report = {"out": str(out_path), **{k: v for k, v in report.items() if not k.endswith("per_dim")}}
+    if as_json:
+        _emit_json(report)
+        return
+    err.print(f"saved {out_path}: {report['shared_tokens']} shared tokens, fit R² mean {report['r2_mean']:.4f} "
+              f"(min {report['r2_min']:.4f}); recalibrate the strength on {dst.name}")
+
+
+def project_env(root: Path) -> None:
+    """Keep Prefect's, MLflow's and DVC's state inside the project unless the user set otherwise.
+
+    Must run before prefect is imported (it reads PREFECT_HOME at import)."""
+    import os
+
+    defaults = {
+        "PREFECT_HOME": root / ".prefect",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "DVC_NO_ANALYTICS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, str(value))
+
+
+def _print_summary(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title="steer run (control: positive rate for sentiment, 1 - avg max toxicity for toxicity)")
+    cols = [c for c in (rows[0] if rows else {"steer": ""}) if c != "why"]
+    for col in cols:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*[str(row[c]) for c in cols])
+    out.print(table)
+    for row in rows:
+        out.print(f"[bold]{row['steer']}[/bold]: {row.get('why', '')}", highlight=False)
+
+
+@app.command()
+@cli_errors
+def run(
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+    only: Optional[list[str]] = typer.Option(None, "--steer", help="run only these steers (repeatable)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="evaluate and gate, but move no registry alias"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The whole job: prepare → train → evaluate → register → gated promotion, for every configured steer."""
+    from .config import load_params
+
+    load_params(params_file)  # fail on a bad params file before anything starts
+    root = params_file.resolve().parent
+    project_env(root)
+    from flows.steer_pipeline import steer_pipeline
+
+    rows = steer_pipeline(params_path=str(params_file.resolve()), steers=only or None, dry_run=dry_run,
+                          root=str(root))
+    if as_json:
+        sys.stdout.write(json.dumps(rows) + "\n")
+    else:
+        _print_summary(rows)
+
+
+@app.command()
+@cli_errors
+def deploy(
+    cron: str = typer.Option(..., "--cron", help='schedule, e.g. "0 3 * * 1" (Mondays 03:00)'),
+    name: str = typer.Option("steer-production", "--name"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+) -> None:
+    """Serve the pipeline as a scheduled Prefect deployment (needs a Prefect server: PREFECT_API_URL)."""
+    from .config import load_params
+
+    load_params(params_file)
+    try:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        CronSchedule(cron=cron)
+    except Exception:
+        raise ValueError(f"--cron {cron!r} is not a valid cron expression (e.g. '0 3 * * 1')") from None
+    root = params_file.resolve().parent
+    project_env(root)
+    from flows.steer_pipeline import steer_pipeline
+
+    err.print(f"serving deployment steer-pipeline/{name} on cron {cron!r} (Ctrl-C or SIGTERM stops it)")
+    steer_pipeline.serve(name=name, cron=cron,
+                         parameters={"params_path": str(params_file.resolve()), "root": str(root)})
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

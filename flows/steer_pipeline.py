@@ -1,0 +1,102 @@
+"""The production flow: for each configured steer, prepare → train → evaluate (vs champion) → register → gate.
+
+Runs with no server (Prefect's ephemeral mode) by default; ``steer deploy`` serves it on a cron schedule against a
+Prefect server. One MLflow parent run per pipeline run, one nested run per steer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import mlflow
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from steer_core.config import load_params
+from steer_core.pipeline import SteerPaths
+from tasks import tracking
+from tasks.stages import (
+    SteerResult, champion_task, evaluate_task, log_steer_run, prepare_task, promote_task, train_task,
+)
+
+
+def run_steer(params_path: str, name: str, root: Path, parent_run_id: str, dry_run: bool) -> SteerResult:
+    """One steer's chain. A steer whose file equals the champion's is not re-evaluated or re-registered."""
+    params = load_params(params_path)
+    result = SteerResult(steer=name)
+    with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent_run_id) as run:
+        result.run_id = run.info.run_id
+        card = prepare_task(params_path, name, str(root))
+        trained = train_task(params_path, name, str(root), card.get("content_hash", ""))
+        result.trained = trained["trained"]
+        champion = champion_task(name, str(root), trained["sha256"])
+        if champion and champion["sha256"] == trained["sha256"]:
+            result.version = result.champion = champion["version"]
+            result.status = "unchanged"
+            result.reasons = [f"the steer equals champion version {champion['version']}: nothing to evaluate"]
+            log_steer_run(params, name, root, card, trained, None)
+            metrics = SteerPaths(root, name).metrics
+            if metrics.exists():
+                result.headline = json.loads(metrics.read_text()).get("headline", {})
+            return result
+        doc = evaluate_task(params_path, name, str(root), champion["path"] if champion else None)
+        log_steer_run(params, name, root, card, trained, doc)
+        result.headline = doc["headline"]
+    promo = promote_task(params_path, name, str(root), doc, champion, result.run_id, dry_run)
+    result.version, result.promoted, result.champion = promo["version"], promo["promoted"], promo["champion"]
+    result.reasons = promo["reasons"]
+    result.status = ("promoted" if promo["promoted"] else
+                     "would promote (dry run)" if dry_run and promo["passed"] else "kept champion")
+    return result
+
+
+def summary_rows(results: list[SteerResult]) -> list[dict]:
+    """The table a user reads at the end: base vs steered control, fluency, diversity, version, decision."""
+    rows = []
+    for r in results:
+        h = r.headline or {}
+        cand = h.get("candidate", {})
+        two_sided = "positive_rate_plus" in cand
+        rows.append({
+            "steer": r.steer,
+            "base": _fmt(h.get("base_control")),
+            "+s": _fmt(cand.get("positive_rate_plus", cand.get("control"))),
+            "-s": _fmt(cand.get("positive_rate_minus")) if two_sided else "",
+            "s": _fmt(cand.get("strength")),
+            "ppl +%": _fmt(100 * cand["ppl_increase"]) if "ppl_increase" in cand else "",
+            "distinct-2": _fmt(cand.get("distinct_2")),
+            "version": r.version or "",
+            "status": r.status,
+            "why": " ".join(r.reasons)[:300],
+        })
+    return rows
+
+
+def _fmt(x) -> str:
+    return "" if x is None else f"{x:.3g}"
+
+
+@flow(name="steer-pipeline", log_prints=True)
+def steer_pipeline(params_path: str = "params.yaml", steers: list[str] | None = None, dry_run: bool = False,
+                   root: str = ".") -> list[dict]:
+    """Prepare, train, evaluate, register and (when the gate passes) promote every configured steer."""
+    logger = get_run_logger()
+    root_path = Path(root).resolve()
+    params = load_params(params_path)
+    names = steers or list(params.steers)
+    unknown = [n for n in names if n not in params.steers]
+    if unknown:
+        raise ValueError(f"unknown steer(s) {unknown}; params.yaml configures {sorted(params.steers)}")
+    tracking.configure(params.tracking, root_path)
+    results: list[SteerResult] = []
+    with mlflow.start_run(run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
+        mlflow.set_tags({"git_commit": tracking.git_commit(root_path), "dry_run": str(dry_run).lower()})
+        mlflow.log_artifact(str(Path(params_path).resolve()), "params")
+        for name in names:
+            logger.info("steer %s", name)
+            results.append(run_steer(params_path, name, root_path, parent.info.run_id, dry_run))
+    rows = summary_rows(results)
+    create_table_artifact(table=rows, key="steer-pipeline-summary", description="steer pipeline summary")
+    return rows
