@@ -119,7 +119,9 @@ def decide(
             checks.append(Check("control_vs_champion", ctrl, threshold, ok))
             word = "above" if direction == "higher" else "below"
             if ok:
-                passes.append(f"control {ctrl:.4f} beats the champion's {champ_ctrl:.4f} by more than {gate.min_margin:g}")
+                passes.append(
+                    f"control {ctrl:.4f} beats the champion's {champ_ctrl:.4f} by more than {gate.min_margin:g}"
+                )
             else:
                 failures.append(
                     f"Control {ctrl:.4f} does not beat the champion's {champ_ctrl:.4f}: it must be strictly {word} "

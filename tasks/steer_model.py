@@ -41,13 +41,16 @@ class SteerModel(PythonModel):
         from steer_core.steer import Steer
 
         path = context.artifacts[STEER_ARTIFACT]
-        spec = Steer.load(path).metadata.get("base_model") or "default"
+        self.steer = Steer.load(path)
         device = (context.model_config or {}).get("device", "auto")
-        self.lm = load_lm(spec, device=device)
-        self.steer = Steer.load(path, expect_fingerprint=self.lm.fingerprint)
+        self.lm = load_lm(self.steer.metadata.get("base_model") or "default", device=device)
+        self.steer.check_base(self.lm.fingerprint, source=path)  # refuse a steer trained on another model
         self.defaults = {**DEFAULT_PARAMS, **(context.model_config or {}).get("defaults", {})}
 
-    def predict(self, context: PythonModelContext, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        """Params override the signature's defaults. (MLflow accepts a DataFrame hint without deriving a schema.)"""
         import torch
 
         from steer_core.generate import generate, values_for
@@ -74,16 +77,8 @@ class SteerModel(PythonModel):
 
 
 def _as_frame(model_input: Any) -> pd.DataFrame:
-    """Accept what callers naturally pass (DataFrame, list of prompts, dict of columns); require ``prompt``."""
-    if isinstance(model_input, pd.DataFrame):
-        df = model_input
-    elif isinstance(model_input, str):
-        df = pd.DataFrame({"prompt": [model_input]})
-    elif isinstance(model_input, dict):
-        df = pd.DataFrame({k: v if isinstance(v, (list, tuple)) else [v] for k, v in model_input.items()})
-    else:
-        items = list(model_input)
-        df = pd.DataFrame(items) if items and isinstance(items[0], dict) else pd.DataFrame({"prompt": items})
+    """The scoring server and ``pyfunc.predict`` hand over a DataFrame; a plain dict of columns works too."""
+    df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
     if "prompt" not in df.columns:
         raise ValueError(f"input needs a 'prompt' column, got columns {list(df.columns)}")
     if len(df) == 0:
