@@ -273,10 +273,11 @@ def _load_for(steer_path: Path, model: Optional[str], device: str, threads: Opti
 @app.command()
 @cli_errors
 def compose(
-    parts: list[str] = typer.Argument(..., help="STEER.safetensors[:WEIGHT] …, e.g. a.safetensors:1 b.safetensors:-0.5"),
+    parts: list[str] = typer.Argument(..., help="STEER.safetensors[:WEIGHT] …, e.g. a.safetensors:1 b.safetensors:-1"),
     out_path: Path = typer.Option(..., "--out", help="where to write the composed .safetensors"),
     keep_dummy: bool = typer.Option(False, "--keep-dummy", help="keep each part's dummy steer"),
-    collapse: Optional[str] = typer.Option(None, "--collapse", help="sum the parts' primary steers into ONE steer of this name"),
+    collapse: Optional[str] = typer.Option(None, "--collapse",
+                                           help="sum the parts' primary steers into ONE steer of this name"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document on stdout"),
 ) -> None:
     """Weighted sum of steers trained on the same base model (names kept per part; clashes get a 'file.' prefix)."""
@@ -342,6 +343,8 @@ def explain(
     top_tokens: int = typer.Option(10, "--top-tokens", min=1),
     all_tokens: bool = typer.Option(False, "--all-tokens", help="do not filter to word-like tokens"),
     min_len: int = typer.Option(3, "--min-len", min=1, help="shortest word-like token"),
+    fragments: bool = typer.Option(False, "--fragments", help="also list word-like tokens that do not start a word"),
+    score: str = typer.Option("cosine", "--score", help="cosine | dot: how tokens align with a direction"),
     out_json: Optional[Path] = typer.Option(None, "--out", help="also write the result as JSON here"),
     device: str = typer.Option("cpu", "--device"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
@@ -351,7 +354,8 @@ def explain(
     from .explain import explain as run_explain, explain_table, write_explain_artifact
 
     steer, lm = _load_for(steer_path, model, device, threads)
-    result = run_explain(steer, lm, name=name, k=k, top_tokens=top_tokens, word_like=not all_tokens, min_len=min_len)
+    result = run_explain(steer, lm, name=name, k=k, top_tokens=top_tokens, word_like=not all_tokens, min_len=min_len,
+                         word_start=not fragments, score=score)
     result["steer"] = str(steer_path)
     if out_json:
         write_explain_artifact(result, out_json)
