@@ -194,7 +194,9 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 def load_lm(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: torch.dtype = torch.float32) -> LoadedLM:
     """Load a frozen LM (eval mode, no grads) and its tokenizer, ready for batched left-padded generation."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a one-second load needs no bar; stderr stays for real messages
     t0 = time.perf_counter()
     dev = resolve_device(device)
     kind, path, name = _resolve_spec(spec)
