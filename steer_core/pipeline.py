@@ -71,6 +71,10 @@ class SteerPaths:
     def samples(self) -> Path:
         return self.root / "reports" / f"{self.name}.samples.jsonl"
 
+    @property
+    def explain(self) -> Path:
+        return self.root / "reports" / f"{self.name}.explain.json"
+
 
 def steer_spec(params: Params, name: str) -> SteerSpec:
     if name not in params.steers:
@@ -169,6 +173,9 @@ def evaluate_stage(
     spec = steer_spec(params, name)
     cfg = spec.evaluate
     paths = SteerPaths(Path(root), name)
+    for need, stage in ((paths.prompts, "prepare"), (paths.steer, "train")):  # fail before loading the model
+        if not need.is_file():
+            raise FileNotFoundError(f"{need} not found: run the previous stage first (steer {stage} {name})")
     model = runtime_lm(params, lm)
     prompts = read_jsonl(paths.prompts)
     candidate = Steer.load(paths.steer, expect_fingerprint=model.fingerprint)
@@ -191,5 +198,8 @@ def evaluate_stage(
     pngs = write_pngs(doc, paths.plots)
     write_atomic(paths.samples, "".join(json.dumps(s.__dict__, ensure_ascii=False) + "\n" for s in samples))
     write_atomic(paths.report, render_html(name, doc, samples, pngs))
+    from .explain import explain, write_explain_artifact
+
+    write_explain_artifact(explain(candidate, model, name=name), paths.explain)
     write_atomic(paths.metrics, json.dumps(doc, indent=2, default=float))
     return doc

@@ -150,7 +150,7 @@ def log_steer_run(params: Params, name: str, root: Path, card: dict, trained: di
         mlflow.log_artifact(str(paths.steer_card), "steer")
     if doc is not None:
         tracking.log_eval_metrics(doc)
-        for p in (paths.metrics, paths.report, paths.samples):
+        for p in (paths.metrics, paths.report, paths.samples, paths.explain):
             if p.exists():
                 mlflow.log_artifact(str(p), "evaluation")
         if paths.plots.exists():
