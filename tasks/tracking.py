@@ -19,11 +19,20 @@ from mlflow.tracking import MlflowClient
 from steer_core.config import TrackingConfig
 
 
+# The URI configure() last took from params. mlflow.set_tracking_uri exports it as MLFLOW_TRACKING_URI, so without
+# this a second configure() in the same process (another project, edited params) would mistake it for the user's.
+_from_params: str | None = None
+
+
 def configure(tracking: TrackingConfig, root: Path) -> str:
     """Point MLflow at the configured store (relative sqlite paths and artifact folders live under ``root``)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.uri
+    global _from_params
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    user_env = bool(env) and env != _from_params
+    uri = env if user_env else tracking.uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = f"sqlite:///{(root / uri[len('sqlite:///'):]).resolve()}"
+    _from_params = None if user_env else uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient()

