@@ -12,6 +12,7 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 export DVC_NO_ANALYTICS=1
 export DVC_SITE_CACHE_DIR="${DVC_SITE_CACHE_DIR:-$_root/.dvc-site}"
 export TOKENIZERS_PARALLELISM=false
+export MPLCONFIGDIR="${MPLCONFIGDIR:-$_root/.cache/matplotlib}"
 case ":$PATH:" in *":$_root/.venv/bin:"*) ;; *) [ -d "$_root/.venv/bin" ] && export PATH="$_root/.venv/bin:$PATH" ;; esac
 mkdir -p "$TMPDIR" "$STEER_CACHE_DIR" "$HF_HOME"
 unset _root

@@ -18,7 +18,8 @@ from steer_core.config import load_params
 from steer_core.pipeline import SteerPaths
 from tasks import tracking
 from tasks.stages import (
-    SteerResult, champion_task, evaluate_task, log_steer_run, prepare_task, promote_task, train_task,
+    SteerResult, champion_task, evaluate_task, judged_version_task, log_steer_run, prepare_task, promote_task,
+    train_task,
 )
 
 
@@ -40,6 +41,14 @@ def run_steer(params_path: str, name: str, root: Path, parent_run_id: str, dry_r
             metrics = SteerPaths(root, name).metrics
             if metrics.exists():
                 result.headline = json.loads(metrics.read_text()).get("headline", {})
+            return result
+        judged = judged_version_task(name, trained["sha256"], champion["version"] if champion else None)
+        if judged is not None:
+            result.version, result.champion = judged["version"], champion["version"] if champion else None
+            result.status = "unchanged"
+            result.reasons = [f"version {judged['version']} is this same steer, already judged against the current "
+                              f"champion (gate passed: {str(judged['passed']).lower()}): {judged['reasons']}"]
+            log_steer_run(params, name, root, card, trained, None)
             return result
         doc = evaluate_task(params_path, name, str(root), champion["path"] if champion else None)
         log_steer_run(params, name, root, card, trained, doc)

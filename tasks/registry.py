@@ -191,8 +191,21 @@ def promote(name: str, version: str | int, decision: GateDecision, dry_run: bool
     return Promotion(name, version, True, True, False, version, old_v or old_prev, list(decision.reasons))
 
 
+def find_version(name: str, sha256: str) -> ModelVersion | None:
+    """The registered version holding exactly this steer file (by its sha256 tag), so a steer is registered once."""
+    try:
+        versions = MlflowClient().search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    same = [mv for mv in versions if mv.tags.get("steer.sha256") == sha256]
+    return max(same, key=lambda mv: int(mv.version)) if same else None
+
+
 def _record(client: MlflowClient, name: str, version: str, decision: GateDecision) -> None:
-    """The gate's verdict on the version itself: tags for machines, the description for people."""
+    """The gate's verdict on the version itself: tags for machines, the description for people. ``gate.champion``
+    names the champion it was judged against, so an unchanged verdict can be reused while that champion stands."""
+    champ = get_champion(name)
+    client.set_model_version_tag(name, version, "gate.champion", _ver(champ) or "none")
     client.set_model_version_tag(name, version, "gate.passed", str(decision.passed).lower())
     client.set_model_version_tag(name, version, "gate.reasons", " ".join(decision.reasons)[:_TAG_MAX])
     client.set_model_version_tag(name, version, "gate.checks", json.dumps(decision.to_dict()["checks"])[:_TAG_MAX])

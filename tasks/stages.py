@@ -104,6 +104,17 @@ def champion_task(name: str, root: str, candidate_sha256: str) -> dict | None:
     return {"version": str(mv.version), "path": str(path), "sha256": sha}
 
 
+@task(name="find-judged-version")
+def judged_version_task(name: str, sha256: str, champion_version: str | None) -> dict | None:
+    """A version of this very steer already judged by the gate against the current champion (None otherwise):
+    re-evaluating it could only repeat the verdict."""
+    mv = registry.find_version(name, sha256)
+    if mv is None or "gate.passed" not in mv.tags or mv.tags.get("gate.champion") != (champion_version or "none"):
+        return None
+    return {"version": str(mv.version), "passed": mv.tags["gate.passed"] == "true",
+            "reasons": mv.tags.get("gate.reasons", "")}
+
+
 @task(name="evaluate")
 def evaluate_task(params_path: str, name: str, root: str, champion_path: str | None) -> dict:
     """Candidate, champion and baseline on the same prompts in one run."""
@@ -124,10 +135,12 @@ def promote_task(params_path: str, name: str, root: str, doc: dict, champion: di
     champ = doc["systems"].get("champion", {}).get("recommended") if champion else None
     decision = decide(cand, champ, spec.gate)
     with mlflow.start_run(run_id=run_id, nested=True):
-        mv = registry.log_steer_model(paths.steer, name, default_strength=float(cand["strength"]),
-                                      metrics={f"recommended_{k}": v for k, v in cand.items()
-                                               if isinstance(v, (int, float))},
-                                      device=params.runtime.device)
+        mv = registry.find_version(name, tracking.file_sha256(paths.steer))  # same file: same version
+        if mv is None:
+            mv = registry.log_steer_model(paths.steer, name, default_strength=float(cand["strength"]),
+                                          metrics={f"recommended_{k}": v for k, v in cand.items()
+                                                   if isinstance(v, (int, float))},
+                                          device=params.runtime.device)
         mlflow.set_tags({"gate.passed": str(decision.passed).lower(), "gate.summary": decision.summary()[:5000],
                          "registered_version": str(mv.version)})
     result = registry.promote(name, str(mv.version), decision, dry_run=dry_run)

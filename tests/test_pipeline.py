@@ -324,7 +324,7 @@ def test_changed_train_param_in_dry_run_registers_v2_but_keeps_champion(project,
 
 
 @pytest.mark.slow
-def test_failing_gate_registers_v3_tagged_failed_and_keeps_champion(project, client) -> None:
+def test_failing_gate_reuses_v2_tags_it_failed_and_keeps_champion(project, client) -> None:
     params = yaml.safe_load(project["params"].read_text())
     params["steers"][NAME]["gate"]["min_margin"] = 5.0  # control is a rate in [0, 1]: cannot beat champion + 5
     write_params(project["params"], params)
@@ -332,14 +332,24 @@ def test_failing_gate_registers_v3_tagged_failed_and_keeps_champion(project, cli
     rows, _ = run_flow(project)
     row = rows[0]
     assert row["status"] == "kept champion", row
-    assert row["version"] == "3"
+    assert row["version"] == "2"  # the same steer file as the dry run's version: registered once
     assert "min_margin" in row["why"]
     assert paths(project["root"])["steer"].stat().st_mtime_ns == mtime  # gate settings do not retrain
-    assert versions(client) == ["1", "2", "3"]
+    assert versions(client) == ["1", "2"]
     assert champion(client) == "1"
-    mv3 = client.get_model_version(NAME, "3")
-    assert mv3.tags["gate.passed"] == "false"
-    assert "min_margin" in mv3.tags["gate.reasons"]
-    assert "gate failed" in (mv3.description or "")
+    mv2 = client.get_model_version(NAME, "2")
+    assert mv2.tags["gate.passed"] == "false" and mv2.tags["gate.champion"] == "1"
+    assert "min_margin" in mv2.tags["gate.reasons"]
+    assert "gate failed" in (mv2.description or "")
     (run,) = steer_runs(client, latest_parent(client).info.run_id)
-    assert run.data.tags["gate.passed"] == "false" and run.data.tags["registered_version"] == "3"
+    assert run.data.tags["gate.passed"] == "false" and run.data.tags["registered_version"] == "2"
+
+
+@pytest.mark.slow
+def test_rejected_steer_is_not_reevaluated_or_reregistered(project, client) -> None:
+    rows, _ = run_flow(project)
+    row = rows[0]
+    assert row["status"] == "unchanged", row
+    assert row["version"] == "2" and "already judged" in row["why"] and "min_margin" in row["why"]
+    assert versions(client) == ["1", "2"]
+    assert champion(client) == "1"
