@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from .config import Params, SteerSpec
-from .lm import LoadedLM, cache_dir, load_lm, set_threads
+from .lm import LoadedLM, load_lm, set_threads
 from .report import render_html, write_atomic, write_plot_data, write_pngs
 from .steer import Steer
 
@@ -140,14 +140,14 @@ def train_stage(
     train = read_jsonl(paths.prepared / "train.jsonl")
     val = read_jsonl(paths.prepared / "val.jsonl") if (paths.prepared / "val.jsonl").exists() else []
     card = json.loads(paths.data_card.read_text()) if paths.data_card.exists() else {}
-    from .train import fit_steer
+    from .train import default_hidden_cache, fit_steer
 
     model = runtime_lm(params, lm)
     names = steer_names(name, spec)
     steer, summary = fit_steer(
         model, [r["text"] for r in train], _values(train, len(names)), [r["text"] for r in val],
         _values(val, len(names)), names, spec.train, seed=params.runtime.seed, work_dir=paths.work,
-        hidden_cache_dir=cache_dir() / "hidden", progress=progress,
+        hidden_cache_dir=default_hidden_cache(), progress=progress,
     )
     steer.metadata.update(steer=name, data_hash=card.get("content_hash"), labels=spec.data.labels)
     steer.save(paths.steer)

@@ -137,6 +137,13 @@ def load_cache(path: Path) -> HiddenCache:
         return HiddenCache(f.get_tensor("h"), f.get_tensor("targets"), f.get_tensor("text_index"))
 
 
+def default_hidden_cache() -> Path:
+    """Where hidden states are kept between runs: $STEER_HIDDEN_CACHE_DIR, else <model cache>/hidden."""
+    from .lm import cache_dir
+
+    return Path(os.environ.get("STEER_HIDDEN_CACHE_DIR") or cache_dir() / "hidden")
+
+
 def cached_hidden_states(
     lm: LoadedLM, texts: Sequence[str], max_length: int, cache_dir: Path | None, progress: bool = False
 ) -> tuple[HiddenCache, bool]:
