@@ -50,6 +50,9 @@ def fit_actadd(
     tok = lm.tokenizer
     side = tok.padding_side
     tok.padding_side = "right"
+    captured: list[torch.Tensor] = []  # the layer's own output: where actadd_steering adds the vector
+    handle = layers[layer].register_forward_hook(
+        lambda _m, _a, out: captured.append(out[0] if isinstance(out, tuple) else out))
     try:
         means = []
         for group in (pos, neg):
@@ -57,11 +60,14 @@ def fit_actadd(
             for i in range(0, len(group), batch_size):
                 enc = tok(group[i : i + batch_size], return_tensors="pt", padding=True, truncation=True,
                           max_length=max_length).to(lm.device)
-                out = lm.body(**enc, output_hidden_states=True).hidden_states[layer + 1]
+                captured.clear()
+                lm.body(**enc)
+                out = captured[0]
                 m = enc["attention_mask"].unsqueeze(-1).to(out.dtype)
                 acc += ((out * m).sum(1) / m.sum(1)).sum(0).float().cpu()
             means.append(acc / len(group))
     finally:
+        handle.remove()
         tok.padding_side = side
     return ActAdd(means[0] - means[1], layer)
 

@@ -271,9 +271,6 @@ class _ProbabilitySentiment:
         return [0.2] * len(texts)
 
 
-@pytest.mark.xfail(reason="_per_prompt counts a sample positive when its score > 0.05 (VADER's compound cut-off) "
-                          "whatever the scorer: for a probability scorer (hf:) nearly every sample is 'positive'",
-                   strict=False)
 def test_probability_sentiment_scorer_positive_rate(tiny_lm, monkeypatch):
     monkeypatch.setattr(ev, "get_scorer", lambda name: _ProbabilitySentiment())
     cfg = EvalConfig(control="sentiment", scorer="hf:some/sentiment-classifier", strengths=[0.0], samples=1,
@@ -399,8 +396,6 @@ def test_fit_actadd_matches_direct_computation(tiny_lm):
         fit_actadd(tiny_lm, texts, values, layer=99)
 
 
-@pytest.mark.xfail(reason="fit_actadd reads hidden_states[layer + 1], which for the LAST decoder layer is the "
-                          "final-normed state, while actadd_steering adds to the un-normed layer output", strict=False)
 def test_fit_actadd_last_layer_matches_where_it_is_added(tiny_lm):
     last = len(decoder_layers(tiny_lm)) - 1  # also the default (middle) layer of the 2-layer tiny model
     texts, values = POS_TEXTS + NEG_TEXTS, [1.0] * 3 + [-1.0] * 3

@@ -27,6 +27,10 @@ class Scorer:
     name: str = "scorer"
     kind: Kind = "toxicity"
     batch_size: int = 32
+    # sentiment cut-offs: a sample is positive when its score > positive_above, negative when < negative_below
+    # (probabilities: 0.5 / 0.5; VADER's compound: 0.05 / -0.05)
+    positive_above: float = 0.5
+    negative_below: float = 0.5
 
     def score(self, texts: Sequence[str]) -> list[float]:
         texts = [str(t) for t in texts]

@@ -36,6 +36,8 @@ class VaderScorer(Scorer):
 
     name = "vader"
     kind = "sentiment"
+    positive_above = POS_THRESHOLD
+    negative_below = -POS_THRESHOLD
 
     def __init__(self, batch_size: int = 1024) -> None:
         self.batch_size = batch_size
