@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--keep", default=None, help="run in this folder and keep it (default: a temp folder)")
     args = ap.parse_args()
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="steer-run-bench-"))
+    work = (Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="steer-run-bench-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     shutil.copy(args.params, work / "params.yaml")
     env = dict(os.environ)
