@@ -157,7 +157,7 @@ class EvalConfig(Strict):
     bootstrap: int = Field(1000, ge=0)
     activation_addition: bool = Field(True, description="also evaluate the ActAdd baseline")
     actadd_layer: int | None = Field(None, description="decoder layer for ActAdd; None = the middle layer")
-    actadd_strengths: list[float] = Field(default_factory=lambda: [-4.0, 4.0])
+    actadd_strengths: list[float] = Field(default_factory=lambda: [-1.0, 1.0])
 
     @field_validator("strengths")
     @classmethod
