@@ -36,7 +36,7 @@ class TrainConfig(Strict):
     optimizer: Literal["adam", "lbfgs"] = "adam"
     lr: float = Field(1e-2, gt=0)
     epochs: int = Field(3, ge=1)
-    tokens_per_batch: int = Field(2048, ge=16, description="token-packed batch: no padding is ever computed")
+    tokens_per_batch: int = Field(512, ge=16, description="token-packed batch: no padding is ever computed")
     max_length: int = Field(64, ge=4, description="tokens per text (longer texts are cut)")
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(2, ge=0, description="epochs without val improvement before stopping; 0 = off")

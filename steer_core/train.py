@@ -80,7 +80,7 @@ def cache_hidden_states(
     lm: LoadedLM,
     texts: Sequence[str],
     max_length: int = 64,
-    batch_tokens: int = 4096,
+    batch_tokens: int = 512,
     progress: bool = False,
 ) -> HiddenCache:
     """Run the frozen body once over ``texts`` (sorted by length, right-padded) and keep only real positions."""
