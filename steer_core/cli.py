@@ -412,6 +412,15 @@ def transfer(
     device: str = typer.Option("cpu", "--device"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
     as_json: bool = typer.Option(False, "--json"),
+    measure: bool = typer.Option(False, "--measure", help="also measure (with the evaluation harness) how much of "
+                                 "the source's control effect the transferred steer keeps on the target"),
+    n_prompts: int = typer.Option(12, "--prompts", min=1, help="--measure: neutral news prompts"),
+    samples: int = typer.Option(3, "--samples", min=1, help="--measure: continuations per prompt and strength"),
+    strength: str = typer.Option("8", "--strength", help="--measure: strength(s) S, evaluated at ±S on both "
+                                 "models, e.g. 8 or 4,8,16 (the largest is the headline)"),
+    max_new_tokens: int = typer.Option(20, "--max-new-tokens", min=1, help="--measure: tokens per continuation"),
+    control: str = typer.Option("sentiment", "--control", help="--measure: sentiment (vader) | toxicity (profanity)"),
+    seed: int = typer.Option(0, "--seed", help="--measure: sampling seed"),
 ) -> None:
     """Carry a steer to another LM through a least-squares map between the output embeddings (shared tokens)."""
     from .lm import load_lm
@@ -419,16 +428,60 @@ def transfer(
 
     if out_path.suffix != ".safetensors":
         raise ValueError(f"--out {out_path} must end in .safetensors")
+    if control not in ("sentiment", "toxicity"):
+        raise ValueError(f"--control {control!r}: expected sentiment or toxicity")
+    try:
+        magnitudes = [abs(float(x)) for x in strength.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--strength {strength!r} is not a number or a comma list of numbers") from None
+    if measure and not any(m > 0 and m != float("inf") for m in magnitudes):
+        raise ValueError(f"--strength {strength!r}: --measure needs a finite non-zero strength")
     steer, src = _load_for(steer_path, from_model, device, threads)
     dst = load_lm(to_model, device)
     new, report = run_transfer(steer, src, dst, ridge=ridge)
     new.save(out_path)
     report = {"out": str(out_path), **{k: v for k, v in report.items() if not k.endswith("per_dim")}}
+    if measure:
+        from .config import EvalConfig, PromptSetConfig
+        from .data import build_prompts
+        from .transfer import measure_transfer
+
+        prompts, _ = build_prompts([PromptSetConfig(name="neutral", kind="neutral", count=n_prompts, words=5)], [])
+        cfg = EvalConfig(control=control, scorer="vader" if control == "sentiment" else "profanity",
+                         samples=samples, max_new_tokens=max_new_tokens, strengths=magnitudes, bootstrap=1000)
+        report["measure"] = measure_transfer(src, steer, dst, new, prompts, cfg, strengths=magnitudes, seed=seed,
+                                             log=(lambda _m: None) if as_json else (lambda m: err.print(m)))
     if as_json:
         _emit_json(report)
         return
     err.print(f"saved {out_path}: {report['shared_tokens']} shared tokens, fit R² mean {report['r2_mean']:.4f} "
               f"(min {report['r2_min']:.4f}); recalibrate the strength on {dst.name}")
+    if measure:
+        _print_transfer_measure(report["measure"])
+
+
+def _print_transfer_measure(m: dict) -> None:
+    """The source-vs-target control effect table of ``steer transfer --measure``."""
+    from rich.table import Table
+
+    p = m["protocol"]
+    table = Table(title=f"control effect = {m['effect']} ({p['prompts']} prompts × {p['samples']} samples × "
+                        f"{p['max_new_tokens']} tokens)")
+    for col in ("model", "±S", "effect [95% CI]", "at +S", "at −S", "at 0", "ppl increase", "distinct-2"):
+        table.add_column(col)
+    for role in ("source", "target"):
+        side = m[role]
+        for r in side["rows"]:
+            ci = r.get("effect_ci")
+            table.add_row(side["name"], f"{r['strength']:g}",
+                          f"{r['effect']:+.3f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""),
+                          f"{r['control_plus']:.3f}", f"{r['control_minus']:.3f}", f"{r['control_base']:.3f}",
+                          f"{r['ppl_increase']:+.0%}", f"{r['distinct_2']:.2f}")
+    out.print(table)
+    for r in m["per_strength"]:
+        kept = "n/a (no source effect)" if r["kept"] is None else f"{r['kept']:.0%}"
+        out.print(f"±{r['strength']:g}: source effect {r['source_effect']:+.3f}, target effect "
+                  f"{r['target_effect']:+.3f}, kept {kept}", highlight=False)
 
 
 def project_env(root: Path) -> None:

@@ -154,3 +154,91 @@ def transfer(steer: Steer, src_lm: LoadedLM, dst_lm: LoadedLM, ridge: float = 0.
                 transferred_from={"fingerprint": src_lm.fingerprint, "model": src_lm.spec, "name": src_lm.name})
     out.metadata = meta
     return out, report
+
+
+# --------------------------------------------------------------------------------------------- measured transfer
+def _effect_rows(samples: list, control: str, magnitudes: list[float], n_boot: int, seed: int) -> list[dict[str, Any]]:
+    """Per magnitude m: control at +m, −m and 0, the effect control(+m) − control(−m) with a bootstrap interval
+    over prompts (paired: the same prompts at both signs), and the fluency cost of the worse side."""
+    import numpy as np
+
+    from . import metrics as M
+    from .evaluate import _by_prompt, _per_prompt
+
+    def per_prompt(strength: float) -> dict[str, np.ndarray]:
+        return _per_prompt(_by_prompt([s for s in samples if s.strength == strength]), control)
+
+    base = per_prompt(0.0)
+    base_ppl = float(np.exp(np.nanmean(base["log_ppl"])))
+    out = []
+    for m in magnitudes:
+        plus, minus = per_prompt(m), per_prompt(-m)
+        diff = plus["control"] - minus["control"]
+        ppl_plus = float(np.exp(np.nanmean(plus["log_ppl"])))
+        ppl_minus = float(np.exp(np.nanmean(minus["log_ppl"])))
+        row = {"strength": m, "effect": float(np.mean(diff)),
+               "control_plus": float(np.mean(plus["control"])), "control_minus": float(np.mean(minus["control"])),
+               "control_base": float(np.mean(base["control"])),
+               "ppl_base": base_ppl, "ppl_plus": ppl_plus, "ppl_minus": ppl_minus,
+               "ppl_increase": max(ppl_plus, ppl_minus) / base_ppl - 1.0,
+               "distinct_2": float(min(np.mean(plus["distinct_2"]), np.mean(minus["distinct_2"]))),
+               "distinct_2_base": float(np.mean(base["distinct_2"]))}
+        if n_boot:
+            row["effect_ci"] = list(M.bootstrap_ci(diff, n_boot=n_boot, seed=seed))
+        out.append(row)
+    return out
+
+
+def measure_transfer(
+    src_lm: LoadedLM,
+    src_steer: Steer,
+    dst_lm: LoadedLM,
+    dst_steer: Steer,
+    prompts: list[dict],
+    cfg,
+    *,
+    strengths: list[float] | None = None,
+    seed: int = 0,
+    log=lambda _msg: None,
+) -> dict[str, Any]:
+    """How much of the source steer's control effect the transferred steer keeps, measured with the harness.
+
+    Both models get the same prompts (dicts with ``set`` and ``prompt``), the same protocol (``cfg``: an
+    :class:`~steer_core.config.EvalConfig`; each model is its own judge) and the same strengths ±m (``strengths``,
+    default the non-zero magnitudes of ``cfg.strengths``). The *control effect* at m is control(+m) − control(−m):
+    the positive-rate swing for sentiment, the drop in average max toxicity (1 − AMT is the control) for
+    toxicity. ``kept`` = target effect / source effect, at each m and at the headline m (the largest). A kept
+    fraction is only meaningful when the source effect is clearly above zero (see ``effect_ci``).
+    """
+    from .evaluate import System, evaluate
+
+    raw = strengths if strengths is not None else cfg.strengths
+    mags = sorted({abs(float(s)) for s in raw if float(s) != 0.0})
+    if not mags:
+        raise ValueError("measure_transfer needs a non-zero strength")
+    sweep = sorted({-m for m in mags} | {0.0} | set(mags))
+    ecfg = cfg.model_copy(update={"strengths": sweep})
+    sides: dict[str, Any] = {}
+    for role, lm, steer in (("source", src_lm, src_steer), ("target", dst_lm, dst_steer)):
+        log(f"measuring the {role} steer on {lm.name} at ±{mags}")
+        doc, samples = evaluate(lm, prompts, [System(role, sweep, steer=steer)], ecfg, judge=lm, seed=seed)
+        sides[role] = {"model": lm.spec, "name": lm.name, "fingerprint": lm.fingerprint,
+                       "seconds": doc["seconds"],
+                       "rows": _effect_rows(samples, cfg.control, mags, cfg.bootstrap, seed)}
+    per = []
+    for s_row, d_row in zip(sides["source"]["rows"], sides["target"]["rows"]):
+        se, de = s_row["effect"], d_row["effect"]
+        per.append({"strength": s_row["strength"], "source_effect": se, "target_effect": de,
+                    "kept": de / se if se > 0 else None})
+    head = per[-1]
+    return {
+        "control": cfg.control, "scorer": cfg.scorer,
+        "effect": "control(+s) - control(-s): " + ("positive-rate swing" if cfg.control == "sentiment"
+                                                   else "avg-max-toxicity drop (1 - AMT is the control)"),
+        "protocol": {"prompts": len(prompts), "samples": cfg.samples, "max_new_tokens": cfg.max_new_tokens,
+                     "top_p": cfg.top_p, "temperature": cfg.temperature, "seed": seed, "strengths": sweep},
+        "source": sides["source"], "target": sides["target"], "per_strength": per,
+        "strength": head["strength"], "source_effect": head["source_effect"],
+        "target_effect": head["target_effect"], "kept": head["kept"],
+        "best_target": max(per, key=lambda r: r["target_effect"]),
+    }
