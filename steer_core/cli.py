@@ -16,9 +16,13 @@ from typing import Callable, Optional
 import typer
 from rich.console import Console
 
+from .config import TrainConfig
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and ship LM-Steer steers.")
 err = Console(stderr=True)
 out = Console()
+
+_TRAIN = {k: f.default for k, f in TrainConfig.model_fields.items()}  # config.py is where defaults live
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, RuntimeError)
 
@@ -103,12 +107,13 @@ def train(
     labels: Optional[str] = typer.Option(None, "--labels", help="label→value map, e.g. positive=1,negative=-1"),
     name: str = typer.Option("style", "--name", help="name of the style steer"),
     rank: Optional[int] = typer.Option(None, "--rank", min=1, help="low rank r (default: full rank)"),
-    epsilon: float = typer.Option(1e-3, "--epsilon", min=0.0),
-    epochs: int = typer.Option(3, "--epochs", min=1),
-    lr: float = typer.Option(1e-2, "--lr", min=0.0),
+    epsilon: float = typer.Option(_TRAIN["epsilon"], "--epsilon", min=0.0),
+    epochs: int = typer.Option(_TRAIN["epochs"], "--epochs", min=1),
+    lr: float = typer.Option(_TRAIN["lr"], "--lr", min=0.0),
     optimizer: str = typer.Option("adam", "--optimizer", help="adam | lbfgs"),
-    batch_tokens: int = typer.Option(2048, "--batch-tokens", min=16, help="tokens per packed batch"),
-    max_length: int = typer.Option(64, "--max-length", min=4),
+    batch_tokens: int = typer.Option(_TRAIN["tokens_per_batch"], "--batch-tokens", min=16,
+                                     help="tokens per packed batch"),
+    max_length: int = typer.Option(_TRAIN["max_length"], "--max-length", min=4),
     max_texts: Optional[int] = typer.Option(None, "--max-texts", min=2),
     val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.9),
     no_dummy: bool = typer.Option(False, "--no-dummy", help="do not train the domain-absorbing dummy steer"),
@@ -137,8 +142,8 @@ def train(
 
     from .config import TrainConfig
     from .data import read_training_file
-    from .lm import cache_dir, load_lm
-    from .train import fit_steer, texts_hash
+    from .lm import load_lm
+    from .train import default_hidden_cache, fit_steer, texts_hash
 
     if out_path.suffix != ".safetensors":
         raise ValueError(f"--out {out_path} must end in .safetensors")
@@ -163,7 +168,7 @@ def train(
     steer, summary = fit_steer(
         lm, [t for t, _ in tr], torch.tensor([to_vec(v) for _, v in tr]),
         [t for t, _ in va], torch.tensor([to_vec(v) for _, v in va]).reshape(-1, len(names)),
-        names, cfg, seed=seed, work_dir=work, hidden_cache_dir=cache_dir() / "hidden", progress=not quiet,
+        names, cfg, seed=seed, work_dir=work, hidden_cache_dir=default_hidden_cache(), progress=not quiet,
     )
     steer.metadata.update(data_file=str(data), data_hash=texts_hash([t for t, _ in rows]), labels=labels or "auto")
     steer.save(out_path)
@@ -499,6 +504,7 @@ def project_env(root: Path) -> None:
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "DVC_NO_ANALYTICS": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        "MPLCONFIGDIR": root / ".cache" / "matplotlib",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, str(value))
