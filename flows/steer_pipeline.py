@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import mlflow
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from steer_core.config import load_params
@@ -61,6 +61,12 @@ def run_steer(params_path: str, name: str, root: Path, parent_run_id: str, dry_r
     return result
 
 
+@task(name="steer-chain")
+def steer_chain_task(params_path: str, name: str, root: Path, parent_run_id: str, dry_run: bool) -> SteerResult:
+    """One steer's whole chain as a task, so several steers can run concurrently."""
+    return run_steer(params_path, name, root, parent_run_id, dry_run)
+
+
 def summary_rows(results: list[SteerResult]) -> list[dict]:
     """The table a user reads at the end: base vs steered control, fluency, diversity, version, decision."""
     rows = []
@@ -103,9 +109,20 @@ def steer_pipeline(params_path: str = "params.yaml", steers: list[str] | None = 
     with mlflow.start_run(run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
         mlflow.set_tags({"git_commit": tracking.git_commit(root_path), "dry_run": str(dry_run).lower()})
         mlflow.log_artifact(str(Path(params_path).resolve()), "params")
-        for name in names:
-            logger.info("steer %s", name)
-            results.append(run_steer(params_path, name, root_path, parent.info.run_id, dry_run))
+        if params.runtime.parallel_steers > 1 and len(names) > 1:
+            # each steer's chain becomes a task of its own: Prefect's thread pool runs them side by side, and
+            # each opens its nested MLflow run by parent id (MLflow's active run is per thread)
+            logger.info("steers %s, up to %d at a time", names, params.runtime.parallel_steers)
+            chain = steer_chain_task.with_options(task_run_name="steer-{name}")
+            width = params.runtime.parallel_steers
+            for i in range(0, len(names), width):
+                futures = [chain.submit(params_path, n, root_path, parent.info.run_id, dry_run)
+                           for n in names[i : i + width]]
+                results += [f.result() for f in futures]
+        else:
+            for name in names:
+                logger.info("steer %s", name)
+                results.append(run_steer(params_path, name, root_path, parent.info.run_id, dry_run))
     rows = summary_rows(results)
     create_table_artifact(table=rows, key="steer-pipeline-summary", description="steer pipeline summary")
     return rows

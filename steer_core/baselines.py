@@ -7,6 +7,7 @@ during generation ``strength × vector`` is added to that layer's output at ever
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -77,8 +78,11 @@ def actadd_steering(lm: LoadedLM, actadd: ActAdd, strength: float) -> Iterator[N
     """Within the block, ``strength × vector`` is added to the chosen layer's output."""
     layer = decoder_layers(lm)[actadd.layer]
     vec = (actadd.vector * float(strength)).to(lm.device)
+    thread = threading.get_ident()  # a model shared by threads is steered only in this thread's passes
 
     def hook(module, args, output):
+        if threading.get_ident() != thread:
+            return None
         if isinstance(output, tuple):
             return (output[0] + vec.to(output[0].dtype),) + tuple(output[1:])
         return output + vec.to(output.dtype)

@@ -25,6 +25,7 @@ class RuntimeConfig(Strict):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None keeps torch's default")
+    parallel_steers: int = Field(1, ge=1, description="steers trained/evaluated at once (GPU or many cores)")
     seed: int = 0
 
 

@@ -8,6 +8,7 @@ batch may carry its own steer values: one batch can sweep several strengths.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import asdict, dataclass
 from typing import Iterator, Sequence
 
@@ -38,8 +39,11 @@ class _SteerHook:
     def __init__(self, steer: Steer, values: torch.Tensor) -> None:
         self.steer = steer
         self.values = values
+        self.thread = threading.get_ident()  # the model may be shared by threads: steer only our own passes
 
-    def __call__(self, module: torch.nn.Module, args: tuple) -> tuple:
+    def __call__(self, module: torch.nn.Module, args: tuple) -> tuple | None:
+        if threading.get_ident() != self.thread:
+            return None
         h = args[0]
         v = self.values
         if v.dim() == 2 and v.shape[0] != h.shape[0]:

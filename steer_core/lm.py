@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,8 +192,19 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 def load_lm(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: torch.dtype = torch.float32) -> LoadedLM:
-    """Load a frozen LM (eval mode, no grads) and its tokenizer, ready for batched left-padded generation."""
+    """Load a frozen LM (eval mode, no grads) and its tokenizer, ready for batched left-padded generation.
+
+    Loads are serialised: transformers' lazy imports and the GGUF conversion are not safe to run from two
+    threads at once (steers evaluated in parallel)."""
+    with _LOAD_LOCK:
+        return _load_lm(spec, device, dtype)
+
+
+def _load_lm(spec: str, device: str, dtype: torch.dtype) -> LoadedLM:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,12 @@ def shared_lm(spec: str, device: str, threads: int | None) -> LoadedLM:
     return load_lm(spec, device)
 
 
+_SHARED_LOCK = threading.Lock()
+
+
 def lm_for(params: Params) -> LoadedLM:
-    return shared_lm(params.model, params.runtime.device, params.runtime.threads)
+    with _SHARED_LOCK:  # parallel steer chains must share one load, not race two
+        return shared_lm(params.model, params.runtime.device, params.runtime.threads)
 
 
 def _hash(*parts: Any) -> str:

@@ -353,3 +353,37 @@ def test_rejected_steer_is_not_reevaluated_or_reregistered(project, client) -> N
     assert row["version"] == "2" and "already judged" in row["why"] and "min_margin" in row["why"]
     assert versions(client) == ["1", "2"]
     assert champion(client) == "1"
+
+
+@pytest.mark.slow
+def test_two_steers_in_parallel_each_get_their_own_nested_run_and_model(tmp_path, harness) -> None:
+    """runtime.parallel_steers: 2 runs both chains as concurrent tasks; each steer still ends in its own nested
+    MLflow run and its own registered model."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    params = json.loads(json.dumps(TINY_PARAMS))
+    params["runtime"]["parallel_steers"] = 2
+    params["steers"]["pos2"] = json.loads(json.dumps(params["steers"][NAME]))
+    params["steers"]["pos2"]["train"]["lr"] = 0.05
+    path = write_params(tmp_path / "params.yaml", params)
+    try:
+        from flows.steer_pipeline import steer_pipeline
+
+        rows = steer_pipeline(params_path=str(path), root=str(tmp_path))
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    assert sorted(r["steer"] for r in rows) == sorted([NAME, "pos2"])
+    assert all(r["status"] == "promoted" for r in rows), rows
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for name in (NAME, "pos2"):
+        assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and sorted(r.data.tags["steer"] for r in children) == sorted([NAME, "pos2"])
