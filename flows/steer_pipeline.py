@@ -126,3 +126,15 @@ def steer_pipeline(params_path: str = "params.yaml", steers: list[str] | None = 
     rows = summary_rows(results)
     create_table_artifact(table=rows, key="steer-pipeline-summary", description="steer pipeline summary")
     return rows
+
+
+def serve_scheduled(cron: str, name: str, params_path: str, root: str, log=print) -> None:
+    """Serve ``steer_pipeline`` as a deployment on a cron schedule (blocks; SIGTERM stops it and pauses it)."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron)
+    except Exception:
+        raise ValueError(f"--cron {cron!r} is not a valid cron expression (e.g. '0 3 * * 1')") from None
+    log(f"serving deployment steer-pipeline/{name} on cron {cron!r} (Ctrl-C or SIGTERM stops it)")
+    steer_pipeline.serve(name=name, cron=cron, parameters={"params_path": params_path, "root": root})

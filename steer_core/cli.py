@@ -559,19 +559,11 @@ def deploy(
     from .config import load_params
 
     load_params(params_file)
-    try:
-        from prefect.client.schemas.schedules import CronSchedule
-
-        CronSchedule(cron=cron)
-    except Exception:
-        raise ValueError(f"--cron {cron!r} is not a valid cron expression (e.g. '0 3 * * 1')") from None
     root = params_file.resolve().parent
-    project_env(root)
-    from flows.steer_pipeline import steer_pipeline
+    project_env(root)  # before prefect is imported
+    from flows.steer_pipeline import serve_scheduled
 
-    err.print(f"serving deployment steer-pipeline/{name} on cron {cron!r} (Ctrl-C or SIGTERM stops it)")
-    steer_pipeline.serve(name=name, cron=cron,
-                         parameters={"params_path": str(params_file.resolve()), "root": str(root)})
+    serve_scheduled(cron, name, str(params_file.resolve()), str(root), log=err.print)
 
 
 def main() -> None:  # pragma: no cover - console entry point

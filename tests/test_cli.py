@@ -106,3 +106,9 @@ def test_unreachable_hub_model_fails_fast_with_advice(tmp_path):
     proc = steer_cmd("generate", "--model", "some-org/some-model-that-is-not-cached", "--prompt", "Hi")
     assert time.time() - t0 < 60
     assert_one_line_error(proc, "default")
+
+
+def test_deploy_rejects_a_bad_cron_before_serving(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    proc = steer_cmd("deploy", "--cron", "every tuesday", "--params", str(root / "params.yaml"))
+    assert_one_line_error(proc, "every tuesday", "cron")

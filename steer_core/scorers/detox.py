@@ -1,6 +1,6 @@
 """Detoxify toxicity, online or from a local checkpoint, never unpickling arbitrary objects.
 
-Detoxify's own loader calls ``torch.load(weights_only=False)`` and always builds the HF config from the
+Detoxify's own loader unpickles the whole checkpoint (weights-only mode off) and always builds the HF config from the
 checkpoint's ``model_type`` (a hub id such as ``bert-base-uncased``), so it cannot run offline and it would execute
 whatever a checkpoint pickles. Here the checkpoint is read with ``torch.load(weights_only=True)`` (plain dicts,
 lists, strings and tensors only), its ``model_type`` is rewritten to a local config/tokenizer directory when one is
