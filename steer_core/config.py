@@ -25,7 +25,9 @@ class RuntimeConfig(Strict):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None keeps torch's default")
-    parallel_steers: int = Field(1, ge=1, description="steers trained/evaluated at once (GPU or many cores)")
+    parallel_steers: int = Field(
+        1, ge=1, description="steers trained/evaluated at once (GPU or many cores); above 1, samples are no longer "
+        "bit-reproducible, since concurrent generations share torch's global random generator")
     seed: int = 0
 
 
