@@ -92,8 +92,10 @@ def labels_to_values(labels: list[str], mapping: Optional[dict[str, float]] = No
 
 
 def _val_split(text: str, fraction: float = 0.1) -> bool:
-    digest = hashlib.sha256(" ".join(text.lower().split()).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    """Validation membership by the text's permanent hash position (the same key `steer prepare` splits by)."""
+    from .data import normalise, unit_hash
+
+    return unit_hash("", normalise(text)) < fraction
 
 
 @app.command()
@@ -390,14 +392,9 @@ def highlight(
     steer, lm = _load_for(steer_path, model, device, threads)
     result = run_highlight(lm, steer, text, strength=strength, top_spans=spans, name=name)
     if html_out:
-        import os
-        import tempfile
+        from .files import write_atomic
 
-        html_out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{html_out.name}.", suffix=".tmp", dir=html_out.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(render_html(result))
-        os.replace(tmp, html_out)
+        write_atomic(html_out, render_html(result))
     if as_json:
         _emit_json(result)
         return

@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .lm import LoadedLM
+from .files import write_atomic
 from .steer import Steer, primary_name
 
 SPACE_MARKERS = ("Ġ", "▁", " ")
@@ -246,20 +245,7 @@ def _ranked(tokenizer, scores: torch.Tensor, keep: torch.Tensor, n: int, largest
 
 def write_explain_artifact(result: dict, path: str | Path) -> Path:
     """Write an explain (or highlight) result as JSON, atomically."""
-    return _write_json(result, Path(path))
-
-
-def _write_json(doc: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, ensure_ascii=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_atomic(Path(path), json.dumps(result, indent=2, ensure_ascii=False))
 
 
 def explain_table(result: dict, tokens: int = 6):

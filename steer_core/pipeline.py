@@ -91,9 +91,12 @@ def runtime_lm(params: Params, lm: LoadedLM | None = None) -> LoadedLM:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """A stage input; a missing one names the stage to run first."""
+    from .data import load_jsonl
+
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the previous stage first")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return load_jsonl(path)
 
 
 # --------------------------------------------------------------------------------------------- prepare

