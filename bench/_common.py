@@ -50,8 +50,8 @@ def header(title: str) -> None:
 
     print(f"# {title}")
     print(f"# {_dt.datetime.now().isoformat(timespec='seconds')} | {machine()}")
-    print(f"# torch threads: {torch.get_num_threads()} (torch.set_num_threads({THREADS}); both sides of every "
-          f"comparison run interleaved in this one process)")
+    print(f"# torch threads: {torch.get_num_threads()} (both sides of every comparison run interleaved in this one "
+          f"process, with the same threads)")
     try:
         print(f"# load average at start: {os.getloadavg()[0]:.2f}")
     except OSError:

@@ -5,21 +5,28 @@ steer, N new tokens each (top-p 0.9), every sample scored for control (VADER) an
 (the base model as judge), and distinct-n per prompt.
 
 - ours: ``steer_core.evaluate.evaluate`` — generation batched across prompts × samples × strengths (strength 0 once,
-  shared), one batched scorer call, batched judge perplexity, bootstrap CIs (1000 resamples) and the recommendation;
+  shared, in the same batches), our top-k nucleus sampler, the judge's log-likelihoods read while sampling (the
+  judge is the base model), one batched scorer call, bootstrap CIs (1000 resamples) and the recommendation. After
+  each timed run, untimed, the judge re-reads the same texts the reference's way: the median |Δ log ppl| shows
+  that the two judge readings agree;
 - reference (the paper's code path, LM-Steer/DExperts evaluation): loop over prompts, strengths, samples; each sample
   one ``generate(lm, [prompt], steer, strength, num_samples=1)`` call (HF ``generate`` on a batch of one with the
-  steering hook), then each text scored alone: one scorer call and one judge forward per text; distinct-n per prompt.
+  steering hook and the same sampler, so the sampler's own gain is not counted), then each text scored alone: one
+  scorer call and one judge forward per text; distinct-n per prompt.
 
-Both sides run interleaved in this one process (order alternates per repetition) with one torch thread. Samples/s =
-samples produced / wall seconds of the whole side (generation + scoring + aggregation).
+Both sides run interleaved in this one process (order alternates per repetition) with the same torch threads (one
+by default, so a busy second core cannot skew either side; ``--threads 2`` uses both cores of this machine).
+Samples/s = samples produced / wall seconds of the whole side (generation + scoring + aggregation).
 
-    python bench/eval_speed.py [--reps 2] [--prompts 4] [--samples 4] [--new-tokens 20] [--strength 2] [--json F]
+    python bench/eval_speed.py [--reps 2] [--prompts 4] [--samples 4] [--new-tokens 20] [--strength 2] [--threads 1]
+                               [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -49,10 +56,11 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=20)
     ap.add_argument("--strength", type=float, default=2.0, help="the sweep is (-S, 0, +S)")
     ap.add_argument("--scorer", default="vader")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads, the same for both sides")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    pin_threads()
+    threads = pin_threads(args.threads)
     import torch
 
     from steer_core.config import EvalConfig
@@ -128,15 +136,22 @@ def main() -> None:
             toks = new_tokens([s.text for s in samples])
             base_rows = doc["rows"] if side == "reference" else [doc["base"]]
             base = next(r for r in base_rows if r["strength"] == 0.0)
+            agree = None
+            if side == "ours":  # untimed: the judge reading sampled tokens vs the reference's re-tokenised text
+                texts = [x for x in samples if x.text and x.ppl == x.ppl]
+                again = conditional_perplexity(lm.model, tok, [x.prompt for x in texts], [x.text for x in texts])
+                agree = statistics.median(abs(math.log(x.ppl / a)) for x, a in zip(texts, again))
             res[side].append({"seconds": dt, "samples": n, "new_tokens": toks, "samples_per_s": n / dt,
-                              "base_positive_rate": base["positive_rate"], "base_ppl": base["ppl"]})
+                              "base_positive_rate": base["positive_rate"], "base_ppl": base["ppl"],
+                              "median_abs_log_ppl_vs_text_judge": agree})
             print(f"  rep {rep}  {side:<10} {dt:7.1f} s  {n} samples  {toks} new tokens  {n / dt:6.2f} samples/s  "
-                  f"{toks / dt:6.1f} tok/s  (base positive rate {base['positive_rate']:.2f}, ppl {base['ppl']:.1f})",
+                  f"{toks / dt:6.1f} tok/s  (base positive rate {base['positive_rate']:.2f}, ppl {base['ppl']:.1f})"
+                  + ("" if agree is None else f"  judge on tokens vs text: median |Δ log ppl| {agree:.4f}"),
                   flush=True)
 
     med = {side: statistics.median(r["samples_per_s"] for r in rs) for side, rs in res.items()}
     pairs = [o["samples_per_s"] / r["samples_per_s"] for o, r in zip(res["ours"], res["reference"])]
-    print(f"\n## results: {args.reps} reps per side; 1 torch thread; load average now {os.getloadavg()[0]:.2f}")
+    print(f"\n## results: {args.reps} reps per side; {threads} torch thread(s); load average now {os.getloadavg()[0]:.2f}")
     print(f"{'side':<12} {'median samples/s':>16} {'median s':>9} {'tok/s':>7}")
     for side, rs in res.items():
         print(f"{side:<12} {med[side]:>16.2f} {statistics.median(r['seconds'] for r in rs):>9.1f} "
@@ -145,7 +160,7 @@ def main() -> None:
     print(f"speed-up ours / reference: {ratio:.1f}x (median of per-rep ratios {', '.join(f'{p:.1f}' for p in pairs)})")
     print("issue target: >= 10x")
     if args.json:
-        args.json.write_text(json.dumps({"prompts": len(prompts), "samples": args.samples, "strengths": strengths,
+        args.json.write_text(json.dumps({"threads": threads, "prompts": len(prompts), "samples": args.samples, "strengths": strengths,
                                          "new_tokens": args.new_tokens, "reps": args.reps, "sides": res,
                                          "median_samples_per_s": med, "speedup": ratio, "pair_ratios": pairs},
                                         indent=1))

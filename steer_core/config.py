@@ -26,8 +26,9 @@ class RuntimeConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None keeps torch's default")
     parallel_steers: int = Field(
-        1, ge=1, description="steers trained/evaluated at once (GPU or many cores); above 1, samples are no longer "
-        "bit-reproducible, since concurrent generations share torch's global random generator")
+        1, ge=1, description="steers trained/evaluated at once (GPU or many cores). Sampling stays "
+        "seeded per call, so concurrent evaluations draw the same samples; a low-rank steer's random start still "
+        "comes from torch's global generator, which concurrent fits share")
     seed: int = 0
 
 
@@ -155,7 +156,7 @@ class EvalConfig(Strict):
     max_new_tokens: int = Field(20, ge=1)
     top_p: float = Field(0.9, gt=0, le=1)
     temperature: float = Field(1.0, gt=0)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(64, ge=1, description="rows per generation and judge batch")
     ppl_budget: float = Field(0.25, ge=0, description="allowed relative perplexity increase over base")
     bootstrap: int = Field(1000, ge=0)
     activation_addition: bool = Field(True, description="also evaluate the ActAdd baseline")

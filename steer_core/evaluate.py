@@ -6,6 +6,10 @@ tokens, generated in batches across prompts, samples and strengths. Each sample 
 toxicity), a judge-LM conditional perplexity, and each prompt's samples a distinct-n; every headline number gets a
 bootstrap interval over prompts.
 
+When the judge is the base model itself (the default), it scores the sampled tokens and reads their log-likelihoods
+while sampling, with no second forward pass (``protocol.judge_scores = "sampled tokens"``); any other judge re-reads
+the decoded text (``"re-tokenised text"``).
+
 Schema of the returned document (``metrics/<steer>.json``)::
 
     {"steer", "control", "scorer", "judge", "protocol": {...},
@@ -33,11 +37,11 @@ import torch
 from . import metrics as M
 from .baselines import ActAdd, actadd_steering
 from .config import EvalConfig
-from .generate import Generation, generate
+from .generate import Generation, generate, reads_base_nll
 from .lm import LoadedLM
 from .scorers import get_scorer
 from .scorers.diversity import distinct_n
-from .scorers.perplexity import conditional_perplexity
+from .scorers.perplexity import conditional_perplexity, token_perplexity
 from .steer import Steer
 
 
@@ -67,9 +71,15 @@ class System:
 
 
 def sample_system(
-    lm: LoadedLM, system: System, prompts: Sequence[dict], cfg: EvalConfig, seed: int = 0, progress: bool = False
+    lm: LoadedLM, system: System, prompts: Sequence[dict], cfg: EvalConfig, seed: int = 0, progress: bool = False,
+    judge_in_sampling: bool = False,
 ) -> list[Sample]:
-    """Generate cfg.samples continuations for every prompt at every strength of the system, batched."""
+    """Generate cfg.samples continuations for every prompt at every strength of the system, batched.
+
+    ``judge_in_sampling`` (the judge is ``lm`` itself): fill each sample's perplexity under the unsteered ``lm``
+    now, from the sampled tokens. A steer's samples read it during sampling (``generate(base_nll=True)``); the
+    ActAdd baseline changes the body's hidden states, so its tokens get one unsteered forward pass instead.
+    """
     texts = [p["prompt"] for p in prompts]
     kw = dict(num_samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, top_p=cfg.top_p,
               temperature=cfg.temperature, seed=seed, batch_size=cfg.batch_size, progress=progress)
@@ -81,20 +91,32 @@ def sample_system(
             for g in part:
                 g.strength = float(s)
             gens += part
-    elif system.steer is not None:
-        gens = generate(lm, texts, system.steer, [float(s) for s in system.strengths], **kw)
+        if judge_in_sampling:
+            ppl = token_perplexity(lm.model, [lm.tokenizer(g.prompt)["input_ids"] for g in gens],
+                                   [g.token_ids for g in gens], batch_size=cfg.batch_size, device=lm.device)
+            for g, v in zip(gens, ppl):
+                g.base_nll = None if v != v else [math.log(v)]  # the mean NLL is all a perplexity needs
     else:
-        gens = generate(lm, texts, None, None, **kw)
-    return [Sample(system.name, prompts[g.prompt_index]["set"], g.prompt_index, g.prompt, g.strength, g.text)
-            for g in gens]
+        values = None if system.steer is None else [float(s) for s in system.strengths]
+        gens = generate(lm, texts, system.steer, values, base_nll=judge_in_sampling, **kw)
+    samples = []
+    for g in gens:
+        smp = Sample(system.name, prompts[g.prompt_index]["set"], g.prompt_index, g.prompt, g.strength, g.text)
+        if judge_in_sampling and g.base_nll:
+            smp.ppl = math.exp(sum(g.base_nll) / len(g.base_nll))
+        samples.append(smp)
+    return samples
 
 
-def score_samples(samples: list[Sample], scorer, judge: LoadedLM, batch_size: int = 16) -> None:
-    """Fill in control scores (one batched scorer call) and judge perplexities (batched)."""
+def score_samples(samples: list[Sample], scorer, judge: LoadedLM | None, batch_size: int = 16) -> None:
+    """Fill in control scores (one batched scorer call) and judge perplexities (batched; ``judge=None``: the
+    perplexities were filled while sampling)."""
     if not samples:
         return
     for s, c in zip(samples, scorer.score([s.text for s in samples])):
         s.control = float(c)
+    if judge is None:
+        return
     ppl = conditional_perplexity(judge.model, judge.tokenizer, [s.prompt for s in samples],
                                  [s.text for s in samples], batch_size=batch_size, device=judge.device)
     for s, p in zip(samples, ppl):
@@ -218,9 +240,24 @@ def evaluate(
     if cfg.control == "sentiment" and scorer.kind != "sentiment" or cfg.control == "toxicity" and scorer.kind != "toxicity":
         raise ValueError(f"scorer {cfg.scorer!r} measures {scorer.kind}, but the control metric is {cfg.control!r}")
     t0 = time.perf_counter()
-    base_sys = System("base", [0.0])
-    base_samples = sample_system(lm, base_sys, prompts, cfg, seed, progress)
-    score_samples(base_samples, scorer, judge)
+    # the judge is the generating model: score the sampled tokens themselves, read during sampling
+    in_sampling = judge is lm and reads_base_nll(lm)
+    text_judge = None if in_sampling else judge
+    # strength 0 rides in the first steer system's batches: one generate call fills larger batches, and at
+    # strength 0 the steer hook adds exact zeros, so those rows are the base model's samples (and, rows drawing
+    # their random numbers by prompt and sample, the very samples a separate call would give)
+    nonzero = [System(s.name, [x for x in s.strengths if x != 0], s.steer, s.actadd, s.meta) for s in systems]
+    first = next((i for i, s in enumerate(nonzero) if s.steer is not None), None)
+    pre_sampled: dict[int, list[Sample]] = {}
+    if first is None:
+        base_samples = sample_system(lm, System("base", [0.0]), prompts, cfg, seed, progress, in_sampling)
+    else:
+        both = sample_system(lm, System("base", [0.0, *nonzero[first].strengths], nonzero[first].steer),
+                             prompts, cfg, seed, progress, in_sampling)
+        base_samples = [s for s in both if s.strength == 0.0]
+        pre_sampled[first] = [Sample(nonzero[first].name, s.prompt_set, s.prompt_index, s.prompt, s.strength,
+                                     s.text, ppl=s.ppl) for s in both if s.strength != 0.0]
+    score_samples(base_samples + pre_sampled.get(first, []), scorer, text_judge, cfg.batch_size)
     cuts = (getattr(scorer, "positive_above", 0.5), getattr(scorer, "negative_below", 0.5))  # what "positive" means here
     base_row = summarize(base_samples, cfg.control, cfg.bootstrap, seed, cuts)[0]
     base_row["ppl_increase"] = 0.0  # the base is a ROW like the others (schema above)
@@ -228,15 +265,19 @@ def evaluate(
         "control": cfg.control, "scorer": cfg.scorer, "judge": judge.spec,
         "protocol": {"prompts": len(prompts), "samples": cfg.samples, "max_new_tokens": cfg.max_new_tokens,
                      "top_p": cfg.top_p, "temperature": cfg.temperature, "seed": seed,
+                     "judge_scores": "sampled tokens" if in_sampling else "re-tokenised text",
                      "prompt_sets": sorted({p["set"] for p in prompts})},
         "base": base_row, "systems": {},
     }
     all_samples = list(base_samples)
-    for system in systems:
+    for i, system in enumerate(systems):
         log(f"evaluating {system.name} at strengths {system.strengths}")
-        nonzero = System(system.name, [s for s in system.strengths if s != 0], system.steer, system.actadd)
-        samples = sample_system(lm, nonzero, prompts, cfg, seed, progress) if nonzero.strengths else []
-        score_samples(samples, scorer, judge)
+        if i in pre_sampled:
+            samples = pre_sampled[i]
+        else:
+            samples = (sample_system(lm, nonzero[i], prompts, cfg, seed, progress, in_sampling)
+                       if nonzero[i].strengths else [])
+            score_samples(samples, scorer, text_judge, cfg.batch_size)
         shared_base = [Sample(system.name, s.prompt_set, s.prompt_index, s.prompt, 0.0, s.text, s.control, s.ppl)
                        for s in base_samples]
         rows = summarize(samples + shared_base, cfg.control, cfg.bootstrap, seed, cuts)

@@ -43,10 +43,12 @@ def test_sentiment_steer_moves_generations_on_held_out_prompts(default_lm):
 
     # held-out prompts: the first words of news sentences, never seen in training
     prompts = [" ".join(r.text.split()[:5]) for r in load_lee_sentences()[200:216]]
-    gens = generate(default_lm, prompts, steer, [-STRENGTH, STRENGTH], num_samples=4, max_new_tokens=20,
+    # 16 prompts × 8 paired samples per side; over seeds 0-5 at 4 samples the positive-rate swing was 0.06-0.23
+    # (mean 0.13) and the mean VADER difference 0.12-0.28: thresholds well above zero, below the seed noise
+    gens = generate(default_lm, prompts, steer, [-STRENGTH, STRENGTH], num_samples=8, max_new_tokens=20,
                     seed=0, batch_size=64)
     vader = get_scorer("vader")
     scores = {s: np.array(vader.score([g.text for g in gens if g.strength == s])) for s in (-STRENGTH, STRENGTH)}
     pos_rate = {s: float(np.mean(v > 0.05)) for s, v in scores.items()}
-    assert pos_rate[STRENGTH] - pos_rate[-STRENGTH] >= 0.15, pos_rate
-    assert scores[STRENGTH].mean() > scores[-STRENGTH].mean(), {s: v.mean() for s, v in scores.items()}
+    assert pos_rate[STRENGTH] - pos_rate[-STRENGTH] >= 0.05, pos_rate
+    assert scores[STRENGTH].mean() - scores[-STRENGTH].mean() >= 0.08, {s: v.mean() for s, v in scores.items()}

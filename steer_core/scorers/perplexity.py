@@ -13,6 +13,7 @@ an empty prompt the first continuation token has no context and is not scored.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Sequence
 
@@ -41,22 +42,42 @@ def conditional_perplexity(
     continuation (nothing to score). Texts are length-sorted so batches carry little padding."""
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pad_id = 0 if pad_id is None else int(pad_id)  # padding is masked out: any id works
 
     items: list[tuple[int, list[int], int]] = []  # (index, joint ids, number of masked prefix tokens)
-    out = [math.nan] * len(prompts)
     for i, (p, c) in enumerate(zip(prompts, continuations)):
         if not c:
             continue
         p_ids = tokenizer(p)["input_ids"]
         ids = tokenizer(p + c)["input_ids"]
-        n_mask = max(_common_prefix(p_ids, ids), 1)  # position 0 is never a target
-        if len(ids) > n_mask:
-            items.append((i, list(ids), n_mask))
-    items.sort(key=lambda it: len(it[1]))
+        items.append((i, list(ids), max(_common_prefix(p_ids, ids), 1)))  # position 0 is never a target
+    return _score(model, items, len(prompts), batch_size, device, pad_id)
 
+
+def token_perplexity(
+    model: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    continuation_ids: Sequence[Sequence[int]],
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+) -> list[float]:
+    """exp(mean NLL of the given continuation tokens | the prompt tokens) per pair: the judge scores exactly the
+    tokens that were sampled (same tokenizer as the generator). NaN for an empty continuation."""
+    if len(prompt_ids) != len(continuation_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations")
+    items = [(i, [*p, *c], max(len(p), 1)) for i, (p, c) in enumerate(zip(prompt_ids, continuation_ids)) if c]
+    return _score(model, items, len(prompt_ids), batch_size, device, 0)
+
+
+def _score(model: Any, items: list[tuple[int, list[int], int]], n: int, batch_size: int,
+           device: str | torch.device | None, pad_id: int) -> list[float]:
+    """Perplexity of ids[n_mask:] given ids[:n_mask] for each (index, ids, n_mask); NaN where nothing is scored.
+    Length-sorted right-padded batches; logits only for the positions some row scores (``logits_to_keep``)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    out = [math.nan] * n
+    items = sorted((it for it in items if len(it[1]) > it[2]), key=lambda it: len(it[1]))
+    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
     was_training = model.training
     model.eval()
     try:
@@ -70,12 +91,14 @@ def conditional_perplexity(
                 input_ids[r, : len(ids)] = torch.tensor(ids)
                 attention[r, : len(ids)] = 1
                 labels[r, n_mask : len(ids)] = torch.tensor(ids[n_mask:])
+            # position t predicts token t+1: only positions from the earliest scored token's predecessor on matter
+            first = min(n_mask for _, _, n_mask in chunk) - 1
+            kw = {"logits_to_keep": width - first} if keeps_logits else {}
             with torch.inference_mode():
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-                targets = labels[:, 1:].to(device)
-                nll = F.cross_entropy(
-                    logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
-                )
+                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kw).logits
+                logits = logits[:, -(width - first):]  # positions first .. width-1
+                targets = torch.cat([labels[:, first + 1 :], torch.full((len(chunk), 1), -100)], 1).to(device)
+                nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
                 counts = (targets != -100).sum(1)
                 mean_nll = (nll.sum(1) / counts).cpu().tolist()
             for (i, _, _), v in zip(chunk, mean_nll):

@@ -1,0 +1,108 @@
+"""The nucleus sampler: HF's top-p support and distribution, widening past first_k; per-row random numbers
+(seeded, independent of batch mates and threads); base NLLs recorded during sampling equal a forward pass."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+import torch
+from transformers.generation.logits_process import TopPLogitsWarper
+
+from steer_core.generate import NucleusSampler, generate, steering, values_for
+from steer_core.steer import Steer
+
+
+def _hf_support(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    return torch.isfinite(TopPLogitsWarper(top_p)(None, logits.clone()))
+
+
+@pytest.mark.parametrize("first_k", [2, 256])
+def test_support_matches_hf_top_p_including_rows_wider_than_first_k(first_k: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    vocab = 3000
+    logits = torch.randn(64, vocab, generator=g) * torch.tensor([0.1, 1.0, 4.0, 12.0]).repeat(16)[:, None]
+    support = _hf_support(logits, 0.9)
+    assert support.sum(1).max() > first_k  # flat rows: their nucleus is wider than first_k
+    sampler = NucleusSampler(0.9, 1.0, torch.empty(0, 0), first_k=first_k)
+    for _ in range(20):
+        picks = sampler.sample(logits, torch.rand(64, generator=g))
+        assert support[torch.arange(64), picks].all()
+
+
+def test_draws_follow_the_renormalised_nucleus() -> None:
+    logits = torch.tensor([3.0, 2.5, 2.0, 1.0, 0.0, -1.0, -2.0, -4.0] + [-6.0] * 92)
+    temperature = 0.8
+    scaled = logits / temperature
+    keep = _hf_support(scaled[None], 0.9)[0]
+    target = torch.where(keep, scaled.softmax(-1), torch.zeros(())).double()
+    target /= target.sum()
+    n = 40_000
+    u = torch.rand(n, generator=torch.Generator().manual_seed(3))
+    picks = NucleusSampler(0.9, temperature, torch.empty(0, 0), first_k=2).sample(logits.expand(n, -1), u)
+    freq = torch.bincount(picks, minlength=logits.numel()).double() / n
+    assert (freq[~keep] == 0).all()
+    assert 0.5 * (freq - target).abs().sum() < 0.015  # total variation; sampling noise is ~0.005 here
+
+
+def test_top_p_one_samples_the_whole_vocabulary_and_bad_settings_fail() -> None:
+    logits = torch.zeros(20_000, 5)
+    picks = NucleusSampler(1.0, 1.0, torch.empty(0, 0)).sample(logits, torch.rand(20_000))
+    assert torch.bincount(picks, minlength=5).tolist() == pytest.approx([4000] * 5, abs=250)
+    with pytest.raises(ValueError, match="top_p"):
+        NucleusSampler(0.0, 1.0, torch.empty(0, 0))
+    with pytest.raises(ValueError, match="temperature"):
+        NucleusSampler(0.9, 0.0, torch.empty(0, 0))
+
+
+def _random_steer(lm, scale: float = 0.5) -> Steer:
+    steer = Steer(["style", "dummy"], lm.dim, None, 1.0)
+    with torch.no_grad():
+        steer.W.normal_(0, scale, generator=torch.Generator().manual_seed(0))
+    steer.metadata["base_fingerprint"] = lm.fingerprint
+    return steer
+
+
+def test_generation_is_seeded_per_row_and_unaffected_by_batch_mates_or_threads(tiny_lm) -> None:
+    steer = _random_steer(tiny_lm)
+    kw = dict(num_samples=3, max_new_tokens=8, batch_size=4)
+    prompts = ["The city", "A river runs"]
+
+    def run(seed: int, strength: float) -> list[str]:
+        return [g.text for g in generate(tiny_lm, prompts, steer, [0.0, strength], seed=seed, **kw)]
+
+    alone = {seed: run(seed, 2.0) for seed in (0, 1)}
+    assert alone[0] != alone[1]
+    torch.manual_seed(123)  # the global generator plays no part
+    assert run(0, 2.0) == alone[0]
+    together: dict[int, list[str]] = {}
+    threads = [threading.Thread(target=lambda s=s: together.__setitem__(s, run(s, 2.0))) for s in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
+
+    # a row's draw is keyed by (seed, prompt, sample): the strength-0 rows of a sweep are the unsteered samples
+    unsteered = [g.text for g in generate(tiny_lm, prompts, None, None, seed=0, **kw)]
+    assert alone[0][:6] == unsteered
+
+
+def test_base_nll_recorded_while_sampling_equals_an_unsteered_forward_pass(tiny_lm) -> None:
+    from steer_core.scorers.perplexity import token_perplexity
+
+    steer = _random_steer(tiny_lm, scale=2.0)
+    prompts = ["The city", "A river runs through the old"]
+    gens = generate(tiny_lm, prompts, steer, [0.0, 3.0], num_samples=2, max_new_tokens=10, seed=4, base_nll=True)
+    assert all(len(g.base_nll) == len(g.token_ids) > 0 for g in gens)
+    prompt_ids = [tiny_lm.tokenizer(g.prompt)["input_ids"] for g in gens]
+    direct = token_perplexity(tiny_lm.model, prompt_ids, [g.token_ids for g in gens])
+    recorded = [math.exp(sum(g.base_nll) / len(g.base_nll)) for g in gens]
+    assert recorded == pytest.approx(direct, rel=1e-4)
+    # and the steered rows really were steered: their own (steered) NLL differs from the base one
+    steered = [g for g in gens if g.strength == 3.0]
+    with steering(tiny_lm, steer, values_for(steer, 3.0)):
+        under_steer = token_perplexity(tiny_lm.model, [tiny_lm.tokenizer(g.prompt)["input_ids"] for g in steered],
+                                       [g.token_ids for g in steered])
+    assert all(abs(a - b) / b > 1e-3 for a, b in zip(under_steer, recorded[len(gens) // 2:]))
