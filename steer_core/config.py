@@ -175,6 +175,8 @@ class GateConfig(Strict):
     max_ppl_increase: float = Field(0.25, ge=0)
     min_distinct_2: float = Field(0.5, ge=0, le=1)
     min_margin: float = Field(0.0, description="candidate control must beat the champion's by this")
+    min_gain: float = Field(0.0, description="candidate control must beat the unsteered base model's by more than "
+                            "this (sentiment: the ±s swing in positive rate; toxicity: the drop in avg max toxicity)")
 
 
 class SteerSpec(Strict):

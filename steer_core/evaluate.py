@@ -18,7 +18,8 @@ Schema of the returned document (``metrics/<steer>.json``)::
     ROW = {"strength", "control", "ppl", "ppl_increase", "distinct_1", "distinct_2", "distinct_3",
            "positive_rate" | "avg_max_toxicity", "toxicity_probability", "mean_toxicity",
            "ci": {metric: [low, high]}, "sets": {prompt_set: {metric: value}}}
-    REC = {"strength", "reason", "control", "ppl_increase", "distinct_2", "swing"?}
+    REC = {"strength", "reason", "control", "ppl_increase", "distinct_2", "gain", "swing"?}
+    (gain = control gained over the base model at that strength: the swing for sentiment)
 
 ``control`` is oriented so that higher is better in the steer's + direction: the positive rate for sentiment,
 1 − average max toxicity for toxicity.
@@ -201,12 +202,13 @@ def recommend(rows: list[dict], base: dict, control: str, budget: float) -> dict
     if not cands:
         why = ("no positive strength with its negative counterpart was evaluated (sentiment is judged by the "
                "swing between +s and -s)" if control == "sentiment" else "no positive strength was evaluated")
-        return {"strength": 0.0, "reason": why, key: 0.0,
+        return {"strength": 0.0, "reason": why, key: 0.0, "gain": 0.0,
                 "control": base["control"], "ppl_increase": 0.0, "distinct_2": base["distinct_2"]}
     strength, reason = M.recommend_strength(cands, key, "ppl", base["ppl"], budget)
     best = next(c for c in cands if c["strength"] == strength)
     out = {"strength": strength, "reason": reason, "control": best[key],
            "ppl_increase": best["ppl"] / base["ppl"] - 1.0, "distinct_2": best["distinct_2"]}
+    out["gain"] = best["swing"] if control == "sentiment" else best["control"] - base["control"]
     if control == "sentiment":
         out["swing"] = best["swing"]
         out["positive_rate_plus"] = by_s[strength]["control"]

@@ -1,7 +1,8 @@
 """The promotion gate: may a candidate steer replace the champion? Pure (no MLflow), so it is testable in isolation.
 
 Inputs are evaluation summaries at each steer's recommended strength, e.g.
-``{"control": 0.41, "ppl_increase": 0.12, "distinct_2": 0.83}``; both come from the same run on the same prompts
+``{"control": 0.41, "ppl_increase": 0.12, "distinct_2": 0.83, "gain": 0.2}`` (``gain``: how much the steer improves
+control over the unsteered base model on the same samples' prompts: the ±s swing for sentiment); both come from the same run on the same prompts
 (design.md), so the numbers are comparable. Every check is recorded, passed or not, so the registry can show why
 a version was (not) promoted; every failure reason is a sentence that carries the numbers.
 """
@@ -15,7 +16,7 @@ from typing import Any, Literal, Mapping, NamedTuple
 from steer_core.config import GateConfig
 
 Direction = Literal["higher", "lower"]
-REQUIRED = ("control", "ppl_increase", "distinct_2")
+REQUIRED = ("control", "ppl_increase", "distinct_2", "gain")
 
 
 class Check(NamedTuple):
@@ -65,7 +66,9 @@ def decide(
     gate: GateConfig,
     direction: Direction = "higher",
 ) -> GateDecision:
-    """Pass only when every floor holds and (if a champion exists) the candidate's control beats it by the margin.
+    """Pass only when every floor holds, the candidate beats the unsteered base model (``gain`` above
+    ``gate.min_gain``: the base model is the champion every steer must beat first) and, if a champion exists, the
+    candidate's control beats it by the margin.
 
     ``direction`` says which way ``control`` improves; summaries are normally already oriented ("higher"). A
     champion whose control is unusable fails the gate rather than being replaced blindly: the registry stays as it
@@ -99,11 +102,21 @@ def decide(
                 f"the steered text is too repetitive."
             )
 
+    gain = vals["gain"]
+    if gain is not None:
+        ok = gain > gate.min_gain
+        checks.append(Check("gain_over_base", gain, gate.min_gain, ok))
+        if not ok:
+            failures.append(
+                f"At its recommended strength the steer changes control by {gain:+.4f} against the unsteered base "
+                f"model; it must gain more than {gate.min_gain:g} (gate.min_gain)."
+            )
+
     passes: list[str] = []
     ctrl = vals["control"]
     if champion is None:
         checks.append(Check("first_model", None, None, True))
-        passes.append("no champion yet, so the candidate only had to hold the floors")
+        passes.append("no champion yet, so the candidate only had to beat the base model and hold the floors")
     else:
         champ_ctrl = _number(champion, "control")
         if champ_ctrl is None:
@@ -130,5 +143,6 @@ def decide(
                 )
     if failures:
         return GateDecision(False, failures, checks)
-    floors = f"perplexity +{ppl:.1%} ≤ {gate.max_ppl_increase:.1%}, distinct-2 {d2:.3f} ≥ {gate.min_distinct_2:.3f}"
+    floors = (f"gain over base {gain:+.4f} > {gate.min_gain:g}, perplexity +{ppl:.1%} ≤ {gate.max_ppl_increase:.1%}, "
+              f"distinct-2 {d2:.3f} ≥ {gate.min_distinct_2:.3f}")
     return GateDecision(True, [floors, *passes], checks)

@@ -10,8 +10,8 @@ from steer_core.config import GateConfig
 from steer_core.gates import GateDecision, decide
 
 GATE = GateConfig(max_ppl_increase=0.25, min_distinct_2=0.5, min_margin=0.02)
-GOOD = {"control": 0.60, "ppl_increase": 0.10, "distinct_2": 0.80}
-CHAMP = {"control": 0.50, "ppl_increase": 0.05, "distinct_2": 0.85}
+GOOD = {"control": 0.60, "ppl_increase": 0.10, "distinct_2": 0.80, "gain": 0.30}
+CHAMP = {"control": 0.50, "ppl_increase": 0.05, "distinct_2": 0.85, "gain": 0.20}
 
 
 def by_name(d: GateDecision) -> dict[str, tuple]:
@@ -60,8 +60,8 @@ def test_fail_on_floor(override: dict, metric: str, numbers: list[str]) -> None:
 
 
 def test_all_failures_are_reported_together() -> None:
-    d = decide({"control": 0.1, "ppl_increase": 0.9, "distinct_2": 0.1}, CHAMP, GATE)
-    assert not d.passed and len(d.reasons) == 3
+    d = decide({"control": 0.1, "ppl_increase": 0.9, "distinct_2": 0.1, "gain": -0.1}, CHAMP, GATE)
+    assert not d.passed and len(d.reasons) == 4
 
 
 @pytest.mark.parametrize("bad", [math.nan, float("inf"), "n/a"])
@@ -102,3 +102,18 @@ def test_decision_serialises() -> None:
 
     d = decide(GOOD, CHAMP, GATE)
     assert json.loads(json.dumps(d.to_dict()))["passed"] is True
+
+
+@pytest.mark.parametrize("gain", [0.0, -0.05, math.nan, None])
+def test_a_steer_that_does_not_beat_the_base_model_is_refused_even_without_a_champion(gain) -> None:
+    cand = {**GOOD, "gain": gain}
+    for champion in (None, CHAMP):
+        d = decide(cand, champion, GATE)
+        assert not d.passed
+        if gain is None or gain != gain:
+            assert any("'gain'" in r for r in d.reasons)
+        else:
+            assert any("gate.min_gain" in r and f"{gain:+.4f}" in r for r in d.reasons)
+            assert by_name(d)["gain_over_base"].ok is False
+    assert decide({**GOOD, "gain": 0.05}, None, GateConfig(min_gain=0.04)).passed
+    assert not decide({**GOOD, "gain": 0.04}, None, GateConfig(min_gain=0.04)).passed  # strictly more

@@ -353,7 +353,7 @@ def test_two_steers_in_parallel_each_get_their_own_nested_run_and_model(tmp_path
     params["steers"]["pos2"] = json.loads(json.dumps(params["steers"][NAME]))
     params["steers"]["pos2"]["train"]["lr"] = 0.05
     for spec in params["steers"].values():  # this test is about concurrency, not quality: any steer passes
-        spec["gate"] = {"max_ppl_increase": 1e9, "min_distinct_2": 0.0}
+        spec["gate"] = {"max_ppl_increase": 1e9, "min_distinct_2": 0.0, "min_gain": -1.0}
     path = write_params(tmp_path / "params.yaml", params)
     try:
         from flows.steer_pipeline import steer_pipeline

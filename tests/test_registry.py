@@ -31,8 +31,8 @@ from steer_core.steer import BaseModelMismatch, Steer
 from tasks.registry import download_steer, get_champion, log_steer_model, promote
 
 GATE = GateConfig(max_ppl_increase=0.25, min_distinct_2=0.5, min_margin=0.0)
-PASS = decide({"control": 0.6, "ppl_increase": 0.1, "distinct_2": 0.8}, None, GATE)
-FAIL = decide({"control": 0.6, "ppl_increase": 0.4, "distinct_2": 0.8}, None, GATE)
+PASS = decide({"control": 0.6, "ppl_increase": 0.1, "distinct_2": 0.8, "gain": 0.2}, None, GATE)
+FAIL = decide({"control": 0.6, "ppl_increase": 0.4, "distinct_2": 0.8, "gain": 0.2}, None, GATE)
 assert PASS.passed and not FAIL.passed
 
 
