@@ -1,7 +1,9 @@
 """New tokens per second: steered vs unsteered sampling (batch 16, same prompts, same seeds, interleaved).
 
-Generation goes through the same path as ``steer_core.generate.generate``: the ``steering`` context (a forward
-pre-hook on the output layer) around Hugging Face ``generate`` with the KV cache, top-p 0.9. To make every run
+Steering goes through the same hook as ``steer_core.generate.generate``: the ``steering`` context (a forward
+pre-hook on the output layer) around Hugging Face ``generate`` with the KV cache. Every side samples with HF's own
+top-p 0.9, so only the hook differs between sides (``generate()``'s faster nucleus sampler is measured in
+``eval_speed.py``). To make every run
 produce exactly the same number of tokens, ``min_new_tokens = max_new_tokens`` (eos is suppressed until then),
 so new tokens = batch × max_new_tokens on every side.
 
