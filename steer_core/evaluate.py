@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
 from . import metrics as M
 from .baselines import ActAdd, actadd_steering
