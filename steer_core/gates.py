@@ -37,7 +37,7 @@ class GateDecision:
     def summary(self) -> str:
         """One line for logs, tags and version descriptions."""
         if self.passed:
-            return "gate passed: " + "; ".join(self.reasons)
+            return "gate passed: " + " ".join(self.reasons)
         return "gate failed: " + " ".join(self.reasons)
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,7 +116,7 @@ def decide(
     ctrl = vals["control"]
     if champion is None:
         checks.append(Check("first_model", None, None, True))
-        passes.append("no champion yet, so the candidate only had to beat the base model and hold the floors")
+        passes.append("No champion yet, so the candidate only had to beat the base model and hold the floors.")
     else:
         champ_ctrl = _number(champion, "control")
         if champ_ctrl is None:
@@ -133,7 +133,7 @@ def decide(
             word = "above" if direction == "higher" else "below"
             if ok:
                 passes.append(
-                    f"control {ctrl:.4f} beats the champion's {champ_ctrl:.4f} by more than {gate.min_margin:g}"
+                    f"Control {ctrl:.4f} beats the champion's {champ_ctrl:.4f} by more than {gate.min_margin:g}."
                 )
             else:
                 failures.append(
@@ -143,6 +143,6 @@ def decide(
                 )
     if failures:
         return GateDecision(False, failures, checks)
-    floors = (f"gain over base {gain:+.4f} > {gate.min_gain:g}, perplexity +{ppl:.1%} ≤ {gate.max_ppl_increase:.1%}, "
-              f"distinct-2 {d2:.3f} ≥ {gate.min_distinct_2:.3f}")
+    floors = (f"Gain over base {gain:+.4f} > {gate.min_gain:g}, perplexity +{ppl:.1%} ≤ {gate.max_ppl_increase:.1%}, "
+              f"distinct-2 {d2:.3f} ≥ {gate.min_distinct_2:.3f}.")
     return GateDecision(True, [floors, *passes], checks)

@@ -83,11 +83,11 @@ def test_champion_without_control_blocks_promotion() -> None:
     assert not d.passed and "champion" in d.reasons[0]
 
 
-def test_first_model_needs_only_floors() -> None:
+def test_first_model_needs_only_floors_and_a_gain_over_base() -> None:
     d = decide({**GOOD, "control": -5.0}, None, GATE)
     assert d.passed
-    assert by_name(d)["first_model"].ok
-    assert any("no champion" in r for r in d.reasons)
+    assert by_name(d)["first_model"].ok and by_name(d)["gain_over_base"].ok
+    assert any("No champion yet" in r for r in d.reasons)
 
 
 def test_lower_direction() -> None:
