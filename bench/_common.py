@@ -19,6 +19,26 @@ if str(ROOT) not in sys.path:
 
 THREADS = 1  # one torch thread: a busy second core (colleagues' tests) cannot disturb the measurement
 
+# neutral, news-like prompt openings shared by the generation and evaluation benchmarks
+NEUTRAL_PROMPTS = [
+    "The history of the city begins",
+    "Scientists have recently discovered",
+    "In the morning the village market",
+    "The new library opened its doors",
+    "A small river runs through",
+    "The committee met on Tuesday to",
+    "Most of the old railway line",
+    "The museum's collection includes",
+    "During the winter months the lake",
+    "The company was founded in",
+    "Farmers in the region usually",
+    "The bridge was built to",
+    "According to the local newspaper,",
+    "The school offers courses in",
+    "Travellers arriving at the station",
+    "The festival takes place every",
+]
+
 AIRLINES = ("@united", "@americanair", "@southwestair", "@jetblue", "@usairways", "@virginamerica")
 _MENTION = re.compile(r"@\w+")
 _URL = re.compile(r"https?://\S+|www\.\S+")

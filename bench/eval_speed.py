@@ -34,18 +34,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, pin_threads  # noqa: E402
+from _common import NEUTRAL_PROMPTS, header, pin_threads  # noqa: E402
 
-PROMPTS = [
-    "The history of the city begins",
-    "Scientists have recently discovered",
-    "In the morning the village market",
-    "The new library opened its doors",
-    "A small river runs through",
-    "The committee met on Tuesday to",
-    "Most of the old railway line",
-    "The museum's collection includes",
-]
+PROMPTS = NEUTRAL_PROMPTS[:8]
 
 
 def main() -> None:

@@ -25,26 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, pin_threads  # noqa: E402
-
-PROMPTS = [
-    "The history of the city begins",
-    "Scientists have recently discovered",
-    "In the morning the village market",
-    "The new library opened its doors",
-    "A small river runs through",
-    "The committee met on Tuesday to",
-    "Most of the old railway line",
-    "The museum's collection includes",
-    "During the winter months the lake",
-    "The company was founded in",
-    "Farmers in the region usually",
-    "The bridge was built to",
-    "According to the local newspaper,",
-    "The school offers courses in",
-    "Travellers arriving at the station",
-    "The festival takes place every",
-]
+from _common import NEUTRAL_PROMPTS as PROMPTS, header, pin_threads  # noqa: E402
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -91,20 +91,15 @@ def sample_system(
             for g in part:
                 g.strength = float(s)
             gens += part
-        if judge_in_sampling:
-            ppl = token_perplexity(lm.model, [lm.tokenizer(g.prompt)["input_ids"] for g in gens],
-                                   [g.token_ids for g in gens], batch_size=cfg.batch_size, device=lm.device)
-            for g, v in zip(gens, ppl):
-                g.base_nll = None if v != v else [math.log(v)]  # the mean NLL is all a perplexity needs
+        ppl = (token_perplexity(lm.model, [lm.tokenizer(g.prompt)["input_ids"] for g in gens],
+                                [g.token_ids for g in gens], batch_size=cfg.batch_size, device=lm.device)
+               if judge_in_sampling else [math.nan] * len(gens))
     else:
         values = None if system.steer is None else [float(s) for s in system.strengths]
         gens = generate(lm, texts, system.steer, values, base_nll=judge_in_sampling, **kw)
-    samples = []
-    for g in gens:
-        smp = Sample(system.name, prompts[g.prompt_index]["set"], g.prompt_index, g.prompt, g.strength, g.text)
-        if judge_in_sampling and g.base_nll:
-            smp.ppl = math.exp(sum(g.base_nll) / len(g.base_nll))
-        samples.append(smp)
+        ppl = [math.exp(sum(g.base_nll) / len(g.base_nll)) if g.base_nll else math.nan for g in gens]
+    samples = [Sample(system.name, prompts[g.prompt_index]["set"], g.prompt_index, g.prompt, g.strength, g.text,
+                      ppl=v) for g, v in zip(gens, ppl)]
     return samples
 
 
@@ -249,16 +244,15 @@ def evaluate(
     # their random numbers by prompt and sample, the very samples a separate call would give)
     nonzero = [System(s.name, [x for x in s.strengths if x != 0], s.steer, s.actadd, s.meta) for s in systems]
     first = next((i for i, s in enumerate(nonzero) if s.steer is not None), None)
-    pre_sampled: dict[int, list[Sample]] = {}
+    first_samples: list[Sample] = []  # the first steer system's non-zero strengths, sampled with the base
     if first is None:
         base_samples = sample_system(lm, System("base", [0.0]), prompts, cfg, seed, progress, in_sampling)
     else:
-        both = sample_system(lm, System("base", [0.0, *nonzero[first].strengths], nonzero[first].steer),
+        both = sample_system(lm, System(nonzero[first].name, [0.0, *nonzero[first].strengths], nonzero[first].steer),
                              prompts, cfg, seed, progress, in_sampling)
-        base_samples = [s for s in both if s.strength == 0.0]
-        pre_sampled[first] = [Sample(nonzero[first].name, s.prompt_set, s.prompt_index, s.prompt, s.strength,
-                                     s.text, ppl=s.ppl) for s in both if s.strength != 0.0]
-    score_samples(base_samples + pre_sampled.get(first, []), scorer, text_judge, cfg.batch_size)
+        base_samples = [replace(s, system="base") for s in both if s.strength == 0.0]
+        first_samples = [s for s in both if s.strength != 0.0]
+    score_samples(base_samples + first_samples, scorer, text_judge, cfg.batch_size)
     cuts = (getattr(scorer, "positive_above", 0.5), getattr(scorer, "negative_below", 0.5))  # what "positive" means here
     base_row = summarize(base_samples, cfg.control, cfg.bootstrap, seed, cuts)[0]
     base_row["ppl_increase"] = 0.0  # the base is a ROW like the others (schema above)
@@ -273,8 +267,8 @@ def evaluate(
     all_samples = list(base_samples)
     for i, system in enumerate(systems):
         log(f"evaluating {system.name} at strengths {system.strengths}")
-        if i in pre_sampled:
-            samples = pre_sampled[i]
+        if i == first:
+            samples = first_samples
         else:
             samples = (sample_system(lm, nonzero[i], prompts, cfg, seed, progress, in_sampling)
                        if nonzero[i].strengths else [])

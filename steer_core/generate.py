@@ -79,12 +79,13 @@ class _BaseNLL:
 
     def __init__(self, steered_rows: torch.Tensor) -> None:
         self.steered = steered_rows
+        self.any_steered = bool(steered_rows.any())  # once, not per forward (a device sync on a GPU)
         self.base_logits: torch.Tensor | None = None
         self.steps: list[torch.Tensor] = []
         self.thread = threading.get_ident()
 
     def pre_hook(self, module: torch.nn.Module, args: tuple) -> None:
-        if threading.get_ident() == self.thread and bool(self.steered.any()):
+        if self.any_steered and threading.get_ident() == self.thread:
             self.base_logits = module.forward(args[0][self.steered, -1]).float()
 
     def record(self, scores: torch.Tensor, choice: torch.Tensor) -> None:
@@ -211,8 +212,6 @@ def generate(
     sample k) draws the same random numbers at every strength. ``base_nll`` also records each sampled token's NLL
     under the unsteered model (see the module docstring).
     """
-    if not 0 < top_p <= 1 or temperature <= 0:
-        raise ValueError(f"need 0 < top_p ≤ 1 and temperature > 0, got top_p={top_p}, temperature={temperature}")
     rows = _plan_rows(prompts, steer, values, num_samples)
     gens: list[Generation] = []
     batches = range(0, len(rows), batch_size)

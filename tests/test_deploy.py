@@ -6,28 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
+from servers import free_port, start_server, stop_server, wait_http
 from tiny_pipeline import tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 CRON = "0 3 * * 1"
 DEPLOYMENT = "steer-pipeline/test-weekly"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
@@ -45,16 +37,6 @@ def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = 
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 @pytest.mark.slow
 def test_deploy_serves_a_cron_deployment_that_runs_the_pipeline(tmp_path: Path) -> None:
     project = tmp_path / "project"
@@ -63,24 +45,20 @@ def test_deploy_serves_a_cron_deployment_that_runs_the_pipeline(tmp_path: Path) 
     params.write_text(yaml.safe_dump(tiny_params("sentiment", tracking={"uri": "sqlite:///mlflow.db",
                                                                          "experiment": "deploy-test"}),
                                      sort_keys=False))
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_REGISTRY"))}
     env.update(PREFECT_HOME=str(tmp_path / ".prefect"), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
     logs = tmp_path / "logs"
     logs.mkdir()
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, cwd=tmp_path, start_new_session=True,
-                              stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT)
+    server = start_server([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                           str(port)], logs / "server.log", env, tmp_path)
     served = None
     try:
-        _wait(lambda: urllib.request.urlopen(f"{api}/health", timeout=2).status == 200, 180, "the Prefect server",
-              server)
-        served = subprocess.Popen([sys.executable, "-m", "steer_core.cli", "deploy", "--cron", CRON, "--name",
-                                   "test-weekly", "--params", str(params)], env=env, cwd=project,
-                                  start_new_session=True, stdout=open(logs / "deploy.log", "w"),
-                                  stderr=subprocess.STDOUT)
+        wait_http(f"{api}/health", server, logs / "server.log", 180)
+        served = start_server([sys.executable, "-m", "steer_core.cli", "deploy", "--cron", CRON, "--name",
+                               "test-weekly", "--params", str(params)], logs / "deploy.log", env, project)
         from prefect.client.orchestration import get_client
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -108,8 +86,8 @@ def test_deploy_serves_a_cron_deployment_that_runs_the_pipeline(tmp_path: Path) 
         assert state.is_completed(), (state, (logs / "deploy.log").read_text()[-3000:])
     finally:
         if served is not None:
-            _stop(served)
-        _stop(server)
+            stop_server(served)
+        stop_server(server)
 
     # the served run did the whole job in the project
     assert (project / "metrics" / "sentiment.json").is_file()

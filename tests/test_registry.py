@@ -10,11 +10,7 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -29,6 +25,8 @@ from steer_core.gates import decide
 from steer_core.lm import default_gguf_path, gguf_cache_path, load_lm
 from steer_core.steer import BaseModelMismatch, Steer
 from tasks.registry import download_steer, get_champion, log_steer_model, promote
+
+from servers import free_port, start_server, stop_server, wait_http
 
 GATE = GateConfig(max_ppl_increase=0.25, min_distinct_2=0.5, min_margin=0.0)
 PASS = decide({"control": 0.6, "ppl_increase": 0.1, "distinct_2": 0.8, "gain": 0.2}, None, GATE)
@@ -106,43 +104,6 @@ def name(request: pytest.FixtureRequest) -> str:
 def aliases(name: str) -> dict[str, str]:
     """Alias → version as strings (the sqlite store returns int versions, the REST store strings)."""
     return {k: str(v) for k, v in mlflow.MlflowClient().get_registered_model(name).aliases.items()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    """Its own process group, so the finalizer ends the server and the workers it forks, and nothing else."""
-    fh = open(log, "wb")
-    return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"{url} not up after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 def subprocess_env(tmp: Path, **extra: str) -> dict[str, str]:
