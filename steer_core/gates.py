@@ -146,3 +146,19 @@ def decide(
     floors = (f"Gain over base {gain:+.4f} > {gate.min_gain:g}, perplexity +{ppl:.1%} ≤ {gate.max_ppl_increase:.1%}, "
               f"distinct-2 {d2:.3f} ≥ {gate.min_distinct_2:.3f}.")
     return GateDecision(True, [floors, *passes], checks)
+
+
+def decide_doc(doc: Mapping[str, Any], gate: GateConfig) -> GateDecision:
+    """The gate on an evaluation document (schema in ``steer_core.evaluate``).
+
+    ``doc["systems"]`` has ``"candidate"`` and, when a champion exists, ``"champion"``: both were sampled on the
+    same prompts with the same per-(prompt, sample) random numbers and share ``doc["base"]``. Returns the gate
+    decision (reasons are sentences with numbers).
+    """
+    systems = doc.get("systems") or {}
+    if "candidate" not in systems:
+        return GateDecision(False, ["The evaluation document has no 'candidate' system to judge."],
+                            [Check("candidate_present", None, None, False)])
+    cand = systems["candidate"].get("recommended") or {}
+    champ = systems["champion"].get("recommended") or {} if "champion" in systems else None
+    return decide(cand, champ, gate)
