@@ -17,15 +17,13 @@ import typer
 from rich.console import Console
 
 from .config import TrainConfig
+from .errors import USER_ERRORS, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and ship LM-Steer steers.")
 err = Console(stderr=True)
 out = Console()
 
 _TRAIN = {k: f.default for k, f in TrainConfig.model_fields.items()}  # config.py is where defaults live
-
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, RuntimeError)
-
 
 def cli_errors(fn: Callable) -> Callable:
     """Turn expected failures into a one-line ``error: ...`` and exit code 2 (no traceback for bad input)."""
@@ -37,8 +35,7 @@ def cli_errors(fn: Callable) -> Callable:
         except typer.Exit:
             raise
         except USER_ERRORS as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            err.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {first_line(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -144,6 +141,7 @@ def train(
 
     from .config import TrainConfig
     from .data import read_training_file
+    from .files import write_atomic
     from .lm import load_lm
     from .train import default_hidden_cache, fit_steer, texts_hash
 
@@ -174,12 +172,14 @@ def train(
     )
     steer.metadata.update(data_file=str(data), data_hash=texts_hash([t for t, _ in rows]), labels=labels or "auto")
     steer.save(out_path)
+    card = out_path.with_suffix(".json")
+    write_atomic(card, json.dumps({**steer.metadata, "run": summary.circumstances()}, indent=2, default=str))
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)
     s = summary
     err.print(
-        f"saved {out_path}: {len(tr)} train / {len(va)} val texts, {s.steps} steps, val loss "
+        f"saved {out_path} (card {card.name}): {len(tr)} train / {len(va)} val texts, {s.steps} steps, val loss "
         f"{s.base_val_loss:.4f} → {s.best_val_loss:.4f} (cache {s.cache_seconds}s, fit {s.fit_seconds}s)"
     )
 

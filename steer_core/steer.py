@@ -7,18 +7,33 @@ safetensors (tensors) plus JSON metadata in the safetensors header: nothing is e
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 from torch import nn
+
+from .files import write_atomic
 
 FORMAT_VERSION = "1"
 
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted.
+
+    safetensors writes the header from a hash map, so two saves of equal tensors and metadata can order the header
+    differently and differ in bytes. Steers are content-addressed (DVC, the registry's sha256 dedupe): equal
+    inputs must give equal bytes. The data offsets are relative to the end of the header, so only the header is
+    rewritten (padded with spaces to a multiple of 8, as the format requires).
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 class SteerFileError(ValueError):
     """A file that is not a readable steer (missing, truncated, foreign format)."""
@@ -152,15 +167,7 @@ class Steer(nn.Module):
             "metadata": json.dumps(self.metadata, sort_keys=True, default=str),
         }
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=header)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return write_atomic(path, canonical_safetensors(save_bytes(tensors, metadata=header)))
 
     @classmethod
     def load(cls, path: str | Path, expect_fingerprint: str | None = None) -> "Steer":

@@ -62,6 +62,18 @@ class TrainSummary:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def content(self) -> dict:
+        """What the fit found, without how long it took or whether it resumed: this goes into the steer file's
+        header, so equal inputs give a byte-identical file (DVC and the registry address steers by hash)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_CIRCUMSTANCES}
+
+    def circumstances(self) -> dict:
+        """Timings and resumption: for the steer's JSON card and MLflow, never the steer file."""
+        return {k: v for k, v in self.to_dict().items() if k in RUN_CIRCUMSTANCES}
+
+
+RUN_CIRCUMSTANCES = ("cache_seconds", "fit_seconds", "resumed_from_step")
+
 
 def texts_hash(texts: Sequence[str], values: torch.Tensor | None = None) -> str:
     """Content hash of a training set (texts and their steer values)."""
@@ -362,7 +374,7 @@ def fit_steer(
         base_name=lm.name,
         train_data_hash=texts_hash(train_texts, train_values),
         train=cfg.model_dump(),
-        summary=summary.to_dict(),
+        summary=summary.content(),
     )
     return steer.cpu(), summary
 
