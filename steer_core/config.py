@@ -177,6 +177,9 @@ class GateConfig(Strict):
     min_margin: float = Field(0.0, description="candidate control must beat the champion's by this")
     min_gain: float = Field(0.0, description="candidate control must beat the unsteered base model's by more than "
                             "this (sentiment: the ±s swing in positive rate; toxicity: the drop in avg max toxicity)")
+    confidence: float = Field(0.95, gt=0, lt=1, description="the paired intervals' level: a margin or gain counts "
+                              "only when the lower end of this central bootstrap interval over prompts clears it")
+    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples of the prompts for the gate's intervals")
 
 
 class SteerSpec(Strict):

@@ -13,13 +13,20 @@ the decoded text (``"re-tokenised text"``).
 Schema of the returned document (``metrics/<steer>.json``)::
 
     {"steer", "control", "scorer", "judge", "protocol": {...},
-     "systems": {"candidate"|"champion"|"actadd": {"rows": [ROW, ...], "recommended": REC}},
+     "systems": {"candidate"|"champion"|"actadd": {"rows": [ROW, ...], "recommended": REC,
+                                                   "prompt_ids": [sha256(prompt)[:12], ...]}},
      "base": ROW at strength 0, "headline": {...}}
     ROW = {"strength", "control", "ppl", "ppl_increase", "distinct_1", "distinct_2", "distinct_3",
            "positive_rate" | "avg_max_toxicity", "toxicity_probability", "mean_toxicity",
-           "ci": {metric: [low, high]}, "sets": {prompt_set: {metric: value}}}
-    REC = {"strength", "reason", "control", "ppl_increase", "distinct_2", "gain", "swing"?}
-    (gain = control gained over the base model at that strength: the swing for sentiment)
+           "ci": {metric: [low, high]}, "sets": {prompt_set: {metric: value}},
+           "per_prompt": {"prompt_index", "control", "log_ppl", "distinct_2", "toxicity_probability"?: [one per prompt]}}
+    REC = {"strength", "reason", "control", "ppl_increase", "distinct_2", "gain", "swing"?,
+           "per_prompt": {"control", "gain": [one per prompt]}, "split": {"method", "folds": [...]},
+           "in_sample": {"control", "gain", "ppl_increase", "distinct_2"}}
+    (gain = control gained over the base model at that strength: the swing for sentiment). ``strength`` is chosen
+    on all prompts; the other REC numbers are cross-fitted (each prompt read at the strength chosen on the other
+    fold of prompts, see :func:`recommend`), so they carry no winner's curse; ``in_sample`` has the optimistic ones.
+    The gate (``steer_core.gates.decide_doc``) reads ``per_prompt`` and ``prompt_ids``.
 
 ``control`` is oriented so that higher is better in the steer's + direction: the positive rate for sentiment,
 1 − average max toxicity for toxicity.
@@ -27,8 +34,10 @@ Schema of the returned document (``metrics/<steer>.json``)::
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
@@ -149,8 +158,12 @@ def _per_prompt(groups: list[list[Sample]], control: str, cuts: tuple[float, flo
     return {k: np.asarray(v, dtype=float) for k, v in cols.items()}
 
 
+#: per-prompt columns kept in each row's ``per_prompt`` (what the honest recommendation and the gate read)
+PER_PROMPT_KEYS = ("control", "log_ppl", "distinct_2", "toxicity_probability")
+
+
 def _row_metrics(groups: list[list[Sample]], control: str, n_boot: int = 0, seed: int = 0,
-                 cuts: tuple[float, float] = VADER_CUTS) -> dict[str, Any]:
+                 cuts: tuple[float, float] = VADER_CUTS, keep_per_prompt: bool = False) -> dict[str, Any]:
     per = _per_prompt(groups, control, cuts)
     row: dict[str, Any] = {k: float(np.nanmean(v)) for k, v in per.items() if k != "log_ppl"}
     row["ppl"] = float(np.exp(np.nanmean(per["log_ppl"])))
@@ -158,40 +171,146 @@ def _row_metrics(groups: list[list[Sample]], control: str, n_boot: int = 0, seed
         ci = {k: list(M.bootstrap_ci(v, n_boot=n_boot, seed=seed)) for k, v in per.items() if k != "log_ppl"}
         ci["ppl"] = [float(np.exp(x)) for x in M.bootstrap_ci(per["log_ppl"], n_boot=n_boot, seed=seed)]
         row["ci"] = ci
+    if keep_per_prompt:
+        row["per_prompt"] = {"prompt_index": [g[0].prompt_index for g in groups],
+                             **{k: [float(x) for x in per[k]] for k in PER_PROMPT_KEYS if k in per}}
     return row
 
 
 def summarize(samples: list[Sample], control: str, n_boot: int = 1000, seed: int = 0,
               cuts: tuple[float, float] = VADER_CUTS) -> list[dict]:
-    """One row per strength: every metric, its bootstrap interval over prompts, and per-prompt-set values."""
+    """One row per strength: every metric, its bootstrap interval over prompts, per-prompt-set values, and the
+    per-prompt values themselves (``per_prompt``: one entry per prompt, in prompt order)."""
     rows = []
     for strength in sorted({s.strength for s in samples}):
         at = [s for s in samples if s.strength == strength]
-        row: dict[str, Any] = {"strength": strength, **_row_metrics(_by_prompt(at), control, n_boot, seed, cuts)}
+        row: dict[str, Any] = {"strength": strength,
+                               **_row_metrics(_by_prompt(at), control, n_boot, seed, cuts, keep_per_prompt=True)}
         row["sets"] = {name: _row_metrics(_by_prompt([s for s in at if s.prompt_set == name]), control, cuts=cuts)
                        for name in sorted({s.prompt_set for s in at})}
         rows.append(row)
     return rows
 
 
-def recommend(rows: list[dict], base: dict, control: str, budget: float) -> dict:
-    """The strength with the strongest control whose judge perplexity stays within (1 + budget) × base.
+def prompt_id(prompt: str) -> str:
+    """A prompt's stable identity: the first 12 hex digits of the SHA-256 of its text."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:12]
 
-    Sentiment is two-sided: a magnitude m is judged by its swing, positive rate at +m minus at −m, and must keep
-    both sides within budget. Toxicity is one-sided (+ = cleaner).
+
+def split_folds(prompts: Sequence[str]) -> list[int]:
+    """Fold 0 or 1 of every prompt, for choosing the strength on one fold and reporting it on the other.
+
+    A prompt's fold is the last bit of the SHA-256 of its text, so it never depends on the order or on the other
+    prompts. Only when that leaves a fold empty (a handful of prompts), the prompts sorted by hash alternate
+    between the folds instead (still the same folds for the same prompts).
     """
-    by_s = {r["strength"]: r for r in rows}
+    ids = [hashlib.sha256(p.encode("utf-8")).hexdigest() for p in prompts]
+    folds = [int(h, 16) & 1 for h in ids]
+    if len(prompts) >= 2 and len(set(folds)) < 2:
+        order = sorted(range(len(prompts)), key=lambda i: (ids[i], i))
+        folds = [0] * len(prompts)
+        for rank, i in enumerate(order):
+            folds[i] = rank % 2
+    return folds
+
+
+def _choice_table(by_s: dict[float, dict], control: str, idx: list[int] | None) -> list[dict]:
+    """One candidate per positive strength: its control (the ±s swing for sentiment), perplexity and distinct-2,
+    as means over the prompts ``idx`` of the rows' per-prompt values (``None``: the rows' own headline values)."""
+
+    def val(r: dict, key: str) -> float:
+        if idx is None:
+            return r[key]
+        pp = np.asarray(r["per_prompt"]["log_ppl" if key == "ppl" else key], dtype=float)[idx]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(np.exp(np.nanmean(pp))) if key == "ppl" else float(np.nanmean(pp))
+
     cands = []
     for s, r in by_s.items():
         if s <= 0:
             continue
         if control == "sentiment" and -s in by_s:
             neg = by_s[-s]
-            cands.append({"strength": s, "swing": r["control"] - neg["control"],
-                          "ppl": max(r["ppl"], neg["ppl"]), "distinct_2": min(r["distinct_2"], neg["distinct_2"]),
-                          "control": r["control"]})
+            cands.append({"strength": s, "swing": val(r, "control") - val(neg, "control"),
+                          "ppl": max(val(r, "ppl"), val(neg, "ppl")),
+                          "distinct_2": min(val(r, "distinct_2"), val(neg, "distinct_2")), "control": val(r, "control")})
         elif control != "sentiment":
-            cands.append({"strength": s, "control": r["control"], "ppl": r["ppl"], "distinct_2": r["distinct_2"]})
+            cands.append({"strength": s, "control": val(r, "control"), "ppl": val(r, "ppl"),
+                          "distinct_2": val(r, "distinct_2")})
+    return cands
+
+
+def _base_ppl(base: dict, idx: list[int]) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.exp(np.nanmean(np.asarray(base["per_prompt"]["log_ppl"], dtype=float)[idx])))
+
+
+def _cross_fit(by_s: dict[float, dict], base: dict, control: str, budget: float, folds: Sequence[int]) -> dict:
+    """Choose the strength on one fold of prompts and read every prompt's values at the strength chosen on the
+    other fold: per-prompt control and gain that were never used to pick their own strength."""
+    key = "swing" if control == "sentiment" else "control"
+    n = len(folds)
+    cols = {k: [math.nan] * n for k in ("control", "gain", "log_ppl_plus", "log_ppl_minus", "d2_plus", "d2_minus",
+                                        "plus", "minus", "toxicity_probability")}
+    base_pp = base["per_prompt"]
+    fold_docs = []
+    for k in sorted(set(folds)):
+        report = [i for i in range(n) if folds[i] == k]
+        choose = [i for i in range(n) if folds[i] != k]
+        s, _ = M.recommend_strength(_choice_table(by_s, control, choose), key, "ppl", _base_ppl(base, choose), budget)
+        fold_docs.append({"fold": k, "reported_on": report, "strength_chosen_on_other_fold": s})
+        plus = by_s[s]["per_prompt"]
+        minus = by_s[-s]["per_prompt"] if control == "sentiment" else None
+        for i in report:
+            if minus is not None:
+                sw = plus["control"][i] - minus["control"][i]
+                cols["control"][i] = cols["gain"][i] = sw
+                cols["plus"][i], cols["minus"][i] = plus["control"][i], minus["control"][i]
+                cols["log_ppl_minus"][i], cols["d2_minus"][i] = minus["log_ppl"][i], minus["distinct_2"][i]
+            else:
+                cols["control"][i] = plus["control"][i]
+                cols["gain"][i] = plus["control"][i] - base_pp["control"][i]
+                cols["toxicity_probability"][i] = plus.get("toxicity_probability", [math.nan] * n)[i]
+            cols["log_ppl_plus"][i], cols["d2_plus"][i] = plus["log_ppl"][i], plus["distinct_2"][i]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = {k: float(np.nanmean(v)) for k, v in cols.items()}
+    base_ppl = _base_ppl(base, list(range(n)))
+    ppl = math.exp(mean["log_ppl_plus"])
+    d2 = mean["d2_plus"]
+    if control == "sentiment":
+        ppl, d2 = max(ppl, math.exp(mean["log_ppl_minus"])), min(d2, mean["d2_minus"])
+    out = {"control": mean["control"], "gain": mean["gain"], "ppl_increase": ppl / base_ppl - 1.0, "distinct_2": d2}
+    per_prompt = {"control": cols["control"], "gain": cols["gain"]}
+    if control == "sentiment":
+        out.update(swing=mean["control"], positive_rate_plus=mean["plus"], positive_rate_minus=mean["minus"])
+        per_prompt.update(positive_rate_plus=cols["plus"], positive_rate_minus=cols["minus"])
+    else:
+        out["toxicity_probability"] = mean["toxicity_probability"]
+    out["per_prompt"] = per_prompt
+    out["split"] = {"method": "2-fold cross-fitting: each fold's numbers are read at the strength chosen on the "
+                              "other fold (folds by SHA-256 of the prompt text)", "folds": fold_docs}
+    return out
+
+
+def recommend(rows: list[dict], base: dict, control: str, budget: float,
+              folds: Sequence[int] | None = None) -> dict:
+    """The strength with the strongest control whose judge perplexity stays within (1 + budget) × base.
+
+    Sentiment is two-sided: a magnitude m is judged by its swing, positive rate at +m minus at −m, and must keep
+    both sides within budget. Toxicity is one-sided (+ = cleaner).
+
+    ``folds`` (one 0/1 per prompt, :func:`split_folds`) makes the reported numbers honest: ``strength`` is still the
+    choice on all prompts (the one to deploy), but ``control``, ``gain``, ``ppl_increase``, ``distinct_2`` (and
+    ``per_prompt``, what the gate reads) are cross-fitted: every prompt is read at the strength chosen on the other
+    fold, so no number is reported on the samples that picked its strength (no winner's curse). ``split`` says
+    which prompts chose and which reported; ``in_sample`` keeps the optimistic all-prompt numbers for comparison.
+    Without ``folds`` (or per-prompt data in the rows) everything is in-sample, as before.
+    """
+    by_s = {r["strength"]: r for r in rows}
+    cands = _choice_table(by_s, control, None)
     key = "swing" if control == "sentiment" else "control"
     if not cands:
         why = ("no positive strength with its negative counterpart was evaluated (sentiment is judged by the "
@@ -210,6 +329,18 @@ def recommend(rows: list[dict], base: dict, control: str, budget: float) -> dict
     else:
         out["toxicity_probability"] = by_s[strength]["toxicity_probability"]
         out["base_toxicity_probability"] = base["toxicity_probability"]
+    has_pp = all("per_prompt" in r for r in [*rows, base])
+    if folds is None or not has_pp or len(set(folds)) < 2:
+        return out
+    out["in_sample"] = {k: out[k] for k in ("control", "gain", "ppl_increase", "distinct_2")}
+    honest = _cross_fit(by_s, base, control, budget, folds)
+    out.update(honest)
+    chosen = [f["strength_chosen_on_other_fold"] for f in honest["split"]["folds"]]
+    out["reason"] = (f"{reason}. Reported numbers are cross-fitted: fold 0 ({len(honest['split']['folds'][0]['reported_on'])} "
+                     f"prompts) is read at strength {chosen[0]:g}, chosen on fold 1, and fold 1 "
+                     f"({len(honest['split']['folds'][1]['reported_on'])} prompts) at {chosen[1]:g}, chosen on fold 0 "
+                     f"(in-sample the control would read {out['in_sample']['control']:.3f}, cross-fitted "
+                     f"{out['control']:.3f})")
     return out
 
 
@@ -279,7 +410,8 @@ def evaluate(
         for r in rows:
             r["ppl_increase"] = r["ppl"] / base_row["ppl"] - 1.0
         doc["systems"][system.name] = {"rows": rows, "recommended": recommend(rows, base_row, cfg.control,
-                                                                              cfg.ppl_budget), **system.meta}
+                                                                              cfg.ppl_budget, folds),
+                                       "prompt_ids": ids, **system.meta}
         all_samples += samples
     doc["seconds"] = round(time.perf_counter() - t0, 1)
     doc["headline"] = headline(doc)
@@ -292,5 +424,5 @@ def headline(doc: dict) -> dict:
                            "base_distinct_2": doc["base"]["distinct_2"]}
     for name, sysdoc in doc["systems"].items():
         rec = sysdoc["recommended"]
-        out[name] = {k: rec[k] for k in rec if k != "reason"}
+        out[name] = {k: v for k, v in rec.items() if k != "reason" and not isinstance(v, (dict, list))}
     return out

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, NamedTuple
 
+from steer_core import metrics as M
 from steer_core.config import GateConfig
 
 Direction = Literal["higher", "lower"]
@@ -148,17 +149,137 @@ def decide(
     return GateDecision(True, [floors, *passes], checks)
 
 
+def _per_prompt(rec: Mapping[str, Any], key: str) -> list[float] | None:
+    vals = (rec.get("per_prompt") or {}).get(key)
+    if not isinstance(vals, (list, tuple)) or not vals:
+        return None
+    out = []
+    for v in vals:
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            out.append(math.nan)
+    return out
+
+
+def _not_finite(vals: list[float]) -> list[int]:
+    return [i for i, v in enumerate(vals) if not math.isfinite(v)]
+
+
+def _interval_text(mean: float, low: float, high: float) -> str:
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def decide_doc(doc: Mapping[str, Any], gate: GateConfig) -> GateDecision:
-    """The gate on an evaluation document (schema in ``steer_core.evaluate``).
+    """The gate on an evaluation document (schema in ``steer_core.evaluate``), from paired per-prompt evidence.
 
     ``doc["systems"]`` has ``"candidate"`` and, when a champion exists, ``"champion"``: both were sampled on the
     same prompts with the same per-(prompt, sample) random numbers and share ``doc["base"]``. Returns the gate
     decision (reasons are sentences with numbers).
+
+    Reads, per system, ``["recommended"]``: ``per_prompt.control`` and ``per_prompt.gain`` (one cross-fitted value
+    per prompt, in prompt order), ``ppl_increase`` and ``distinct_2``; and ``["prompt_ids"]`` to check that the
+    champion's prompt i is the candidate's prompt i. The candidate passes when
+
+    - its perplexity increase and distinct-2 (cross-fitted, i.e. on the reporting prompts) hold the floors;
+    - the lower end of the central ``gate.confidence`` paired-bootstrap interval (over prompts) of its per-prompt
+      gain over the unsteered base model is above ``gate.min_gain``;
+    - with a champion: the lower end of the same interval on the per-prompt differences of control (candidate −
+      champion, each at its own recommended strength) is above ``gate.min_margin``.
+
+    Anything missing or not finite (NaN) refuses promotion and says where. Identical steers give differences of
+    exactly 0 and are never promoted over each other.
     """
+    checks: list[Check] = []
+    failures: list[str] = []
+    passes: list[str] = []
     systems = doc.get("systems") or {}
+    conf = f"{gate.confidence:.0%}"
     if "candidate" not in systems:
         return GateDecision(False, ["The evaluation document has no 'candidate' system to judge."],
                             [Check("candidate_present", None, None, False)])
-    cand = systems["candidate"].get("recommended") or {}
-    champ = systems["champion"].get("recommended") or {} if "champion" in systems else None
-    return decide(cand, champ, gate)
+    cand_sys = systems["candidate"]
+    cand = cand_sys.get("recommended") or {}
+    cand_ctrl, cand_gain = _per_prompt(cand, "control"), _per_prompt(cand, "gain")
+    if cand_ctrl is None or cand_gain is None:
+        return GateDecision(False, ["The candidate's evaluation has no per-prompt results (recommended.per_prompt): "
+                                    "it predates the paired gate; re-run the evaluate stage."],
+                            [Check("per_prompt_present", None, None, False)])
+
+    # floors, on the reporting prompts (the numbers in `recommended` are cross-fitted)
+    ppl, d2 = _number(cand, "ppl_increase"), _number(cand, "distinct_2")
+    for key, val in (("ppl_increase", ppl), ("distinct_2", d2)):
+        if val is None:
+            checks.append(Check(f"{key}_present", None, None, False))
+            failures.append(_why_unusable(cand, key, "candidate"))
+    if ppl is not None:
+        ok = ppl <= gate.max_ppl_increase
+        checks.append(Check("ppl_increase", ppl, gate.max_ppl_increase, ok))
+        if not ok:
+            failures.append(
+                f"Judge perplexity rose {ppl:.1%} over the base model on the reporting prompts, above the "
+                f"{gate.max_ppl_increase:.1%} allowed (gate.max_ppl_increase).")
+    if d2 is not None:
+        ok = d2 >= gate.min_distinct_2
+        checks.append(Check("distinct_2", d2, gate.min_distinct_2, ok))
+        if not ok:
+            failures.append(
+                f"distinct-2 is {d2:.3f}, below the floor of {gate.min_distinct_2:.3f} (gate.min_distinct_2): "
+                f"the steered text is too repetitive.")
+
+    # beats the unsteered base model: paired per-prompt gain
+    gain_txt = ""
+    bad = _not_finite(cand_gain)
+    if bad:
+        checks.append(Check("gain_finite", None, None, False))
+        failures.append(f"The candidate's per-prompt gain over the base model is not a finite number for "
+                        f"{len(bad)} of {len(cand_gain)} prompts (first: prompt {bad[0]}); it cannot be judged.")
+    else:
+        mean, low, high = M.paired_interval(cand_gain, gate.confidence, gate.bootstrap)
+        ok = low > gate.min_gain
+        checks.append(Check("gain_over_base", low, gate.min_gain, ok))
+        gain_txt = (f"gain {_interval_text(mean, low, high)} over the unsteered base model ({conf} paired bootstrap "
+                    f"interval over {len(cand_gain)} prompts)")
+        if not ok:
+            failures.append(f"At its recommended strength the steer's {gain_txt}: the lower bound must be above "
+                            f"{gate.min_gain:g} (gate.min_gain).")
+
+    if "champion" not in systems:
+        checks.append(Check("first_model", None, None, True))
+        passes.append("No champion yet, so the candidate only had to beat the base model and hold the floors.")
+    else:
+        champ_sys = systems["champion"]
+        champ_ctrl = _per_prompt(champ_sys.get("recommended") or {}, "control")
+        cand_ids, champ_ids = cand_sys.get("prompt_ids"), champ_sys.get("prompt_ids")
+        if champ_ctrl is None:
+            checks.append(Check("champion_control_present", None, None, False))
+            failures.append("The champion's evaluation has no per-prompt control (recommended.per_prompt.control): "
+                            "the two cannot be compared.")
+        elif len(champ_ctrl) != len(cand_ctrl) or (cand_ids is not None and champ_ids is not None
+                                                   and list(cand_ids) != list(champ_ids)):
+            checks.append(Check("same_prompts", None, None, False))
+            failures.append(f"The champion was evaluated on other prompts ({len(champ_ctrl)}) than the candidate "
+                            f"({len(cand_ctrl)}, or not in the same order): the comparison would not be paired.")
+        else:
+            diffs = [a - b for a, b in zip(cand_ctrl, champ_ctrl)]
+            bad = _not_finite(diffs)
+            if bad:
+                checks.append(Check("control_finite", None, None, False))
+                failures.append(f"Per-prompt control is not a finite number for {len(bad)} of {len(diffs)} prompts "
+                                f"(first: prompt {bad[0]}) in the candidate or the champion; they cannot be compared.")
+            else:
+                mean, low, high = M.paired_interval(diffs, gate.confidence, gate.bootstrap)
+                ok = low > gate.min_margin
+                checks.append(Check("control_vs_champion", low, gate.min_margin, ok))
+                txt = (f"control {_interval_text(mean, low, high)} over the champion ({conf} paired bootstrap interval "
+                       f"over {len(diffs)} prompts, each at its own recommended strength)")
+                if ok:
+                    passes.append(f"Candidate {txt}: the lower bound clears gate.min_margin {gate.min_margin:g}.")
+                else:
+                    failures.append(f"Candidate {txt}: the lower bound must be above {gate.min_margin:g} "
+                                    f"(gate.min_margin), so the champion stays.")
+    if failures:
+        return GateDecision(False, failures, checks)
+    floors = (f"The steer's {gain_txt} clears {gate.min_gain:g}; perplexity +{ppl:.1%} ≤ {gate.max_ppl_increase:.1%} "
+              f"and distinct-2 {d2:.3f} ≥ {gate.min_distinct_2:.3f} on the reporting prompts.")
+    return GateDecision(True, [floors, *passes], checks)

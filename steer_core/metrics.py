@@ -131,3 +131,73 @@ def recommend_strength(
         f"{float(best[ppl_key]):.4g} <= {limit:.4g} = (1+{budget:g}) x base {base_ppl:.4g} "
         f"({len(feasible)} of {len(rows)} strengths within budget)"
     )
+
+
+def paired_interval(
+    diffs: Sequence[float], confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of per-prompt paired differences and its central ``confidence`` percentile-bootstrap interval
+    (prompts resampled with replacement; deterministic per seed). Returns ``(mean, low, high)``.
+
+    A gate that promotes only when ``low`` clears a margin makes a false promotion at most about
+    ``(1 - confidence) / 2`` likely when there is no real difference (one side of a central interval).
+    Identical systems give differences of exactly 0 and the interval [0, 0].
+
+    With few prompts the plain percentile bootstrap is too narrow (it ignores that the spread itself is estimated),
+    so this is the *expanded* percentile interval (Hesterberg 2015): the percentiles are taken at
+    ``2 * Phi(-sqrt(n / (n - 1)) * t_{n-1, 1 - alpha/2})`` instead of ``alpha``, which for 24 prompts and 95 % reads
+    the 1.7 / 98.3 percentiles (measured on synthetic sentiment swings: 4 % false promotions at zero effect with the
+    plain interval, 3.5 % with this one; the nominal one-sided rate is 2.5 %).
+    """
+    d = np.asarray(diffs, dtype=float).ravel()
+    if d.size == 0:
+        raise ValueError("no paired prompts")
+    if not np.all(np.isfinite(d)):
+        raise ValueError("paired differences must be finite numbers")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    alpha = 1.0 - confidence
+    n = d.size
+    if n >= 2:
+        from statistics import NormalDist
+
+        alpha = 2 * NormalDist().cdf(-math.sqrt(n / (n - 1)) * _t(1 - alpha / 2, n - 1))
+    low, high = bootstrap_ci(d, n_boot=n_boot, alpha=alpha, seed=seed)
+    return float(d.mean()), low, high
+
+
+def _t(p: float, df: int) -> float:
+    """Student-t quantile by the Cornish-Fisher expansion around the normal one (within 1e-3 for df >= 5, and
+    slightly too wide, i.e. cautious, below that)."""
+    z = _z(p)
+    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
+
+
+def _z(p: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(p)
+
+
+def prompts_for_power(sd: float, effect: float, confidence: float = 0.95, power: float = 0.8) -> int:
+    """Prompts needed so that a true mean per-prompt improvement of ``effect`` puts the lower end of the central
+    ``confidence`` interval above 0 with probability ``power`` (normal approximation:
+    n = ((z_{1-(1-confidence)/2} + z_power) * sd / effect)^2, ``sd`` = the per-prompt standard deviation)."""
+    if not (effect > 0 and math.isfinite(effect)):
+        raise ValueError(f"the effect to detect must be a positive number, got {effect}")
+    if not (sd >= 0 and math.isfinite(sd)):
+        raise ValueError(f"the per-prompt standard deviation must be a finite number >= 0, got {sd}")
+    if not 0 < power < 1:
+        raise ValueError(f"power must be in (0, 1), got {power}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    k = _z(1 - (1 - confidence) / 2) + _z(power)
+    return max(2, math.ceil((k * sd / effect) ** 2))
+
+
+def detectable_effect(sd: float, n: int, confidence: float = 0.95, power: float = 0.8) -> float:
+    """The smallest true mean per-prompt improvement detected with probability ``power`` over ``n`` prompts."""
+    if n < 1:
+        raise ValueError("need at least one prompt")
+    return (_z(1 - (1 - confidence) / 2) + _z(power)) * sd / math.sqrt(n)

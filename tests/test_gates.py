@@ -117,3 +117,134 @@ def test_a_steer_that_does_not_beat_the_base_model_is_refused_even_without_a_cha
             assert by_name(d)["gain_over_base"].ok is False
     assert decide({**GOOD, "gain": 0.05}, None, GateConfig(min_gain=0.04)).passed
     assert not decide({**GOOD, "gain": 0.04}, None, GateConfig(min_gain=0.04)).passed  # strictly more
+
+
+# ------------------------------------------------------------------------------ decide_doc: the paired, interval gate
+import numpy as np  # noqa: E402
+
+from steer_core.gates import decide_doc  # noqa: E402
+
+PAIRED = GateConfig(max_ppl_increase=0.25, min_distinct_2=0.5, min_margin=0.0, min_gain=0.0, confidence=0.95)
+
+
+def system(control: list[float], gain: list[float] | None = None, ppl: float = 0.10, d2: float = 0.9,
+           ids: list[str] | None = None) -> dict:
+    """A system entry of an evaluation document, as evaluate() writes it (only what the gate reads)."""
+    gain = control if gain is None else gain
+    return {"recommended": {"strength": 2.0, "control": float(np.mean(control)), "gain": float(np.mean(gain)),
+                            "ppl_increase": ppl, "distinct_2": d2,
+                            "per_prompt": {"control": list(control), "gain": list(gain)}},
+            "prompt_ids": ids or [f"p{i}" for i in range(len(control))]}
+
+
+def sentiment_swings(rng: np.random.Generator, n: int, samples: int, effect: float, prompt_sd: np.ndarray
+                     ) -> np.ndarray:
+    """Per-prompt swings (positive rate at +s minus at −s, each from `samples` Bernoulli draws) of a steer whose
+    true per-prompt swing is 0.25 + prompt effect + `effect`: the structure of the shipped sentiment protocol."""
+    p_plus = np.clip(0.55 + prompt_sd + effect / 2, 0.02, 0.98)
+    p_minus = np.clip(0.30 - prompt_sd - effect / 2, 0.02, 0.98)
+    return rng.binomial(samples, p_plus) / samples - rng.binomial(samples, p_minus) / samples
+
+
+def doc_of(cand: dict, champ: dict | None = None) -> dict:
+    return {"control": "sentiment", "base": {}, "systems": {"candidate": cand, **({"champion": champ} if champ else {})}}
+
+
+def test_zero_effect_is_promoted_at_most_at_the_expected_rate() -> None:
+    """Equal steers, independent sampling noise (24 prompts × 4 samples, as shipped): over 200 seeds the gate
+    promotes at most about (1 − confidence)/2 = 2.5 % of the time (the point-estimate gate: about half)."""
+    n, trials, promoted, point_wins = 24, 200, 0, 0
+    for seed in range(trials):
+        rng = np.random.default_rng(seed)
+        prompt_effect = rng.normal(0, 0.1, n)
+        a = sentiment_swings(rng, n, 4, 0.0, prompt_effect)
+        b = sentiment_swings(rng, n, 4, 0.0, prompt_effect)
+        d = decide_doc(doc_of(system(list(a)), system(list(b))), PAIRED)
+        promoted += d.passed
+        point_wins += a.mean() > b.mean()
+    assert promoted / trials <= 0.05, promoted
+    assert point_wins / trials > 0.35  # what the old point-estimate comparison would have done
+
+
+def test_large_effect_is_promoted_with_the_interval_in_the_reason() -> None:
+    rng = np.random.default_rng(0)
+    n = 24
+    prompt_effect = rng.normal(0, 0.1, n)
+    champ = sentiment_swings(rng, n, 4, 0.0, prompt_effect)
+    cand = sentiment_swings(rng, n, 4, 0.4, prompt_effect)
+    d = decide_doc(doc_of(system(list(cand)), system(list(champ))), PAIRED)
+    assert d.passed, d.reasons
+    c = by_name(d)["control_vs_champion"]
+    assert c.ok and c.value > 0 and c.threshold == 0.0
+    reason = next(r for r in d.reasons if "over the champion" in r)
+    mean = float(np.mean(cand - champ))
+    assert f"control {mean:+.3f} [" in reason and "95% paired bootstrap interval over 24 prompts" in reason
+    assert "passed" in d.summary()
+    import json
+
+    assert json.loads(json.dumps(d.to_dict()))["passed"] is True
+
+
+def test_identical_champion_is_never_promoted() -> None:
+    vals = [0.25, 0.5, 0.0, 0.75, 0.25, 0.5] * 4
+    d = decide_doc(doc_of(system(vals), system(list(vals))), PAIRED)
+    assert not d.passed
+    assert any("control +0.000 [+0.000, +0.000] over the champion" in r for r in d.reasons)
+
+
+def test_margin_and_gain_use_the_lower_bound() -> None:
+    rng = np.random.default_rng(1)
+    cand = list(0.3 + rng.normal(0, 0.05, 40))
+    champ = list(0.1 + rng.normal(0, 0.05, 40))
+    assert decide_doc(doc_of(system(cand), system(champ)), PAIRED).passed
+    # the mean difference (~0.2) clears a 0.15 margin, but not a 0.19 one once the interval's width counts
+    assert decide_doc(doc_of(system(cand), system(champ)), PAIRED.model_copy(update={"min_margin": 0.15})).passed
+    high = decide_doc(doc_of(system(cand), system(champ)), PAIRED.model_copy(update={"min_margin": 0.2}))
+    assert not high.passed and any("gate.min_margin" in r for r in high.reasons)
+    # gain over base: a steer whose gain interval straddles 0 is refused even with no champion
+    noisy = list(rng.normal(0.02, 0.3, 24))
+    d = decide_doc(doc_of(system(noisy)), PAIRED)
+    assert not d.passed and any("gate.min_gain" in r and "over the unsteered base model" in r for r in d.reasons)
+    assert not by_name(d)["gain_over_base"].ok
+
+
+def test_first_model_passes_on_gain_and_floors() -> None:
+    d = decide_doc(doc_of(system([0.3, 0.4, 0.2, 0.5] * 6)), PAIRED)
+    assert d.passed and by_name(d)["first_model"].ok
+    assert any("No champion yet" in r for r in d.reasons)
+
+
+@pytest.mark.parametrize("where", ["candidate_control", "champion_control", "gain"])
+def test_nan_anywhere_refuses_with_the_reason(where: str) -> None:
+    cand_ctrl, champ_ctrl = [0.6] * 24, [0.1] * 24
+    gain = list(cand_ctrl)
+    {"candidate_control": cand_ctrl, "champion_control": champ_ctrl, "gain": gain}[where][5] = math.nan
+    d = decide_doc(doc_of(system(cand_ctrl, gain), system(champ_ctrl)), PAIRED)
+    assert not d.passed
+    assert any("not a finite number" in r and "prompt 5" in r for r in d.reasons), d.reasons
+
+
+@pytest.mark.parametrize("override, metric", [({"ppl": 0.31}, "ppl_increase"), ({"d2": 0.4}, "distinct_2")])
+def test_floors_still_hold(override: dict, metric: str) -> None:
+    d = decide_doc(doc_of(system([0.6] * 24, **override), system([0.1] * 24)), PAIRED)
+    assert not d.passed and not by_name(d)[metric].ok and len(d.reasons) == 1
+    nan = decide_doc(doc_of(system([0.6] * 24, ppl=math.nan)), PAIRED)
+    assert not nan.passed and any("ppl_increase" in r and "not a finite number" in r for r in nan.reasons)
+
+
+def test_unpaired_or_old_documents_are_refused() -> None:
+    other = decide_doc(doc_of(system([0.6] * 24), system([0.1] * 24, ids=[f"q{i}" for i in range(24)])), PAIRED)
+    assert not other.passed and by_name(other)["same_prompts"].ok is False
+    shorter = decide_doc(doc_of(system([0.6] * 24), system([0.1] * 20)), PAIRED)
+    assert not shorter.passed
+    old = {"systems": {"candidate": {"recommended": GOOD}}}
+    d = decide_doc(old, PAIRED)
+    assert not d.passed and "re-run the evaluate stage" in d.reasons[0]
+    assert not decide_doc({"systems": {}}, PAIRED).passed
+
+
+def test_decision_is_deterministic() -> None:
+    rng = np.random.default_rng(3)
+    cand, champ = list(rng.normal(0.1, 0.3, 24)), list(rng.normal(0.0, 0.3, 24))
+    a = decide_doc(doc_of(system(cand), system(champ)), PAIRED).to_dict()
+    assert a == decide_doc(doc_of(system(cand), system(champ)), PAIRED).to_dict()
