@@ -74,9 +74,12 @@ def assert_recommendation(rec: dict, rows: list[dict], base: dict, budget: float
     assert rec["strength"] in positive, rec
     assert {"strength", "reason", "control", "ppl_increase", "distinct_2"} <= set(rec)
     by_s = {r["strength"]: r for r in rows}
+    if "in_sample" in rec:  # the strength is chosen on all prompts; the other numbers are cross-fitted
+        assert_cross_fitted(rec, rows, base, control)
+        rec = {**rec, **rec["in_sample"]}
     if control == "sentiment":
         s = rec["strength"]
-        assert rec["swing"] == pytest.approx(by_s[s]["control"] - by_s[-s]["control"])
+        assert rec["control"] == pytest.approx(by_s[s]["control"] - by_s[-s]["control"])
         feasible = [m for m in positive if -m in by_s and max(by_s[m]["ppl"], by_s[-m]["ppl"]) <= (1 + budget) * base["ppl"]]
     else:
         feasible = [m for m in positive if by_s[m]["ppl"] <= (1 + budget) * base["ppl"]]
@@ -85,6 +88,27 @@ def assert_recommendation(rec: dict, rows: list[dict], base: dict, budget: float
         assert rec["ppl_increase"] <= budget + 1e-12
     else:
         assert "no strength keeps" in rec["reason"]
+
+
+def assert_cross_fitted(rec: dict, rows: list[dict], base: dict, control: str) -> None:
+    """Every prompt is read at the strength chosen on the other fold; the means are the per-prompt means."""
+    by_s = {r["strength"]: r for r in rows}
+    folds = rec["split"]["folds"]
+    n = len(base["per_prompt"]["control"])
+    assert sorted(i for f in folds for i in f["reported_on"]) == list(range(n))  # each prompt reported once
+    for f in folds:
+        s = f["strength_chosen_on_other_fold"]
+        for i in f["reported_on"]:
+            plus = by_s[s]["per_prompt"]["control"][i]
+            if control == "sentiment":
+                want = plus - by_s[-s]["per_prompt"]["control"][i]
+                assert rec["per_prompt"]["gain"][i] == pytest.approx(want)
+            else:
+                want = plus
+                assert rec["per_prompt"]["gain"][i] == pytest.approx(plus - base["per_prompt"]["control"][i])
+            assert rec["per_prompt"]["control"][i] == pytest.approx(want)
+    assert rec["control"] == pytest.approx(sum(rec["per_prompt"]["control"]) / n)
+    assert rec["gain"] == pytest.approx(sum(rec["per_prompt"]["gain"]) / n)
 
 
 # ------------------------------------------------------------------------------------------ the harness on tiny_lm
@@ -509,3 +533,110 @@ def _flatten(x, prefix: str = "") -> dict[str, float]:
     if isinstance(x, list):
         return {k: v for i, val in enumerate(x) for k, v in _flatten(val, f"{prefix}{i}.").items()}
     return {prefix.rstrip("."): x}
+
+
+# ------------------------------------------------------------------------------------------ honest recommendation
+def _pp_row(strength: float, control: list[float], ppl: list[float], d2: float = 0.9) -> dict:
+    """A ROW with per-prompt values, as summarize() writes it."""
+    logs = [math.log(p) for p in ppl]
+    return {"strength": strength, "control": sum(control) / len(control), "ppl": math.exp(sum(logs) / len(logs)),
+            "distinct_2": d2, "toxicity_probability": 0.0,
+            "per_prompt": {"prompt_index": list(range(len(control))), "control": control, "log_ppl": logs,
+                           "distinct_2": [d2] * len(control), "toxicity_probability": [0.0] * len(control)}}
+
+
+def test_recommend_cross_fits_by_hand():
+    """Fold 0 (prompts 0, 1) likes +4 only when +4 wins on fold 0's data; here the folds disagree: on fold 0
+    strength 4 has the biggest swing, on fold 1 strength 2. Each fold is read at the other fold's choice."""
+    base = _pp_row(0.0, [0.3] * 4, [10.0] * 4)
+    rows = [_pp_row(-4, [0.0, 0.0, 0.1, 0.1], [10.0] * 4), _pp_row(-2, [0.1, 0.1, 0.1, 0.1], [10.0] * 4), base,
+            _pp_row(2, [0.4, 0.4, 0.6, 0.6], [10.0] * 4), _pp_row(4, [0.9, 0.9, 0.3, 0.3], [10.0] * 4)]
+    folds = [0, 0, 1, 1]
+    rec = recommend(rows, base, "sentiment", budget=0.25, folds=folds)
+    # all prompts: swing at 4 = 0.6 - 0.05 = 0.55, at 2 = 0.5 - 0.1 = 0.4: deploy 4 (in-sample swing 0.55)
+    assert rec["strength"] == 4.0 and rec["in_sample"]["control"] == pytest.approx(0.55)
+    chosen = {f["fold"]: f["strength_chosen_on_other_fold"] for f in rec["split"]["folds"]}
+    assert chosen == {0: 2.0, 1: 4.0}  # fold 1 (2, 3) prefers 2: 0.5 vs 0.2; fold 0 prefers 4: 0.9 vs 0.3
+    # prompts 0, 1 at strength 2: 0.4 - 0.1; prompts 2, 3 at strength 4: 0.3 - 0.1
+    assert rec["per_prompt"]["control"] == pytest.approx([0.3, 0.3, 0.2, 0.2])
+    assert rec["control"] == rec["gain"] == rec["swing"] == pytest.approx(0.25)  # < the in-sample 0.55
+    assert "cross-fitted" in rec["reason"] and rec["split"]["folds"][0]["reported_on"] == [0, 1]
+    assert_cross_fitted(rec, rows, base, "sentiment")
+    # the perplexity budget is read on the reporting prompts, at the strengths they were read at
+    hot = [dict(r) for r in rows]
+    hot[3] = _pp_row(2, [0.4, 0.4, 0.6, 0.6], [20.0, 20.0, 10.0, 10.0])  # +2 costs ppl on fold 0 only
+    rec = recommend(hot, base, "sentiment", budget=0.25, folds=folds)
+    assert rec["split"]["folds"][0]["strength_chosen_on_other_fold"] == 2.0  # chosen on fold 1, where it is cheap
+    assert rec["ppl_increase"] == pytest.approx(math.sqrt(2) - 1)  # fold 0 at +2 (20, 20) and fold 1 at +4 (10, 10)
+    # without folds (or per-prompt data) the numbers stay in-sample
+    assert "in_sample" not in recommend(rows, base, "sentiment", budget=0.25)
+    # toxicity: per-prompt gain is control at the strength minus the base's control on that prompt
+    trec = recommend([base, rows[3], rows[4]], base, "toxicity", budget=0.25, folds=folds)
+    assert trec["per_prompt"]["gain"] == pytest.approx([c - 0.3 for c in trec["per_prompt"]["control"]])
+    assert_cross_fitted(trec, [base, rows[3], rows[4]], base, "toxicity")
+
+
+def test_choose_report_split_is_stable():
+    prompts = [p["prompt"] for p in PROMPTS] + [f"news sentence number {i} says" for i in range(30)]
+    folds = ev.split_folds(prompts)
+    assert folds == ev.split_folds(list(prompts))  # same prompts, same folds
+    assert set(folds) == {0, 1}
+    # a prompt keeps its fold whatever the order or the other prompts (the fold is a bit of its own hash)
+    assert ev.split_folds(prompts[::-1]) == folds[::-1]
+    assert ev.split_folds(prompts[:20]) == folds[:20]
+    # a handful of prompts still gets two non-empty folds, the same ones every time
+    for k in (2, 3, 4):
+        small = ev.split_folds(prompts[:k])
+        assert set(small) == {0, 1} and small == ev.split_folds(prompts[:k])
+    assert ev.prompt_id("The weather today") == ev.prompt_id("The weather today") != ev.prompt_id("The weather")
+
+
+def test_document_carries_what_the_gate_reads(sentiment_run):
+    doc, _, _, _ = sentiment_run
+    ids = [ev.prompt_id(p["prompt"]) for p in PROMPTS]
+    for name in ("candidate", "champion", "actadd"):
+        sysdoc = doc["systems"][name]
+        assert sysdoc["prompt_ids"] == ids
+        for r in sysdoc["rows"]:
+            assert r["per_prompt"]["prompt_index"] == [0, 1, 2]
+            assert sum(r["per_prompt"]["control"]) / 3 == pytest.approx(r["control"])
+        rec = sysdoc["recommended"]
+        assert len(rec["per_prompt"]["control"]) == 3 and "split" in rec
+        assert "per_prompt" not in doc["headline"][name] and "split" not in doc["headline"][name]
+    assert doc["base"]["per_prompt"]["control"] == doc["systems"]["candidate"]["rows"][1]["per_prompt"]["control"]
+
+
+def _evaluate_resaved(lm, tmp_path, seed: int, scale: float):
+    from steer_core.gates import decide_doc
+    from steer_core.config import GateConfig
+
+    champion = random_steer(lm, scale, seed=seed)
+    path = champion.save(tmp_path / f"champion-{seed}.safetensors")
+    copy = Steer.load(tmp_path / f"champion-{seed}.safetensors")
+    copy.save(tmp_path / f"candidate-{seed}.safetensors")  # re-saved as a new file
+    candidate = Steer.load(tmp_path / f"candidate-{seed}.safetensors")
+    assert path.exists()
+    cfg = EvalConfig(control="sentiment", scorer="vader", strengths=[-2.0, -1.0, 0.0, 1.0, 2.0], samples=2,
+                     max_new_tokens=5, bootstrap=0, activation_addition=False, ppl_budget=10.0)
+    # the flow: the candidate's evaluation, then the champion's alone, merged
+    cand_doc, _ = evaluate(lm, PROMPTS, [System("candidate", cfg.strengths, steer=candidate)], cfg, seed=seed)
+    champ_doc, _ = evaluate(lm, PROMPTS, [System("champion", cfg.strengths, steer=champion)], cfg, seed=seed)
+    merged = {**cand_doc, "systems": {**cand_doc["systems"], "champion": champ_doc["systems"]["champion"]}}
+    return merged, decide_doc(merged, GateConfig(min_gain=-1.0))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_resaved_champion_is_never_promoted_tiny(tiny_lm, tmp_path, seed):
+    torch.set_num_threads(1)
+    doc, d = _evaluate_resaved(tiny_lm, tmp_path, seed, scale=0.5)
+    cand, champ = doc["systems"]["candidate"]["recommended"], doc["systems"]["champion"]["recommended"]
+    assert cand["per_prompt"]["control"] == champ["per_prompt"]["control"]  # the same samples, prompt by prompt
+    assert not d.passed
+    assert any("control +0.000 [+0.000, +0.000] over the champion" in r for r in d.reasons), d.reasons
+
+
+@pytest.mark.slow
+def test_a_resaved_champion_is_never_promoted_default_model(default_lm, tmp_path):
+    torch.set_num_threads(1)
+    doc, d = _evaluate_resaved(default_lm, tmp_path, 0, scale=0.02)
+    assert not d.passed and not next(c for c in d.checks if c.name == "control_vs_champion").ok
