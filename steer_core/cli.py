@@ -486,6 +486,47 @@ def _print_transfer_measure(m: dict) -> None:
                   f"{r['target_effect']:+.3f}, kept {kept}", highlight=False)
 
 
+@app.command()
+@cli_errors
+def power(
+    metrics_json: Path = typer.Argument(..., help="a finished evaluation: metrics/<steer>.json"),
+    effect: float = typer.Option(0.10, "--effect", help="the control improvement over the champion to detect"),
+    target_power: float = typer.Option(0.8, "--power", help="the wanted probability of promoting it"),
+    confidence: float = typer.Option(0.95, "--confidence", help="the gate's confidence (gate.confidence)"),
+    margin: float = typer.Option(0.0, "--margin", help="the gate's min_margin"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Protocol sizing: prompts (× samples) the paired gate needs to detect an improvement, from an evaluation."""
+    from .gates import power_report
+
+    if not metrics_json.is_file():
+        raise FileNotFoundError(f"no evaluation at {metrics_json}: run `steer evaluate NAME` first")
+    try:
+        doc = json.loads(metrics_json.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{metrics_json} is not an evaluation document (not JSON: {exc})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{metrics_json} is not an evaluation document (no 'systems')")
+    rep = power_report(doc, effect, target_power, confidence, margin)
+    if as_json:
+        _emit_json(rep)
+        return
+    out.print(f"{metrics_json}: {rep['prompts']} prompts × {rep['samples']} samples; per-prompt sd of the control "
+              f"difference {rep['sd_per_prompt']:.3f} ({rep['basis']})", highlight=False)
+    out.print(f"to promote a +{effect:g} improvement with {target_power:.0%} power at {confidence:.0%} confidence "
+              f"(margin {margin:g}): {rep['prompts_needed']} prompts × {rep['samples']} samples", highlight=False)
+    out.print(f"this protocol detects (with {target_power:.0%} power) improvements of +{rep['detectable_now']:.3f} "
+              f"or more", highlight=False)
+    if "gain_over_base" in rep:
+        g = rep["gain_over_base"]
+        out.print(f"gain over the base model: {g['mean']:+.3f} (sd {g['sd_per_prompt']:.3f} per prompt); "
+                  f"detectable: +{g['detectable_now']:.3f}", highlight=False)
+    for r in rep.get("by_samples", []):
+        out.print(f"  {r['samples']:3d} samples/prompt: {r['prompts_needed']:5d} prompts ({r['generations']} "
+                  f"generations per strength and system); with {rep['prompts']} prompts: detects "
+                  f"+{r['detectable_at_current_prompts']:.3f}", highlight=False)
+
+
 def project_env(root: Path) -> None:
     """Keep Prefect's, MLflow's and DVC's state inside the project unless the user set otherwise.
 

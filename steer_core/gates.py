@@ -283,3 +283,73 @@ def decide_doc(doc: Mapping[str, Any], gate: GateConfig) -> GateDecision:
     floors = (f"The steer's {gain_txt} clears {gate.min_gain:g}; perplexity +{ppl:.1%} ≤ {gate.max_ppl_increase:.1%} "
               f"and distinct-2 {d2:.3f} ≥ {gate.min_distinct_2:.3f} on the reporting prompts.")
     return GateDecision(True, [floors, *passes], checks)
+
+
+def power_report(doc: Mapping[str, Any], effect: float, power: float = 0.8, confidence: float = 0.95,
+                 margin: float = 0.0) -> dict[str, Any]:
+    """Protocol sizing from a finished evaluation: how many prompts (× samples per prompt) the paired gate needs to
+    promote, with probability ``power``, a candidate whose control truly beats the champion's by ``effect`` (the
+    lower end of the central ``confidence`` interval must clear ``margin``); and the smallest improvement the
+    evaluated protocol itself detects with that power.
+
+    The spread comes from the document's cross-fitted per-prompt values: candidate − champion differences when the
+    champion is in the document, else (no champion) twice the variance of the candidate's per-prompt control, i.e.
+    no credit for the pairing (cautious). For sentiment the per-prompt variance is split into a between-prompt part
+    and a sampling part (binomial, from the per-prompt positive rates at ±s), which shrinks with more samples per
+    prompt; toxicity's control (a maximum over samples) is sized at the evaluated samples per prompt only.
+    """
+    import numpy as np
+
+    if not (isinstance(effect, (int, float)) and math.isfinite(effect)) or effect - margin <= 0:
+        raise ValueError(f"the effect to detect ({effect}) must be a number above the margin ({margin:g})")
+    systems = doc.get("systems") or {}
+    cand = (systems.get("candidate") or {}).get("recommended") or {}
+    ctrl = _per_prompt(cand, "control")
+    if ctrl is None:
+        raise ValueError("the evaluation has no per-prompt results for 'candidate' (recommended.per_prompt): "
+                         "re-run the evaluate stage")
+    champ_ctrl = _per_prompt((systems.get("champion") or {}).get("recommended") or {}, "control")
+    n = len(ctrl)
+    if n < 3:
+        raise ValueError(f"the evaluation has {n} prompts; at least 3 are needed to estimate a spread")
+    m = int((doc.get("protocol") or {}).get("samples") or 0)
+    c = np.asarray(ctrl, dtype=float)
+    if champ_ctrl is not None and len(champ_ctrl) == n:
+        d = c - np.asarray(champ_ctrl, dtype=float)
+        basis = "measured candidate − champion per-prompt differences"
+        var_d, systems_n = float(np.var(d, ddof=1)), 2
+    else:
+        d = c
+        basis = "no champion in this evaluation: 2 × the variance of the candidate's per-prompt control (no credit for pairing)"
+        var_d, systems_n = 2 * float(np.var(c, ddof=1)), 2
+    if not math.isfinite(var_d):
+        raise ValueError("the per-prompt control has NaN values; the spread cannot be estimated")
+    sd = math.sqrt(var_d)
+    target = effect - margin
+    out: dict[str, Any] = {
+        "prompts": n, "samples": m, "basis": basis, "sd_per_prompt": sd, "effect": effect, "margin": margin,
+        "power": power, "confidence": confidence,
+        "prompts_needed": M.prompts_for_power(sd, target, confidence, power),
+        "detectable_now": M.detectable_effect(sd, n, confidence, power) + margin,
+    }
+    gain = _per_prompt(cand, "gain")
+    if gain is not None and all(math.isfinite(g) for g in gain):
+        gsd = float(np.std(np.asarray(gain), ddof=1))
+        out["gain_over_base"] = {"mean": float(np.mean(gain)), "sd_per_prompt": gsd,
+                                 "detectable_now": M.detectable_effect(gsd, n, confidence, power)}
+    plus, minus = _per_prompt(cand, "positive_rate_plus"), _per_prompt(cand, "positive_rate_minus")
+    if doc.get("control") == "sentiment" and plus and minus and m >= 2:
+        p, q = np.asarray(plus, dtype=float), np.asarray(minus, dtype=float)
+        within = float(np.nanmean(p * (1 - p) + q * (1 - q))) / (m - 1) * systems_n  # sampling variance at m
+        within = min(within, var_d)  # the binomial estimate can exceed the measured spread: then it is all sampling
+        between = var_d - within
+        table = []
+        for mult in (0.5, 1, 2, 4):
+            mm = max(1, int(round(m * mult)))
+            sd_m = math.sqrt(between + within * m / mm)
+            k = M.prompts_for_power(sd_m, target, confidence, power)
+            table.append({"samples": mm, "prompts_needed": k, "generations": k * mm,
+                          "detectable_at_current_prompts": M.detectable_effect(sd_m, n, confidence, power) + margin})
+        out["by_samples"] = table
+        out["variance_split"] = {"between_prompts": between, "sampling": within}
+    return out

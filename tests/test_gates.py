@@ -248,3 +248,94 @@ def test_decision_is_deterministic() -> None:
     cand, champ = list(rng.normal(0.1, 0.3, 24)), list(rng.normal(0.0, 0.3, 24))
     a = decide_doc(doc_of(system(cand), system(champ)), PAIRED).to_dict()
     assert a == decide_doc(doc_of(system(cand), system(champ)), PAIRED).to_dict()
+
+
+# ------------------------------------------------------------------------------ protocol sizing (steer power)
+from steer_core import metrics as M  # noqa: E402
+from steer_core.gates import power_report  # noqa: E402
+
+
+def sentiment_doc(cand: dict, champ: dict | None = None, samples: int = 4) -> dict:
+    return {**doc_of(cand, champ), "protocol": {"samples": samples, "prompts": len(cand["prompt_ids"])}}
+
+
+def test_prompts_for_power_is_what_the_gate_achieves() -> None:
+    """The size the formula gives (sd 0.3, +0.1, 80 %, 95 %) promotes a true +0.1 about 80 % of the time under the
+    very gate (decide_doc) on synthetic paired differences; half the prompts fall well short."""
+    n = M.prompts_for_power(0.3, 0.10, 0.95, 0.8)
+    assert n == math.ceil(((1.959964 + 0.841621) * 3) ** 2)  # 71
+    rates = {}
+    for size in (n, n // 2):
+        hits = 0
+        for seed in range(150):
+            d = np.random.default_rng(seed).normal(0.10, 0.3, size)
+            hits += decide_doc(doc_of(system(list(d + 0.5)), system([0.5] * size)), PAIRED).passed
+        rates[size] = hits / 150
+    assert 0.65 <= rates[n] <= 0.92, rates
+    assert rates[n // 2] < rates[n] - 0.2, rates
+    assert M.detectable_effect(0.3, n) == pytest.approx(0.10, rel=0.02)
+    with pytest.raises(ValueError):
+        M.prompts_for_power(0.3, 0.0)
+
+
+def test_power_report_from_an_evaluation() -> None:
+    rng = np.random.default_rng(0)
+    n = 24
+    pe = rng.normal(0, 0.1, n)
+    plus, minus = np.clip(0.55 + pe, 0, 1), np.clip(0.3 - pe, 0, 1)
+    a = rng.binomial(4, plus) / 4 - rng.binomial(4, minus) / 4
+    b = rng.binomial(4, plus) / 4 - rng.binomial(4, minus) / 4
+    cand = system(list(a))
+    cand["recommended"]["per_prompt"].update(positive_rate_plus=list(plus), positive_rate_minus=list(minus))
+    rep = power_report(sentiment_doc(cand, system(list(b))), effect=0.10)
+    assert rep["basis"].startswith("measured") and rep["prompts"] == 24 and rep["samples"] == 4
+    assert rep["sd_per_prompt"] == pytest.approx(float(np.std(a - b, ddof=1)))
+    assert rep["prompts_needed"] == M.prompts_for_power(rep["sd_per_prompt"], 0.10)
+    assert rep["prompts_needed"] > 24 and rep["detectable_now"] > 0.10  # the shipped size cannot see +0.10
+    by = {r["samples"]: r for r in rep["by_samples"]}
+    assert by[4]["prompts_needed"] == rep["prompts_needed"]
+    assert by[16]["prompts_needed"] < by[8]["prompts_needed"] < by[4]["prompts_needed"] < by[2]["prompts_needed"]
+    # no champion: the cautious spread (no pairing credit)
+    alone = power_report(sentiment_doc(cand), effect=0.10)
+    assert alone["basis"].startswith("no champion")
+    assert alone["sd_per_prompt"] == pytest.approx(math.sqrt(2) * float(np.std(a, ddof=1)))
+    assert power_report(sentiment_doc(cand), effect=0.2)["prompts_needed"] < alone["prompts_needed"]
+    with pytest.raises(ValueError, match="above the margin"):
+        power_report(sentiment_doc(cand), effect=0.05, margin=0.05)
+    with pytest.raises(ValueError, match="re-run the evaluate stage"):
+        power_report({"systems": {"candidate": {"recommended": GOOD}}}, effect=0.1)
+
+
+def _steer_power(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "steer_core.cli", "power", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_steer_power_command(tmp_path) -> None:
+    import json
+
+    rng = np.random.default_rng(1)
+    doc = sentiment_doc(system(list(rng.normal(0.2, 0.3, 24))), system(list(rng.normal(0.1, 0.3, 24))))
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(doc))
+    ok = _steer_power(str(path), "--effect", "0.1")
+    assert ok.returncode == 0, ok.stderr
+    assert "prompts × 4 samples" in ok.stdout and "this protocol detects" in ok.stdout
+    js = _steer_power(str(path), "--effect", "0.1", "--power", "0.9", "--json")
+    assert js.returncode == 0 and json.loads(js.stdout)["power"] == 0.9
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"systems": {"candidate": {"recommended": GOOD}}}))
+    for args, needle in [((str(tmp_path / "missing.json"),), "no evaluation at"),
+                         ((str(bad_json),), "not JSON"),
+                         ((str(old),), "re-run the evaluate stage"),
+                         ((str(path), "--effect", "-0.1"), "above the margin"),
+                         ((str(path), "--power", "1.5"), "power must be in (0, 1)")]:
+        proc = _steer_power(*args)
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), (args, proc.stderr)
+        assert needle in lines[0], (needle, lines[0])
