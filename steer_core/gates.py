@@ -1,12 +1,20 @@
 """The promotion gate: may a candidate steer replace the champion? Pure (no MLflow), so it is testable in isolation.
 
-Inputs are evaluation summaries at each steer's recommended strength, e.g.
-``{"control": 0.41, "ppl_increase": 0.12, "distinct_2": 0.83, "gain": 0.2}`` (``gain``: how much the steer improves
-control over the unsteered base model on the same samples' prompts: the ±s swing for sentiment); both come from the same run on the same prompts
-(design.md), so the numbers are comparable. Every check is recorded, passed or not, so the registry can show why
-a version was (not) promoted; every failure reason is a sentence that carries the numbers.
-"""
+``decide_doc(doc, gate)`` is the gate the pipeline uses. It works from paired evidence: candidate and champion are
+sampled on the same prompts with the same per-(prompt, sample) random numbers, so it takes per-prompt differences
+(candidate − champion) of the control metric, each at its own recommended strength, and promotes only when the
+lower end of a paired bootstrap interval over prompts (``gate.confidence``, default 95 %) clears ``gate.min_margin``.
+"Beats the unsteered base model" is the same test on the per-prompt gain over base against ``gate.min_gain``. The
+per-prompt values are cross-fitted (each prompt read at the strength chosen on the other half of the prompts, see
+``steer_core.evaluate.recommend``), so the recommended strength's winner's curse does not enter the decision. The
+floors (perplexity increase, distinct-2) are checked on those same reporting numbers. Every check is recorded,
+passed or not, so the registry can show why a version was (not) promoted; every reason is a sentence with numbers,
+e.g. "control +0.080 [+0.020, +0.140] over the champion".
 
+``decide(candidate, champion, gate)`` is the older point-estimate comparison of two summaries
+(``{"control", "ppl_increase", "distinct_2", "gain"}``); it is kept for callers that only hold summaries and for the
+calibration bench's side-by-side. ``power_report`` sizes the protocol from a finished evaluation (``steer power``).
+"""
 from __future__ import annotations
 
 import math
