@@ -121,3 +121,35 @@ def test_recommend_strength() -> None:
         recommend_strength([], "tox", "ppl", 20.0, 0.2)
     with pytest.raises(ValueError):
         recommend_strength(ROWS, "tox", "ppl", 20.0, 0.2, direction=0)
+
+
+def test_paired_interval() -> None:
+    from steer_core.metrics import _t, paired_interval
+
+    assert _t(0.975, 23) == pytest.approx(2.0687, abs=1e-3) and _t(0.975, 5) == pytest.approx(2.5706, abs=5e-3)
+    assert paired_interval([0.0] * 24) == (0.0, 0.0, 0.0)  # identical systems: exactly nothing
+    d = np.random.default_rng(0).normal(0.1, 0.3, 24)
+    mean, low, high = paired_interval(d, 0.95, 2000, seed=0)
+    assert low < mean < high and mean == pytest.approx(d.mean())
+    assert (mean, low, high) == paired_interval(d, 0.95, 2000, seed=0)  # deterministic
+    # expanded: wider than the plain percentile interval, and wider at a higher confidence
+    plain = bootstrap_ci(d, n_boot=2000, alpha=0.05, seed=0)
+    assert low < plain[0] and high > plain[1]
+    assert paired_interval(d, 0.99)[1] < low
+    for bad in ([], [0.1, math.nan]):
+        with pytest.raises(ValueError):
+            paired_interval(bad)
+    with pytest.raises(ValueError):
+        paired_interval([0.1, 0.2], confidence=1.0)
+
+
+def test_prompts_for_power_formula() -> None:
+    from steer_core.metrics import detectable_effect, prompts_for_power
+
+    n = prompts_for_power(0.4, 0.1, 0.95, 0.8)
+    assert n == math.ceil((2.8016 * 4) ** 2)
+    assert prompts_for_power(0.4, 0.2) < n < prompts_for_power(0.4, 0.1, power=0.9)
+    assert detectable_effect(0.4, n) <= 0.1 < detectable_effect(0.4, n - 5)
+    for kw in ({"effect": 0.0}, {"effect": -1.0}, {"sd": math.nan}, {"power": 1.0}):
+        with pytest.raises(ValueError):
+            prompts_for_power(**{"sd": 0.4, "effect": 0.1, **kw})
