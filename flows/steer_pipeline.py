@@ -1,12 +1,14 @@
-"""The production flow: for each configured steer, prepare → train → evaluate (vs champion) → register → gate.
+"""The production flow: for each configured steer, DVC's stages (prepare → train → evaluate), a push of their outputs
+to the DVC remote, then the promotion job (compare with the champion → gate → register with lineage → alias).
 
+DVC alone decides which stages run (``dvc.lock``); the flow never decides staleness itself. A steer's outputs are
+pushed before it is registered, so every registered version can be restored from the remote (``steer checkout``).
 Runs with no server (Prefect's ephemeral mode) by default; ``steer deploy`` serves it on a cron schedule against a
 Prefect server. One MLflow parent run per pipeline run, one nested run per steer.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -14,57 +16,53 @@ import mlflow
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from steer_core.config import load_params
-from steer_core.pipeline import SteerPaths
-from tasks import tracking
-from tasks.stages import (
-    SteerResult, champion_task, evaluate_task, judged_version_task, log_steer_run, prepare_task, promote_task,
-    train_task,
-)
+from steer_core.config import Params, load_params
+from tasks import dvc_stages, lineage, tracking
+from tasks.dvc_stages import DvcProject
+from tasks.promotion import SteerResult, promotion_job
+
+STAGE_RETRIES = {"prepare": 2}  # hub sources can fail transiently; a failed fit or evaluation would fail again
 
 
-def run_steer(params_path: str, name: str, root: Path, parent_run_id: str, dry_run: bool) -> SteerResult:
-    """One steer's chain. A steer whose file equals the champion's is not re-evaluated or re-registered."""
-    params = load_params(params_path)
+@task(name="dvc-stage", task_run_name="{stage}")
+def stage_task(project: DvcProject, stage: str) -> dict:
+    """One stage of dvc.yaml, run by DVC if (and only if) DVC says it changed."""
+    return dvc_stages.reproduce(project, stage, log=get_run_logger().info)
+
+
+@task(name="dvc-push", task_run_name="push-{name}", retries=2, retry_delay_seconds=5)
+def push_task(project: DvcProject, name: str, stages: list[str]) -> int:
+    """The steer's cached outputs to the DVC remote (retried: remotes are network storage)."""
+    pushed = dvc_stages.push(project, stages)
+    get_run_logger().info(f"{name}: {pushed} file(s) pushed to DVC remote {project.remote!r}; remote in sync")
+    return pushed
+
+
+def run_steer(params_path: str, params: Params, name: str, project: DvcProject, parent_run_id: str,
+              dry_run: bool) -> SteerResult:
+    """One steer's chain: DVC stages, push, lineage, promotion job."""
+    logger = get_run_logger()
     result = SteerResult(steer=name)
+    stages = [dvc_stages.stage_name(s, name) for s in dvc_stages.STAGES]
     with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent_run_id) as run:
         result.run_id = run.info.run_id
-        card = prepare_task(params_path, name, str(root))
-        trained = train_task(params_path, name, str(root), card.get("content_hash", ""))
-        result.trained = trained["trained"]
-        champion = champion_task(name, str(root), trained["sha256"])
-        if champion and champion["sha256"] == trained["sha256"]:
-            result.version = result.champion = champion["version"]
-            result.status = "unchanged"
-            result.reasons = [f"the steer equals champion version {champion['version']}: nothing to evaluate"]
-            log_steer_run(params, name, root, card, trained, None)
-            metrics = SteerPaths(root, name).metrics
-            if metrics.exists():
-                result.headline = json.loads(metrics.read_text()).get("headline", {})
-            return result
-        judged = judged_version_task(name, trained["sha256"], champion["version"] if champion else None)
-        if judged is not None:
-            result.version, result.champion = judged["version"], champion["version"] if champion else None
-            result.status = "unchanged"
-            result.reasons = [f"version {judged['version']} is this same steer, already judged against the current "
-                              f"champion (gate passed: {str(judged['passed']).lower()}): {judged['reasons']}"]
-            log_steer_run(params, name, root, card, trained, None)
-            return result
-        doc = evaluate_task(params_path, name, str(root), champion["path"] if champion else None)
-        log_steer_run(params, name, root, card, trained, doc)
-        result.headline = doc["headline"]
-    promo = promote_task(params_path, name, str(root), doc, champion, result.run_id, dry_run)
-    result.version, result.promoted, result.champion = promo["version"], promo["promoted"], promo["champion"]
-    result.reasons = promo["reasons"]
-    result.status = ("promoted" if promo["promoted"] else
-                     "would promote (dry run)" if dry_run and promo["passed"] else "kept champion")
-    return result
+    for stage, kind in zip(stages, dvc_stages.STAGES):
+        done = stage_task.with_options(retries=STAGE_RETRIES.get(kind, 0), retry_delay_seconds=5)(project, stage)
+        result.stages.append(done)
+    result.trained = next(s["ran"] for s in result.stages if s["stage"].startswith("train@"))
+    if params.dvc.push:
+        push_task(project, name, stages)
+    else:
+        logger.warning(f"{name}: dvc.push is off: this version can be restored only from this machine's DVC cache")
+    tags = lineage.steer_tags(project.root, params, name, dvc_stages.cached_outputs(project, stages[:2]))
+    return promotion_job(params_path, name, project.root, result, tags, dry_run)
 
 
-@task(name="steer-chain")
-def steer_chain_task(params_path: str, name: str, root: Path, parent_run_id: str, dry_run: bool) -> SteerResult:
-    """One steer's whole chain as a task, so several steers can run concurrently."""
-    return run_steer(params_path, name, root, parent_run_id, dry_run)
+@task(name="steer-chain", task_run_name="steer-{name}")
+def steer_chain_task(params_path: str, params: Params, name: str, project: DvcProject, parent_run_id: str,
+                     dry_run: bool) -> SteerResult:
+    """One steer's whole chain as a task, so several steers can run concurrently (they take turns at DVC's lock)."""
+    return run_steer(params_path, params, name, project, parent_run_id, dry_run)
 
 
 def summary_rows(results: list[SteerResult]) -> list[dict]:
@@ -84,7 +82,8 @@ def summary_rows(results: list[SteerResult]) -> list[dict]:
             "distinct-2": _fmt(cand.get("distinct_2")),
             "version": r.version or "",
             "status": r.status,
-            "why": " ".join(r.reasons)[:300],
+            "ran": " ".join(s["stage"].split("@")[0] for s in r.stages if s["ran"]) or "none",
+            "why": " ".join(r.reasons)[:600],
         })
     return rows
 
@@ -96,7 +95,7 @@ def _fmt(x) -> str:
 @flow(name="steer-pipeline", log_prints=True)
 def steer_pipeline(params_path: str = "params.yaml", steers: list[str] | None = None, dry_run: bool = False,
                    root: str = ".") -> list[dict]:
-    """Prepare, train, evaluate, register and (when the gate passes) promote every configured steer."""
+    """DVC's stages, then register and (when the gate passes) promote every configured steer."""
     logger = get_run_logger()
     root_path = Path(root).resolve()
     params = load_params(params_path)
@@ -104,25 +103,29 @@ def steer_pipeline(params_path: str = "params.yaml", steers: list[str] | None = 
     unknown = [n for n in names if n not in params.steers]
     if unknown:
         raise ValueError(f"unknown steer(s) {unknown}; params.yaml configures {sorted(params.steers)}")
+    project = dvc_stages.open_project(root_path, params.dvc.remote, log=logger.info)
+    if not project.git:
+        logger.warning(f"{root_path} is not a git work tree: lineage has no commit (tag git_commit=none); DVC runs "
+                       f"without SCM and still versions every output by hash")
     tracking.configure(params.tracking, root_path)
     results: list[SteerResult] = []
     with mlflow.start_run(run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
-        mlflow.set_tags({"git_commit": tracking.git_commit(root_path), "dry_run": str(dry_run).lower()})
+        mlflow.set_tags({**lineage.run_tags(root_path, params), "dry_run": str(dry_run).lower(),
+                         "dvc.remote": f"{project.remote} ({project.remote_url})"})
         mlflow.log_artifact(str(Path(params_path).resolve()), "params")
         if params.runtime.parallel_steers > 1 and len(names) > 1:
             # each steer's chain becomes a task of its own: Prefect's thread pool runs them side by side, and
             # each opens its nested MLflow run by parent id (MLflow's active run is per thread)
-            logger.info("steers %s, up to %d at a time", names, params.runtime.parallel_steers)
-            chain = steer_chain_task.with_options(task_run_name="steer-{name}")
+            logger.info(f"steers {names}, up to {params.runtime.parallel_steers} at a time")
             width = params.runtime.parallel_steers
             for i in range(0, len(names), width):
-                futures = [chain.submit(params_path, n, root_path, parent.info.run_id, dry_run)
+                futures = [steer_chain_task.submit(params_path, params, n, project, parent.info.run_id, dry_run)
                            for n in names[i : i + width]]
                 results += [f.result() for f in futures]
         else:
             for name in names:
-                logger.info("steer %s", name)
-                results.append(run_steer(params_path, name, root_path, parent.info.run_id, dry_run))
+                logger.info(f"steer {name}")
+                results.append(run_steer(params_path, params, name, project, parent.info.run_id, dry_run))
     rows = summary_rows(results)
     create_table_artifact(table=rows, key="steer-pipeline-summary", description="steer pipeline summary")
     return rows

@@ -198,12 +198,22 @@ class TrackingConfig(Strict):
     artifact_location: str = "mlartifacts"
 
 
+class DvcConfig(Strict):
+    """Where ``steer run`` versions each run's data and steers."""
+
+    remote: str | None = Field(None, description="a DVC remote of the project (`dvc remote add NAME URL`); None = "
+                               "the project's default remote, created as 'local' → dvc-storage/ when there is none")
+    push: bool = Field(True, description="push each steer's outputs before registering it, so every registered "
+                       "version can be restored from the remote")
+
+
 class Params(Strict):
     """The root of ``params.yaml``."""
 
     model: str = "default"
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    dvc: DvcConfig = Field(default_factory=DvcConfig)
     steers: dict[str, SteerSpec] = Field(default_factory=dict)
 
 

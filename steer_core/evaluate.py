@@ -354,11 +354,16 @@ def evaluate(
     seed: int = 0,
     progress: bool = False,
     log: Callable[[str], None] = lambda _msg: None,
+    base_samples: Sequence[Sample] | None = None,
 ) -> tuple[dict, list[Sample]]:
     """Run the protocol for every system on the same prompts; return the metrics document and all samples.
 
     ``prompts`` are dicts with ``set`` and ``prompt``. Strength 0 is sampled once (it is the base model for every
     steer system) and shared, so candidate and champion are compared against the same base samples.
+
+    ``base_samples``: strength-0 samples already generated and scored on these prompts with this seed and config
+    (read back from the candidate's samples file), so a system evaluated later (the champion) is compared against
+    the very base samples the candidate was, and the base model is not sampled twice.
     """
     if not prompts:
         raise ValueError("no evaluation prompts")
@@ -374,16 +379,22 @@ def evaluate(
     # strength 0 the steer hook adds exact zeros, so those rows are the base model's samples (and, rows drawing
     # their random numbers by prompt and sample, the very samples a separate call would give)
     nonzero = [System(s.name, [x for x in s.strengths if x != 0], s.steer, s.actadd, s.meta) for s in systems]
-    first = next((i for i, s in enumerate(nonzero) if s.steer is not None), None)
+    reuse_base = base_samples is not None
+    first = None if reuse_base else next((i for i, s in enumerate(nonzero) if s.steer is not None), None)
     first_samples: list[Sample] = []  # the first steer system's non-zero strengths, sampled with the base
-    if first is None:
+    if reuse_base:
+        base_samples = [replace(s, system="base", strength=0.0) for s in base_samples]
+        if {s.prompt_index for s in base_samples} != set(range(len(prompts))):
+            raise ValueError("the given base samples do not cover the evaluation prompts: re-run the evaluate stage")
+    elif first is None:
         base_samples = sample_system(lm, System("base", [0.0]), prompts, cfg, seed, progress, in_sampling)
     else:
         both = sample_system(lm, System(nonzero[first].name, [0.0, *nonzero[first].strengths], nonzero[first].steer),
                              prompts, cfg, seed, progress, in_sampling)
         base_samples = [replace(s, system="base") for s in both if s.strength == 0.0]
         first_samples = [s for s in both if s.strength != 0.0]
-    score_samples(base_samples + first_samples, scorer, text_judge, cfg.batch_size)
+    if not reuse_base:
+        score_samples(base_samples + first_samples, scorer, text_judge, cfg.batch_size)
     cuts = (getattr(scorer, "positive_above", 0.5), getattr(scorer, "negative_below", 0.5))  # what "positive" means here
     base_row = summarize(base_samples, cfg.control, cfg.bootstrap, seed, cuts)[0]
     base_row["ppl_increase"] = 0.0  # the base is a ROW like the others (schema above)
@@ -396,6 +407,8 @@ def evaluate(
         "base": base_row, "systems": {},
     }
     all_samples = list(base_samples)
+    # which prompts choose the strength and which report it (each entry: the pairing key the gate checks)
+    ids, folds = [prompt_id(p["prompt"]) for p in prompts], split_folds([p["prompt"] for p in prompts])
     for i, system in enumerate(systems):
         log(f"evaluating {system.name} at strengths {system.strengths}")
         if i == first:

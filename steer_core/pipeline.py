@@ -1,7 +1,9 @@
 """The pipeline's stages as plain functions: prepare → train → evaluate, one steer at a time.
 
-``steer prepare|train|evaluate NAME`` (and so ``dvc.yaml``) and the Prefect tasks call exactly these, so the DVC
-stages and the scheduled flow run the same code. Paths follow one layout under the project root::
+``dvc.yaml`` runs each stage as ``python -m steer_core.pipeline STAGE NAME`` (the ``main`` below); ``steer run``
+executes those DVC stages, and ``steer prepare|train|evaluate NAME`` call the same functions by hand. Imports are
+made inside each stage, so the modules a stage loads are the code ``dvc.yaml`` lists as its deps (a test checks
+this). Paths follow one layout under the project root::
 
     data/prepared/<steer>/{train,val}.jsonl, card.json     data/prompts/<steer>.jsonl
     artifacts/steers/<steer>.safetensors (+ .json card)    metrics/<steer>.json
@@ -10,18 +12,22 @@ stages and the scheduled flow run the same code. Paths follow one layout under t
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+from .config import Params, SteerSpec, load_params
+from .errors import one_line_errors
+from .files import write_atomic
 
-from .config import Params, SteerSpec
-from .lm import LoadedLM, load_lm, set_threads
-from .report import render_html, write_atomic, write_plot_data, write_pngs
-from .steer import Steer
+if TYPE_CHECKING:
+    import torch
+
+    from .lm import LoadedLM
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,8 @@ def runtime_lm(params: Params, lm: LoadedLM | None = None) -> LoadedLM:
     """The base model for a run (loaded once per process and shared by every steer)."""
     if lm is not None:
         return lm
+    from .lm import load_lm, set_threads
+
     set_threads(params.runtime.threads)
     return load_lm(params.model, params.runtime.device)
 
@@ -131,6 +139,8 @@ def steer_names(name: str, spec: SteerSpec) -> list[str]:
 
 
 def _values(rows: list[dict], n: int) -> torch.Tensor:
+    import torch
+
     return torch.tensor([[float(r["value"]), 1.0][:n] for r in rows]).reshape(-1, n)
 
 
@@ -153,8 +163,9 @@ def train_stage(
         hidden_cache_dir=default_hidden_cache(), progress=progress,
     )
     steer.metadata.update(steer=name, data_hash=card.get("content_hash"), labels=spec.data.labels)
-    steer.save(paths.steer)
-    write_atomic(paths.steer_card, json.dumps({k: v for k, v in steer.metadata.items()}, indent=2, default=str))
+    steer.save(paths.steer)  # byte-identical for equal inputs: DVC and the registry address it by hash
+    write_atomic(paths.steer_card, json.dumps({**steer.metadata, "run": summary.circumstances()}, indent=2,
+                                              default=str))
     shutil.rmtree(paths.work, ignore_errors=True)
     return paths.steer
 
@@ -172,6 +183,9 @@ def evaluate_stage(
     """Evaluate the candidate (and the champion, and the ActAdd baseline) on the same prompts in one run."""
     from .baselines import fit_actadd
     from .evaluate import System, evaluate
+    from .lm import load_lm
+    from .report import render_html, write_plot_data, write_pngs
+    from .steer import Steer
 
     spec = steer_spec(params, name)
     cfg = spec.evaluate
@@ -194,7 +208,8 @@ def evaluate_stage(
     doc, samples = evaluate(model, prompts, systems, cfg, judge=judge, seed=params.runtime.seed,
                             progress=progress, log=log)
     doc["steer"] = name
-    doc["steer_file"] = str(paths.steer)
+    doc["steer_file"] = str(paths.steer.relative_to(paths.root)) if paths.steer.is_relative_to(paths.root) else str(
+        paths.steer)
     doc["base_model"] = model.spec
     doc["base_fingerprint"] = model.fingerprint
     write_plot_data(doc, paths.plots)
@@ -206,3 +221,82 @@ def evaluate_stage(
     write_explain_artifact(explain(candidate, model, name=name), paths.explain)
     write_atomic(paths.metrics, json.dumps(doc, indent=2, default=float))
     return doc
+
+
+# --------------------------------------------------------------------------------------------- compare (after DVC)
+def compare_stage(
+    params: Params,
+    name: str,
+    champion: Path,
+    root: Path = Path("."),
+    lm: LoadedLM | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """The candidate's evaluation with the champion's added, sampled on the same prompts with the same
+    per-(prompt, sample) random numbers and judged against the very base samples the evaluate stage scored.
+
+    Not a DVC stage: its input (the registry's champion) is not a file DVC can track. The candidate is not sampled
+    again; only the champion's non-zero strengths are. Returns the merged document (schema of ``evaluate``);
+    writes nothing into the workspace, so ``metrics/<steer>.json`` stays the candidate's (``dvc metrics diff``).
+    """
+    from .evaluate import Sample, System, evaluate, headline
+    from .lm import load_lm
+    from .steer import Steer
+
+    spec = steer_spec(params, name)
+    cfg = spec.evaluate
+    paths = SteerPaths(Path(root), name)
+    for need in (paths.metrics, paths.samples, paths.prompts):
+        if not need.is_file():
+            raise FileNotFoundError(f"{need} not found: run the evaluate stage first (steer evaluate {name})")
+    doc = json.loads(paths.metrics.read_text())
+    base = [Sample(**row) for row in read_jsonl(paths.samples) if row["system"] == "base"]
+    model = runtime_lm(params, lm)
+    if doc.get("base_fingerprint") != model.fingerprint:
+        raise ValueError(f"{paths.metrics} was evaluated on another base model than {params.model!r}: re-run the "
+                         f"evaluate stage")
+    champ = Steer.load(champion, expect_fingerprint=model.fingerprint)
+    judge = model if cfg.judge == "base" else load_lm(cfg.judge, params.runtime.device)
+    champ_doc, _ = evaluate(model, read_jsonl(paths.prompts), [System("champion", cfg.strengths, steer=champ)], cfg,
+                            judge=judge, seed=params.runtime.seed, progress=progress, log=log, base_samples=base)
+    doc["systems"]["champion"] = {**champ_doc["systems"]["champion"], "path": str(champion)}
+    doc["headline"] = headline(doc)
+    return doc
+
+
+# --------------------------------------------------------------------------------------------- entry point
+STAGES = ("prepare", "train", "evaluate")
+
+
+@one_line_errors
+def run_stage(stage: str, name: str, params_path: Path = Path("params.yaml"), progress: bool = True) -> None:
+    """One stage for one steer, as ``dvc.yaml`` runs it (in the project root)."""
+    params = load_params(params_path)
+    steer_spec(params, name)  # an unknown steer fails before any work
+    root = Path(params_path).resolve().parent
+    if stage == "prepare":
+        card = prepare_stage(params, name, root)
+        print(f"prepared {name}: {json.dumps(getattr(card, 'counts', {}))}", file=sys.stderr)
+    elif stage == "train":
+        print(f"saved {train_stage(params, name, root, progress=progress)}", file=sys.stderr)
+    elif stage == "evaluate":
+        doc = evaluate_stage(params, name, root, progress=progress, log=lambda m: print(m, file=sys.stderr))
+        print(f"{name}: {json.dumps(doc['headline'], default=float)}", file=sys.stderr)
+    else:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m steer_core.pipeline STAGE NAME [--params FILE] [--quiet]``: what each dvc.yaml stage runs."""
+    parser = argparse.ArgumentParser(prog="python -m steer_core.pipeline", description=main.__doc__)
+    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("name", help="a steer configured in params.yaml")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    run_stage(args.stage, args.name, args.params, progress=not args.quiet)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from steer_core.config import TrackingConfig
+from steer_core.config import Params, TrackingConfig
 
 
 # The URI configure() last took from params. mlflow.set_tracking_uri exports it as MLFLOW_TRACKING_URI, so without
@@ -24,17 +23,25 @@ from steer_core.config import TrackingConfig
 _from_params: str | None = None
 
 
-def configure(tracking: TrackingConfig, root: Path) -> str:
-    """Point MLflow at the configured store (relative sqlite paths and artifact folders live under ``root``)."""
+def configure(tracking: TrackingConfig, root: Path, create: bool = True) -> str:
+    """Point MLflow at the configured store (relative sqlite paths and artifact folders live under ``root``).
+
+    ``create=False`` (read-only commands such as ``steer checkout``): a missing sqlite store is an error, and no
+    experiment is created."""
     global _from_params
     env = os.environ.get("MLFLOW_TRACKING_URI")
     user_env = bool(env) and env != _from_params
     uri = env if user_env else tracking.uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = f"sqlite:///{(root / uri[len('sqlite:///'):]).resolve()}"
+    if not create and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise FileNotFoundError(f"no MLflow registry at {uri}: nothing has been registered in this project yet "
+                                f"(run `steer run`), or set tracking.uri / MLFLOW_TRACKING_URI")
     _from_params = None if user_env else uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if not create:
+        return uri
     client = MlflowClient()
     if client.get_experiment_by_name(tracking.experiment) is None:
         location = None
@@ -54,31 +61,6 @@ def flatten(prefix: str, value: Any) -> dict[str, str]:
     else:
         out[prefix] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return {k: v[:6000] for k, v in out.items()}
-
-
-def git_commit(root: Path) -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def dvc_lock_hashes(root: Path, name: str) -> dict[str, str]:
-    """The md5s dvc.lock records for this steer's stages (empty when DVC has not run)."""
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    import yaml
-
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    out = {}
-    for stage, body in stages.items():
-        if f"@{name}" not in stage:
-            continue
-        for o in body.get("outs", []) or []:
-            out[f"dvc.{stage.split('@')[0]}.{Path(o['path']).name}"] = o.get("md5", "")
-    return out
 
 
 def file_sha256(path: Path) -> str:
@@ -105,3 +87,29 @@ def log_eval_metrics(doc: dict) -> None:
     metrics["base/ppl"] = float(doc["base"]["ppl"])
     metrics["base/control"] = float(doc["base"]["control"])
     mlflow.log_metrics(metrics)
+
+
+def log_steer_run(params: Params, name: str, root: Path, tags: dict[str, str], trained: bool, doc: dict | None) -> None:
+    """Everything a reviewer needs in the steer's MLflow run: params, lineage tags, data card, metrics, artifacts."""
+    from steer_core.pipeline import SteerPaths, steer_spec
+
+    spec = steer_spec(params, name)
+    paths = SteerPaths(root, name)
+    card = json.loads(paths.data_card.read_text()) if paths.data_card.exists() else {}
+    mlflow.log_params(flatten("", {"model": params.model, "seed": params.runtime.seed, **spec.model_dump()}))
+    mlflow.set_tags({"steer": name, "data.content_hash": card.get("content_hash", ""),
+                     "steer.sha256": file_sha256(paths.steer), "trained": str(trained).lower(), **tags})
+    mlflow.log_dict(card, "data/card.json")
+    mlflow.log_artifact(str(paths.steer), "steer")
+    if paths.steer_card.exists():
+        mlflow.log_artifact(str(paths.steer_card), "steer")
+        timings = json.loads(paths.steer_card.read_text()).get("run", {})
+        mlflow.log_metrics({f"train/{k}": float(v) for k, v in timings.items() if isinstance(v, (int, float))})
+    if doc is not None:
+        log_eval_metrics(doc)
+        mlflow.log_dict(doc, "evaluation/comparison.json")
+        for p in (paths.metrics, paths.report, paths.samples, paths.explain):
+            if p.exists():
+                mlflow.log_artifact(str(p), "evaluation")
+        if paths.plots.exists():
+            mlflow.log_artifacts(str(paths.plots), "evaluation/plots")

@@ -1,0 +1,138 @@
+"""The orchestration commands, added onto the library's ``steer`` app: ``run``, ``deploy`` and ``checkout``.
+
+They live here, not in ``steer_core``, because they need Prefect, MLflow and DVC; the console script ``steer``
+points at this module's ``app``, which is ``steer_core.cli.app`` plus these commands. Prefect reads PREFECT_HOME
+when it is imported, so each command sets the project's tool state (``project_env``) before importing the flow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from steer_core.cli import app, cli_errors, err, out
+
+__all__ = ["app", "main"]
+
+
+def project_env(root: Path) -> None:
+    """Keep Prefect's, MLflow's and DVC's state inside the project unless the user set otherwise.
+
+    Must run before prefect is imported (it reads PREFECT_HOME at import)."""
+    defaults = {
+        "PREFECT_HOME": root / ".prefect",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": root / ".dvc-site",
+        "TOKENIZERS_PARALLELISM": "false",
+        "MPLCONFIGDIR": root / ".cache" / "matplotlib",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, str(value))
+
+
+def print_summary(rows: list[dict]) -> None:
+    """The run's table, readable at 80 columns: short columns that never truncate, the reasons below it."""
+    from rich.table import Table
+
+    table = Table(title="steer run", caption="control: positive rate (sentiment), 1 − avg max toxicity (toxicity); "
+                  "s: recommended strength; ran: the DVC stages that ran", caption_justify="left")
+    cols = [("steer", "steer"), ("s", "s"), ("base", "base"), ("-s", "−s"), ("+s", "+s"), ("ppl +%", "ppl+%"),
+            ("distinct-2", "d-2"), ("version", "v"), ("status", "status"), ("ran", "ran")]
+    for key, title in cols:
+        fold = key in ("status", "ran")
+        width = max([len(title)] + [len(str(r.get(key, ""))) for r in rows]) if not fold else None
+        table.add_column(title, no_wrap=not fold, overflow="fold", min_width=width)
+    for row in rows:
+        table.add_row(*[str(row.get(key, "")) for key, _ in cols])
+    out.print(table)
+    for row in rows:
+        out.print(f"[bold]{row['steer']}[/bold]: {row.get('why', '')}", highlight=False)
+
+
+def _project(params_file: Path):
+    from steer_core.config import load_params
+
+    params = load_params(params_file)  # fail on a bad params file before anything starts
+    root = params_file.resolve().parent
+    project_env(root)
+    return params, root
+
+
+@app.command()
+@cli_errors
+def run(
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+    only: Optional[list[str]] = typer.Option(None, "--steer", help="run only these steers (repeatable)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="evaluate and gate, but move no registry alias"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The whole job: DVC's stages (prepare → train → evaluate), push, register, gated promotion, for every steer."""
+    params, root = _project(params_file)
+    unknown = [n for n in only or [] if n not in params.steers]
+    if unknown:
+        raise ValueError(f"--steer {unknown[0]!r} is not a steer of {params_file} (configured: "
+                         f"{', '.join(sorted(params.steers))})")
+    from flows.steer_pipeline import steer_pipeline
+
+    rows = steer_pipeline(params_path=str(params_file.resolve()), steers=only or None, dry_run=dry_run,
+                          root=str(root))
+    if as_json:
+        sys.stdout.write(json.dumps(rows) + "\n")
+    else:
+        print_summary(rows)
+
+
+@app.command()
+@cli_errors
+def deploy(
+    cron: str = typer.Option(..., "--cron", help='schedule, e.g. "0 3 * * 1" (Mondays 03:00)'),
+    name: str = typer.Option("steer-production", "--name"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+) -> None:
+    """Serve the pipeline as a scheduled Prefect deployment (needs a Prefect server: PREFECT_API_URL)."""
+    _, root = _project(params_file)
+    from flows.steer_pipeline import serve_scheduled
+
+    serve_scheduled(cron, name, str(params_file.resolve()), str(root), log=err.print)
+
+
+@app.command()
+@cli_errors
+def checkout(
+    ref: str = typer.Argument(..., help="NAME@VERSION or NAME@ALIAS, e.g. sentiment@champion or sentiment@3"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="restore here instead of the project's workspace"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Restore a registered version's prepared data, prompts and steer file through DVC, from its lineage tags."""
+    params, root = _project(params_file)
+    from tasks.restore import restore_version
+
+    doc = restore_version(ref, params, root, out_dir, log=err.print)
+    if as_json:
+        sys.stdout.write(json.dumps(doc) + "\n")
+        return
+    out.print(f"restored {doc['name']} version {doc['version']} into {doc['dest']} (steer sha256 {doc['sha256'][:12]}… "
+              f"verified)", highlight=False)
+    for path in doc["files"]:
+        out.print(f"  {path}", highlight=False)
+    out.print(f"code: git commit {doc['git_commit']} (dirty: {doc['git_dirty']}); params sha256 "
+              f"{doc['params_sha256'][:12]}…", highlight=False)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,224 @@
+"""DVC is the one judge of what changed: ``steer run`` executes the stages of ``dvc.yaml`` through DVC's Python API.
+
+Each stage runs exactly as ``dvc repro`` runs it (the stage's ``cmd`` in a subprocess, ``dvc.lock`` written, outputs
+cached), so ``steer run`` and ``dvc repro`` agree on what is up to date, and every output lands in the DVC cache and,
+once pushed, in the remote. The repository lock is waited for, not failed on, so steer chains running side by side
+take turns at DVC.
+
+Also here: opening the project (``dvc init`` when it has none; no SCM outside a git work tree; the default remote
+created on first use), pushing a steer's outputs, and reading back the hashes of a steer's cached outputs for its
+lineage tags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+STAGES = ("prepare", "train", "evaluate")
+DEFAULT_REMOTE = "local"
+DEFAULT_REMOTE_DIR = "dvc-storage"  # inside the project, ignored by git
+HEARTBEAT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class DvcProject:
+    """Where a project's DVC state lives and where it pushes."""
+
+    root: Path
+    git: bool  # inside a git work tree (else DVC runs without SCM and lineage has no commit)
+    remote: str  # the DVC remote this run pushes to
+    remote_url: str
+
+
+def in_git(root: Path) -> bool:
+    try:
+        proc = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return proc.returncode == 0 and proc.stdout.strip() == "true"
+
+
+@contextlib.contextmanager
+def repo(root: Path) -> Iterator:
+    """A DVC repo handle for one operation; it waits for the repository lock instead of failing on it."""
+    from dvc.repo import Repo
+
+    r = Repo(str(root), _wait_for_lock=True)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def open_project(root: Path, remote: str | None = None, log: Callable[[str], None] = print) -> DvcProject:
+    """Make ``root`` a DVC project ready to run and push: ``dvc init`` if needed, no SCM outside git, a remote.
+
+    ``remote`` names a configured DVC remote (``dvc remote add NAME URL``); None uses the project's default
+    remote, and a project without one gets ``local`` → ``<root>/dvc-storage`` as its default. The stage commands
+    (``python -m steer_core.pipeline``) must resolve to this interpreter, so its bin directory goes first on PATH.
+    """
+    from dvc.repo import Repo
+
+    import logging
+
+    root = Path(root).resolve()
+    logging.getLogger("dvc").propagate = False  # DVC prints its own lines once; not again through Prefect's handler
+    logging.getLogger("dvc.repo.scm_context").setLevel(logging.WARNING)  # no "git add dvc.lock" advice every stage
+    git = in_git(root)
+    if not (root / ".dvc").is_dir():
+        Repo.init(str(root), no_scm=not git)
+        log(f"initialised DVC in {root} ({'with git' if git else 'without SCM: not a git work tree'})")
+    elif not git:
+        with repo(root) as r, r.config.edit("local") as conf:  # config.local: this copy only, never committed
+            conf["core"]["no_scm"] = True
+    bin_dir = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    with repo(root) as r:
+        remotes = dict(r.config.get("remote", {}))
+        name = remote or r.config["core"].get("remote")
+        if name is None:
+            with r.config.edit("repo") as conf:
+                conf["remote"][DEFAULT_REMOTE] = {"url": str(root / DEFAULT_REMOTE_DIR)}  # saved relative
+                conf["core"]["remote"] = DEFAULT_REMOTE
+            name, remotes = DEFAULT_REMOTE, {DEFAULT_REMOTE: {"url": str(root / DEFAULT_REMOTE_DIR)}}
+            log(f"DVC remote: none configured, so '{DEFAULT_REMOTE}' → {root / DEFAULT_REMOTE_DIR} is now the default")
+        if name not in remotes:
+            raise ValueError(f"dvc.remote {name!r} is not a DVC remote of this project (configured: "
+                             f"{sorted(remotes) or 'none'}); add it with `dvc remote add {name} URL`")
+        url = str(remotes[name]["url"])
+    if "://" not in url and not os.path.isabs(url):
+        url = str((root / url).resolve())
+    return DvcProject(root, git, name, url)
+
+
+def stage_name(stage: str, steer: str) -> str:
+    """``train`` + ``sentiment`` → ``train@sentiment`` (dvc.yaml's foreach stages)."""
+    return f"{stage}@{steer}"
+
+
+def changes(status: dict) -> str:
+    """DVC's status of one stage as a short phrase: what changed, so the log says why a stage runs."""
+    parts: list[str] = []
+    for entries in status.values():
+        for entry in entries:
+            if isinstance(entry, str):
+                parts.append(entry)
+                continue
+            for kind, items in entry.items():
+                if isinstance(items, dict):
+                    for path, what in items.items():
+                        if isinstance(what, dict):  # params: {file: {key: modified}}
+                            parts += [f"param {k} {v}" for k, v in what.items()]
+                        else:
+                            parts.append(f"{path} {what}")
+                else:
+                    parts.append(f"{kind}: {items}")
+    if not parts:
+        return "changed"
+    more = f"; and {len(parts) - 3} more" if len(parts) > 3 else ""
+    return "; ".join(parts[:3]) + more
+
+
+def reproduce(project: DvcProject, stage: str, log: Callable[[str], None] = print) -> dict:
+    """Run one stage through DVC if, and only if, DVC says it changed. Returns ``{stage, ran, why, seconds}``.
+
+    The stage's command prints its own progress (fit epochs, sampling batches) on stderr; a heartbeat line with the
+    elapsed time is logged every 30 s, so a long stage never looks hung.
+    """
+    t0 = time.perf_counter()
+    with repo(project.root) as r:
+        status = r.status(targets=[stage])
+    if not status:
+        log(f"{stage}: up to date (DVC), skipped")
+        return {"stage": stage, "ran": False, "why": "up to date", "seconds": 0.0}
+    why = changes(status)
+    log(f"{stage}: running ({why})")
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        while not done.wait(HEARTBEAT_SECONDS):
+            log(f"{stage}: still running, {time.perf_counter() - t0:.0f} s")
+
+    beat = threading.Thread(target=heartbeat, daemon=True)
+    beat.start()
+    try:
+        with repo(project.root) as r:
+            r.reproduce(targets=[stage], single_item=True)
+    finally:
+        done.set()
+    seconds = round(time.perf_counter() - t0, 1)
+    log(f"{stage}: done in {seconds:.0f} s")
+    return {"stage": stage, "ran": True, "why": why, "seconds": seconds}
+
+
+def push(project: DvcProject, stages: list[str]) -> int:
+    """Push these stages' cached outputs to the project's remote; raise unless the remote then holds them all."""
+    with repo(project.root) as r:
+        pushed = r.push(targets=stages, remote=project.remote)
+        missing = r.status(targets=stages, cloud=True, remote=project.remote)
+    if missing:
+        raise RuntimeError(f"DVC remote {project.remote!r} ({project.remote_url}) still lacks {sorted(missing)} "
+                           f"after the push")
+    return int(pushed or 0)
+
+
+def cached_outputs(project: DvcProject, stages: list[str]) -> dict[str, str]:
+    """``{path relative to the root: md5}`` of every cached output of these stages, as ``dvc.lock`` records them."""
+    out: dict[str, str] = {}
+    with repo(project.root) as r:
+        for target in stages:
+            for stage in r.stage.collect(target):
+                for o in stage.outs:
+                    if o.use_cache and o.hash_info and o.hash_info.value:
+                        out[str(Path(o.fs_path).relative_to(project.root))] = o.hash_info.value
+    return out
+
+
+def restore_objects(project: DvcProject, files: dict[str, str], dest: Path,
+                    verify: Callable[[Path], None] | None = None, log: Callable[[str], None] = print) -> list[Path]:
+    """Copy the files ``{relative path: md5}`` out of the DVC cache into ``dest``, fetching what the cache lacks from
+    the remote first. The files are staged first and ``verify(staged_dir)`` may refuse them: nothing is written to
+    ``dest`` unless every file is there and verified."""
+    import shutil
+    import tempfile
+
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    with repo(project.root) as r:
+        odb = r.cache.local
+        lacking = {p: md5 for p, md5 in files.items() if not odb.exists(md5)}
+        if lacking:
+            log(f"fetching {len(lacking)} file(s) from DVC remote {project.remote!r} ({project.remote_url})")
+            result = r.cloud.pull([HashInfo("md5", md5) for md5 in lacking.values()], remote=project.remote)
+            failed = {h.value for h in getattr(result, "failed", set())}
+            gone = [p for p, md5 in lacking.items() if md5 in failed or not odb.exists(md5)]
+            if gone:
+                raise FileNotFoundError(
+                    f"DVC remote {project.remote!r} ({project.remote_url}) lacks {', '.join(sorted(gone))} "
+                    f"(md5 {lacking[sorted(gone)[0]]}): it was never pushed there, or the remote was cleaned")
+        dest.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=".restore-", dir=dest))
+        try:
+            for rel, md5 in files.items():
+                (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(odb.oid_to_path(md5), staged / rel)
+            if verify is not None:
+                verify(staged)
+            written = []
+            for rel in files:
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged / rel, dest / rel)
+                written.append(dest / rel)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+    return written

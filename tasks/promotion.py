@@ -1,0 +1,159 @@
+"""The promotion job for one steer, after DVC's stages: champion → compare → gate → register → alias.
+
+Every decision about the registry is here, in order:
+1. the candidate equals the champion (same sha256): nothing to judge, nothing to register;
+2. the candidate is already registered and was judged against the current champion: the verdict stands;
+3. otherwise the champion (if any) is evaluated on the candidate's prompts with the same random numbers, beside the
+   candidate's own evaluation (the candidate is not sampled again), the gate decides on the merged document, the
+   candidate is registered once (deduplicated by sha256, with its lineage tags), and ``champion`` moves only when
+   the gate passed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from prefect import get_run_logger, task
+
+from steer_core.config import Params, load_params
+from steer_core.gates import decide_doc
+from steer_core.lm import LoadedLM, load_lm, set_threads
+from steer_core.pipeline import SteerPaths, compare_stage, steer_spec
+
+from . import registry, tracking
+
+
+@dataclass
+class SteerResult:
+    """What the pipeline did for one steer; one row of the summary table."""
+
+    steer: str
+    trained: bool = False
+    version: str | None = None
+    promoted: bool = False
+    champion: str | None = None
+    status: str = ""
+    reasons: list[str] = field(default_factory=list)
+    headline: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+    stages: list[dict] = field(default_factory=list)
+
+
+@functools.lru_cache(maxsize=2)
+def shared_lm(spec: str, device: str, threads: int | None) -> LoadedLM:
+    """One base model per process, shared by every steer's comparison in a run."""
+    set_threads(threads)
+    return load_lm(spec, device)
+
+
+_SHARED_LOCK = threading.Lock()
+
+
+def lm_for(params: Params) -> LoadedLM:
+    with _SHARED_LOCK:  # parallel steer chains must share one load, not race two
+        return shared_lm(params.model, params.runtime.device, params.runtime.threads)
+
+
+@task(name="fetch-champion", retries=2, retry_delay_seconds=5)
+def champion_task(name: str, root: str, candidate_sha256: str) -> dict | None:
+    """The current champion's version and steer file (None for a first model; no download when it equals
+    the candidate)."""
+    mv = registry.get_champion(name)
+    if mv is None:
+        return None
+    sha = mv.tags.get("steer.sha256", "")
+    if sha == candidate_sha256:
+        return {"version": str(mv.version), "path": None, "sha256": sha}
+    dst = Path(root) / "artifacts" / "champions" / name / str(mv.version)
+    path = registry.download_steer(name, str(mv.version), dst_path=dst)
+    return {"version": str(mv.version), "path": str(path), "sha256": sha}
+
+
+@task(name="find-judged-version")
+def judged_version_task(name: str, sha256: str, champion_version: str | None) -> dict | None:
+    """A version of this very steer already judged by the gate against the current champion (None otherwise):
+    re-evaluating it could only repeat the verdict."""
+    mv = registry.find_version(name, sha256)
+    if mv is None or "gate.passed" not in mv.tags or mv.tags.get("gate.champion") != (champion_version or "none"):
+        return None
+    return {"version": str(mv.version), "passed": mv.tags["gate.passed"] == "true",
+            "reasons": mv.tags.get("gate.reasons", "")}
+
+
+@task(name="compare-with-champion")
+def compare_task(params_path: str, name: str, root: str, champion_path: str | None) -> dict:
+    """The candidate's evaluation (DVC's evaluate stage), with the champion's beside it when there is one."""
+    paths = SteerPaths(Path(root), name)
+    if champion_path is None:
+        return json.loads(paths.metrics.read_text())
+    params = load_params(params_path)
+    log = get_run_logger().info
+    log(f"{name}: evaluating the champion on the candidate's prompts (paired samples, same base samples)")
+    return compare_stage(params, name, Path(champion_path), Path(root), lm=lm_for(params), log=log)
+
+
+@task(name="register-and-promote", retries=1, retry_delay_seconds=5)
+def promote_task(params_path: str, name: str, root: str, doc: dict, run_id: str, tags: dict[str, str],
+                 dry_run: bool) -> dict:
+    """Gate the candidate, register it (once per steer file, with its lineage), and move ``champion`` only when the
+    gate passed. A retry after a crash finds the version by sha256 instead of registering a second one."""
+    params, paths = load_params(params_path), SteerPaths(Path(root), name)
+    spec = steer_spec(params, name)
+    decision = decide_doc(doc, spec.gate)
+    cand = doc["systems"]["candidate"]["recommended"]
+    with mlflow.start_run(run_id=run_id, nested=True):
+        mv = registry.find_version(name, tracking.file_sha256(paths.steer))  # same file: same version
+        if mv is None:
+            mv = registry.log_steer_model(paths.steer, name, default_strength=float(cand["strength"]),
+                                          metrics={f"recommended_{k}": v for k, v in cand.items()
+                                                   if isinstance(v, (int, float))},
+                                          tags=tags, device=params.runtime.device)
+        mlflow.set_tags({"gate.passed": str(decision.passed).lower(), "gate.summary": decision.summary()[:5000],
+                         "registered_version": str(mv.version)})
+    result = registry.promote(name, str(mv.version), decision, dry_run=dry_run)
+    return {"version": str(mv.version), "promoted": result.promoted, "champion": result.champion,
+            "passed": decision.passed, "reasons": decision.reasons}
+
+
+def promotion_job(params_path: str, name: str, root: Path, result: SteerResult, tags: dict[str, str],
+                  dry_run: bool) -> SteerResult:
+    """Steps 1–3 of the module doc for one steer whose DVC stages are done; fills and returns ``result``.
+    Logs into the steer's nested MLflow run ``result.run_id`` (which must not be active in this thread)."""
+    params = load_params(params_path)
+    paths = SteerPaths(root, name)
+    sha = tracking.file_sha256(paths.steer)
+    champion = champion_task(name, str(root), sha)
+    if champion and champion["sha256"] == sha:
+        result.version = result.champion = champion["version"]
+        result.status = "unchanged"
+        result.reasons = [f"The steer equals champion version {champion['version']}: nothing to evaluate."]
+        with mlflow.start_run(run_id=result.run_id, nested=True):
+            tracking.log_steer_run(params, name, root, tags, result.trained, None)
+        if paths.metrics.exists():
+            result.headline = json.loads(paths.metrics.read_text()).get("headline", {})
+        return result
+    judged = judged_version_task(name, sha, champion["version"] if champion else None)
+    if judged is not None:
+        result.version, result.champion = judged["version"], champion["version"] if champion else None
+        result.status = "unchanged"
+        result.reasons = [f"Version {judged['version']} is this same steer, already judged against the current "
+                          f"champion (gate passed: {str(judged['passed']).lower()}): {judged['reasons']}"]
+        with mlflow.start_run(run_id=result.run_id, nested=True):
+            tracking.log_steer_run(params, name, root, tags, result.trained, None)
+        return result
+    doc = compare_task(params_path, name, str(root), champion["path"] if champion else None)
+    with mlflow.start_run(run_id=result.run_id, nested=True):
+        tracking.log_steer_run(params, name, root, tags, result.trained, doc)
+    result.headline = doc["headline"]
+    promo = promote_task(params_path, name, str(root), doc, result.run_id, tags, dry_run)
+    result.version, result.promoted, result.champion = promo["version"], promo["promoted"], promo["champion"]
+    result.reasons = promo["reasons"]
+    result.status = ("promoted" if promo["promoted"] else
+                     "would promote (dry run)" if dry_run and promo["passed"] else "kept champion")
+    return result
