@@ -41,22 +41,26 @@ def project_env(root: Path) -> None:
 
 
 def print_summary(rows: list[dict]) -> None:
-    """The run's table, readable at 80 columns: short columns that never truncate, the reasons below it."""
+    """The run's table, readable at 80 columns: short columns that never truncate; per steer, the DVC stages that
+    ran and the gate's reasons below it."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="steer run", caption="control: positive rate (sentiment), 1 − avg max toxicity (toxicity); "
-                  "s: recommended strength; ran: the DVC stages that ran", caption_justify="left")
+    table = Table(title="steer run", box=box.SIMPLE_HEAD, caption="control: positive rate (sentiment), "
+                  "1 − avg max toxicity (toxicity); s: recommended strength", caption_justify="left")
     cols = [("steer", "steer"), ("s", "s"), ("base", "base"), ("-s", "−s"), ("+s", "+s"), ("ppl +%", "ppl+%"),
-            ("distinct-2", "d-2"), ("version", "v"), ("status", "status"), ("ran", "ran")]
+            ("distinct-2", "d-2"), ("version", "v"), ("status", "status")]
     for key, title in cols:
-        fold = key in ("status", "ran")
-        width = max([len(title)] + [len(str(r.get(key, ""))) for r in rows]) if not fold else None
-        table.add_column(title, no_wrap=not fold, overflow="fold", min_width=width)
+        cells = [str(r.get(key, "")) for r in rows]
+        # a cell may wrap between words, never inside one
+        width = max([len(title)] + [len(w) for c in cells for w in (c.split() if key == "status" else [c])])
+        table.add_column(title, no_wrap=key != "status", overflow="fold", min_width=width)
     for row in rows:
         table.add_row(*[str(row.get(key, "")) for key, _ in cols])
     out.print(table)
     for row in rows:
-        out.print(f"[bold]{row['steer']}[/bold]: {row.get('why', '')}", highlight=False)
+        out.print(f"[bold]{row['steer']}[/bold] (DVC ran: {row.get('ran', '')}): {row.get('why', '')}",
+                  highlight=False)
 
 
 def _project(params_file: Path):

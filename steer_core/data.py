@@ -590,7 +590,8 @@ def prepare(
         prompts=prompt_notes,
         content_hash=content_hash(list(files.values())),
         params={"data": cfg.model_dump(mode="json"), "prompts": [p.model_dump(mode="json") for p in prompt_sets]},
-        files={name: str(path) for name, path in zip(("train", "val", "prompts"), files)},
+        # relative to the card: no absolute paths in a content-addressed artifact (equal inputs, equal bytes)
+        files={name: os.path.relpath(path, card_path.parent) for name, path in zip(("train", "val", "prompts"), files)},
     )
     write_atomically({**files, card_path: json.dumps(card.to_dict(), indent=2, ensure_ascii=False) + "\n"})
     return card

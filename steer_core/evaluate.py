@@ -426,7 +426,8 @@ def evaluate(
                                                                               cfg.ppl_budget, folds),
                                        "prompt_ids": ids, **system.meta}
         all_samples += samples
-    doc["seconds"] = round(time.perf_counter() - t0, 1)
+    # no timing in the document: metrics/<steer>.json is content-addressed by DVC (equal inputs, equal bytes)
+    log(f"evaluated {len(all_samples)} samples in {time.perf_counter() - t0:.1f} s")
     doc["headline"] = headline(doc)
     return doc, all_samples
 

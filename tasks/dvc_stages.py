@@ -47,16 +47,44 @@ def in_git(root: Path) -> bool:
     return proc.returncode == 0 and proc.stdout.strip() == "true"
 
 
+_CWD_LOCK = threading.Lock()
+_cwd_users = 0
+_cwd_before: str | None = None
+
+
+@contextlib.contextmanager
+def _in_root(root: Path) -> Iterator[None]:
+    """Run with the project root as the working directory: parts of DVC (the run cache, stage addressing) resolve
+    paths against it. Steer chains running side by side share one root, so the directory changes once and is
+    restored when the last of them leaves; two different projects at once in one process are refused."""
+    global _cwd_users, _cwd_before
+    with _CWD_LOCK:
+        if _cwd_users == 0:
+            _cwd_before = os.getcwd()
+            os.chdir(root)
+        elif Path(os.getcwd()).resolve() != Path(root).resolve():
+            raise RuntimeError(f"DVC is already working in {os.getcwd()}; one project at a time per process")
+        _cwd_users += 1
+    try:
+        yield
+    finally:
+        with _CWD_LOCK:
+            _cwd_users -= 1
+            if _cwd_users == 0 and _cwd_before is not None:
+                os.chdir(_cwd_before)
+
+
 @contextlib.contextmanager
 def repo(root: Path) -> Iterator:
     """A DVC repo handle for one operation; it waits for the repository lock instead of failing on it."""
     from dvc.repo import Repo
 
-    r = Repo(str(root), _wait_for_lock=True)
-    try:
-        yield r
-    finally:
-        r.close()
+    with _in_root(root):
+        r = Repo(str(root), _wait_for_lock=True)
+        try:
+            yield r
+        finally:
+            r.close()
 
 
 def open_project(root: Path, remote: str | None = None, log: Callable[[str], None] = print) -> DvcProject:
@@ -75,7 +103,8 @@ def open_project(root: Path, remote: str | None = None, log: Callable[[str], Non
     logging.getLogger("dvc.repo.scm_context").setLevel(logging.WARNING)  # no "git add dvc.lock" advice every stage
     git = in_git(root)
     if not (root / ".dvc").is_dir():
-        Repo.init(str(root), no_scm=not git)
+        with _in_root(root):
+            Repo.init(str(root), no_scm=not git)
         log(f"initialised DVC in {root} ({'with git' if git else 'without SCM: not a git work tree'})")
     elif not git:
         with repo(root) as r, r.config.edit("local") as conf:  # config.local: this copy only, never committed
@@ -104,6 +133,11 @@ def open_project(root: Path, remote: str | None = None, log: Callable[[str], Non
 def stage_name(stage: str, steer: str) -> str:
     """``train`` + ``sentiment`` → ``train@sentiment`` (dvc.yaml's foreach stages)."""
     return f"{stage}@{steer}"
+
+
+def target(project: DvcProject, stage: str) -> str:
+    """An absolute stage address: DVC resolves a bare ``train@sentiment`` against the current directory."""
+    return f"{project.root / 'dvc.yaml'}:{stage}"
 
 
 def changes(status: dict) -> str:
@@ -137,7 +171,7 @@ def reproduce(project: DvcProject, stage: str, log: Callable[[str], None] = prin
     """
     t0 = time.perf_counter()
     with repo(project.root) as r:
-        status = r.status(targets=[stage])
+        status = r.status(targets=[target(project, stage)])
     if not status:
         log(f"{stage}: up to date (DVC), skipped")
         return {"stage": stage, "ran": False, "why": "up to date", "seconds": 0.0}
@@ -153,7 +187,7 @@ def reproduce(project: DvcProject, stage: str, log: Callable[[str], None] = prin
     beat.start()
     try:
         with repo(project.root) as r:
-            r.reproduce(targets=[stage], single_item=True)
+            r.reproduce(targets=[target(project, stage)], single_item=True)
     finally:
         done.set()
     seconds = round(time.perf_counter() - t0, 1)
@@ -163,9 +197,10 @@ def reproduce(project: DvcProject, stage: str, log: Callable[[str], None] = prin
 
 def push(project: DvcProject, stages: list[str]) -> int:
     """Push these stages' cached outputs to the project's remote; raise unless the remote then holds them all."""
+    targets = [target(project, s) for s in stages]
     with repo(project.root) as r:
-        pushed = r.push(targets=stages, remote=project.remote)
-        missing = r.status(targets=stages, cloud=True, remote=project.remote)
+        pushed = r.push(targets=targets, remote=project.remote)
+        missing = r.status(targets=targets, cloud=True, remote=project.remote)
     if missing:
         raise RuntimeError(f"DVC remote {project.remote!r} ({project.remote_url}) still lacks {sorted(missing)} "
                            f"after the push")
@@ -176,8 +211,8 @@ def cached_outputs(project: DvcProject, stages: list[str]) -> dict[str, str]:
     """``{path relative to the root: md5}`` of every cached output of these stages, as ``dvc.lock`` records them."""
     out: dict[str, str] = {}
     with repo(project.root) as r:
-        for target in stages:
-            for stage in r.stage.collect(target):
+        for name in stages:
+            for stage in r.stage.collect(target(project, name)):
                 for o in stage.outs:
                     if o.use_cache and o.hash_info and o.hash_info.value:
                         out[str(Path(o.fs_path).relative_to(project.root))] = o.hash_info.value

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
+from projects import make_project
 from servers import free_port, start_server, stop_server, wait_http
 from tiny_pipeline import tiny_params
 
@@ -39,12 +39,9 @@ def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = 
 
 @pytest.mark.slow
 def test_deploy_serves_a_cron_deployment_that_runs_the_pipeline(tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
+    project = make_project(tmp_path / "project", tiny_params(
+        "sentiment", tracking={"uri": "sqlite:///mlflow.db", "experiment": "deploy-test"}))
     params = project / "params.yaml"
-    params.write_text(yaml.safe_dump(tiny_params("sentiment", tracking={"uri": "sqlite:///mlflow.db",
-                                                                         "experiment": "deploy-test"}),
-                                     sort_keys=False))
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_REGISTRY"))}
@@ -57,7 +54,7 @@ def test_deploy_serves_a_cron_deployment_that_runs_the_pipeline(tmp_path: Path) 
     served = None
     try:
         wait_http(f"{api}/health", server, logs / "server.log", 180)
-        served = start_server([sys.executable, "-m", "steer_core.cli", "deploy", "--cron", CRON, "--name",
+        served = start_server([sys.executable, "-m", "flows.cli", "deploy", "--cron", CRON, "--name",
                                "test-weekly", "--params", str(params)], logs / "deploy.log", env, project)
         from prefect.client.orchestration import get_client
         from prefect.settings import PREFECT_API_URL, temporary_settings

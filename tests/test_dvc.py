@@ -2,8 +2,8 @@
 
 The ordered tests share one temp project: full ``dvc repro`` → clean ``dvc status`` → an evaluate-only param change
 re-runs only ``evaluate@sentiment`` → ``dvc push`` to a local remote, outputs and cache deleted, ``dvc pull``
-restores them byte for byte → ``dvc exp run -S`` on a committed workspace. ``steer`` resolves from this venv
-(its bin dir goes first on PATH); DVC's config, site cache and temp files stay inside the temp dir.
+restores them byte for byte → ``dvc exp run -S`` on a committed workspace. ``python -m steer_core.pipeline`` resolves to
+this venv (its bin dir goes first on PATH); DVC's config, site cache and temp files stay inside the temp dir.
 """
 
 from __future__ import annotations
@@ -90,9 +90,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     root = tmp_path_factory.mktemp("dvcproj")
     state = tmp_path_factory.mktemp("dvcstate")
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(ROOT / ".dvcignore", root / ".dvcignore")
     for rel in code_deps():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / rel, root / rel)
+        if (ROOT / rel).is_dir():
+            shutil.copytree(ROOT / rel, root / rel, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        else:
+            shutil.copy(ROOT / rel, root / rel)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "GIT_"))}
     env.update(
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",

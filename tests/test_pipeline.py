@@ -32,6 +32,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from projects import git, make_project, sha256, write_params
 from tiny_pipeline import tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,22 +42,6 @@ EXPERIMENT = "steer-e2e-test"
 
 TINY_PARAMS = tiny_params(
     NAME, tracking={"uri": "sqlite:///mlflow.db", "experiment": EXPERIMENT, "artifact_location": "mlartifacts"})
-
-
-def write_params(path: Path, params: dict) -> Path:
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def git(root: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    return subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True,
-                          text=True).stdout.strip()
 
 
 def cli_env(tmp: Path) -> dict[str, str]:
@@ -87,11 +72,8 @@ def project(tmp_path_factory: pytest.TempPathFactory, harness) -> Iterator[dict[
     import torch
 
     threads = torch.get_num_threads()  # the params set 1 for the whole process: put it back afterwards
-    root = tmp_path_factory.mktemp("pipeline")
-    params = write_params(root / "params.yaml", TINY_PARAMS)
-    git(root, "init", "-q")
-    git(root, "add", "params.yaml")
-    git(root, "commit", "-q", "-m", "tiny params")
+    root = make_project(tmp_path_factory.mktemp("pipeline"), TINY_PARAMS)
+    params = root / "params.yaml"
     mp = pytest.MonkeyPatch()
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # another test module may have left one
         mp.delenv(var, raising=False)
@@ -354,15 +336,16 @@ def test_two_steers_in_parallel_each_get_their_own_nested_run_and_model(tmp_path
     params["steers"]["pos2"]["train"]["lr"] = 0.05
     for spec in params["steers"].values():  # this test is about concurrency, not quality: any steer passes
         spec["gate"] = {"max_ppl_increase": 1e9, "min_distinct_2": 0.0, "min_gain": -1.0}
-    path = write_params(tmp_path / "params.yaml", params)
+    project = make_project(tmp_path / "project", params, with_git=False)
+    path = project / "params.yaml"
     try:
         from flows.steer_pipeline import steer_pipeline
 
-        rows = steer_pipeline(params_path=str(path), root=str(tmp_path))
+        rows = steer_pipeline(params_path=str(path), root=str(project))
     finally:
         while mlflow.active_run():
             mlflow.end_run()
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        uri = f"sqlite:///{project / 'mlflow.db'}"
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
     assert sorted(r["steer"] for r in rows) == sorted([NAME, "pos2"])

@@ -1,0 +1,252 @@
+"""One production loop, for real: ``steer run``'s flow executes dvc.yaml's stages through DVC, versions every output
+(``dvc.lock``, cache, the project's local remote), tags each model version with its lineage, and ``steer checkout``
+restores any version's data and steer byte for byte. Real DVC, git, MLflow and Prefect in temp dirs; the tiny
+pipeline params on the real default model.
+
+The module's project is run once by the ``first`` fixture, which records what the first run left; every test that
+changes the project runs the flow again, so each test starts from a project the flow has converged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from projects import git, make_project, sha256, write_params
+from tiny_pipeline import tiny_params
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+NAME = "sentiment"
+STAGES = [f"{s}@{NAME}" for s in ("prepare", "train", "evaluate")]
+PARAMS = tiny_params(NAME, tracking={"uri": "sqlite:///mlflow.db", "experiment": "lineage-test"})
+V1_FILES = [f"data/prepared/{NAME}/train.jsonl", f"data/prepared/{NAME}/val.jsonl",
+            f"data/prepared/{NAME}/card.json", f"data/prompts/{NAME}.jsonl", f"artifacts/steers/{NAME}.safetensors",
+            f"artifacts/steers/{NAME}.json"]
+
+
+def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / "dvc"), *args], cwd=root, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def steer_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    return subprocess.run([str(BIN / "steer"), *args, "--params", str(root / "params.yaml")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def run_flow(root: Path) -> list[dict]:
+    from flows.steer_pipeline import steer_pipeline
+
+    return steer_pipeline(params_path=str(root / "params.yaml"), root=str(root))
+
+
+def client(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def versions(root: Path) -> list[int]:
+    return sorted(int(v.version) for v in client(root).search_model_versions(f"name='{NAME}'"))
+
+
+def lock_md5s(root: Path) -> dict[str, str]:
+    stages = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    return {o["path"]: o["md5"] for body in stages.values() for o in body.get("outs", [])}
+
+
+def ran(row: dict) -> list[str]:
+    return row["ran"].split() if row["ran"] != "none" else []
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def harness() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory: pytest.TempPathFactory, harness) -> Iterator[dict[str, Any]]:
+    """A git project after its first ``steer run``, and a record of what that run left behind."""
+    import mlflow
+    import torch
+
+    threads = torch.get_num_threads()
+    mp = pytest.MonkeyPatch()
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        mp.delenv(var, raising=False)
+    root = make_project(tmp_path_factory.mktemp("lineage") / "project", PARAMS)
+    try:
+        rows = run_flow(root)
+        snap = tmp_path_factory.mktemp("v1")
+        for rel in V1_FILES:
+            (snap / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / rel, snap / rel)
+        mv = client(root).get_model_version(NAME, "1")
+        yield {"root": root, "rows": rows, "snapshot": snap, "lock": lock_md5s(root), "tags": dict(mv.tags),
+               "status": dvc(root, "status", "--json").stdout, "cloud": dvc(root, "status", "-c").stdout,
+               "commit": git(root, "rev-parse", "HEAD"), "repro": dvc(root, "repro").stdout}
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        mp.undo()
+        torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------------ tests
+def test_first_run_writes_the_lock_fills_the_remote_and_tags_the_version(first) -> None:
+    root, (row,) = first["root"], first["rows"]
+    assert row["status"] == "promoted" and row["version"] == "1", row
+    assert ran(row) == ["prepare", "train", "evaluate"]
+    assert json.loads(first["status"] or "{}") == {}  # dvc status: up to date
+    assert "in sync" in first["cloud"]  # dvc status -c: the default local remote holds everything
+    assert (root / "dvc-storage" / "files" / "md5").is_dir()  # created on first use, inside the project
+    for stage in STAGES:  # dvc repro after steer run: a no-op
+        assert "Running stage" not in first["repro"], first["repro"]
+    tags, lock = first["tags"], first["lock"]
+    for rel in V1_FILES:  # the version names its data, prompts and steer by their dvc.lock md5
+        assert tags[f"dvc.{rel}"] == lock[rel], rel
+    assert tags["steer.sha256"] == sha256(first["snapshot"] / f"artifacts/steers/{NAME}.safetensors")
+    assert tags["git_commit"] == first["commit"] and tags["git_dirty"] == "false"
+    assert len(tags["lineage.params_sha256"]) == 64
+    run = client(root).get_run(client(root).get_model_version(NAME, "1").run_id)
+    assert run.data.tags["dvc.data/prompts/sentiment.jsonl"] == lock[f"data/prompts/{NAME}.jsonl"]
+    parent = client(root).get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["git_commit"] == first["commit"] and "lineage.params_sha256" in parent.data.tags
+
+
+def test_a_second_run_reruns_nothing_and_registers_nothing(first) -> None:
+    root = first["root"]
+    run_flow(root)  # converge, whatever an earlier test changed
+    before = versions(root)
+    (row,) = run_flow(root)
+    assert ran(row) == [] and row["status"] == "unchanged", row
+    assert versions(root) == before
+    assert "up to date" in dvc(root, "status").stdout
+
+
+def test_a_code_change_reruns_exactly_the_stages_that_run_that_code(first) -> None:
+    root = first["root"]
+    run_flow(root)
+    before = versions(root)
+    with open(root / "steer_core" / "evaluate.py", "a") as f:
+        f.write("\n# a code change\n")
+    (row,) = run_flow(root)
+    assert ran(row) == ["evaluate"], row
+    with open(root / "steer_core" / "train.py", "a") as f:
+        f.write("\n# a code change\n")
+    (row,) = run_flow(root)
+    # train re-runs; its steer is byte-identical (deterministic fit), so DVC has nothing new for evaluate
+    assert ran(row) == ["train"], row
+    assert versions(root) == before  # the same steer file: no new version
+    assert "up to date" in dvc(root, "status").stdout
+
+
+def test_new_data_registers_a_version_and_checkout_restores_v1_byte_identically(first, tmp_path) -> None:
+    root, snap = first["root"], first["snapshot"]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["steers"][NAME]["data"]["max_per_label"] = 24
+    write_params(root / "params.yaml", params)
+    (row,) = run_flow(root)
+    assert ran(row) == ["prepare", "train", "evaluate"], row
+    new = max(versions(root))
+    assert row["version"] == str(new) and new > 1
+    assert sha256(root / f"artifacts/steers/{NAME}.safetensors") != sha256(snap / f"artifacts/steers/{NAME}.safetensors")
+
+    shutil.rmtree(root / ".dvc" / "cache")  # restore must come from the remote, not the local cache
+    out = tmp_path / "restored"
+    proc = steer_cli(root, "checkout", f"{NAME}@1", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["version"] == "1" and sorted(doc["files"]) == sorted(V1_FILES)
+    for rel in V1_FILES:
+        assert sha256(out / rel) == sha256(snap / rel), rel
+
+    proc = steer_cli(root, "checkout", f"{NAME}@1")  # into the workspace
+    assert proc.returncode == 0, proc.stderr
+    for rel in V1_FILES:
+        assert sha256(root / rel) == sha256(snap / rel), rel
+
+    params["steers"][NAME]["data"]["max_per_label"] = PARAMS["steers"][NAME]["data"]["max_per_label"]
+    write_params(root / "params.yaml", params)
+    run_flow(root)  # back to the first params: DVC restores or re-runs what differs
+    assert "up to date" in dvc(root, "status").stdout
+
+
+def test_checkout_fails_clearly_when_the_remote_lacks_the_data(first, tmp_path) -> None:
+    root = first["root"]
+    shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
+    empty = tmp_path / "empty-remote"
+    empty.mkdir()
+    dvc(root, "remote", "add", "--local", "-f", "local", str(empty))  # config.local overrides the project's remote
+    try:
+        out = tmp_path / "out"
+        proc = steer_cli(root, "checkout", f"{NAME}@1", "--out", str(out))
+        assert proc.returncode == 2, proc.stderr
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1 and "lacks" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+        assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))  # nothing half-restored
+        bad = steer_cli(root, "checkout", f"{NAME}@99")
+        assert bad.returncode == 2 and "no such version" in bad.stderr, bad.stderr
+    finally:
+        dvc(root, "remote", "remove", "--local", "local")
+        dvc(root, "fetch")  # refill the cache from the project's remote for later tests
+
+
+def test_stage_deps_cover_every_module_a_stage_loads(first) -> None:
+    """dvc.yaml must list all the code a stage runs: run each stage outside DVC and compare its loaded modules."""
+    root = first["root"]
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    for stage in ("prepare", "train", "evaluate"):
+        deps = [d for d in stages[stage]["do"]["deps"] if d.startswith("steer_core")]
+        code = (f"import sys\nfrom steer_core.pipeline import run_stage\nrun_stage({stage!r}, {NAME!r}, "
+                f"progress=False)\nprint(sorted(m.__file__ for n, m in sys.modules.items() "
+                f"if n.startswith('steer_core')))")
+        proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        loaded = {str(Path(f).resolve().relative_to(Path(__import__("steer_core").__file__).parents[1]))
+                  for f in eval(proc.stdout.strip().splitlines()[-1])}
+        missing = [m for m in loaded if not any(m == d or m.startswith(d.rstrip("/") + "/") for d in deps)]
+        assert not missing, f"{stage}: dvc.yaml deps lack {missing}"
+    assert "up to date" in dvc(root, "status").stdout  # the stages wrote the same bytes again
+
+
+def test_a_run_outside_git_works_and_its_lineage_says_so(tmp_path, harness, monkeypatch) -> None:
+    import mlflow
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(var, raising=False)
+    root = make_project(tmp_path / "copied", PARAMS, with_git=False)
+    try:
+        (row,) = run_flow(root)
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    assert row["status"] == "promoted", row
+    tags = client(root).get_model_version(NAME, "1").tags
+    assert tags["git_commit"] == "none" and tags["git_dirty"] == "unknown"
+    assert tags[f"dvc.artifacts/steers/{NAME}.safetensors"] == lock_md5s(root)[f"artifacts/steers/{NAME}.safetensors"]
+    assert "no_scm = True" in (root / ".dvc" / "config.local").read_text()
+    assert "up to date" in dvc(root, "status").stdout
+    assert "in sync" in dvc(root, "status", "-c").stdout
