@@ -38,13 +38,14 @@ class DvcProject:
     remote_url: str
 
 
-def in_git(root: Path) -> bool:
+def git_toplevel(root: Path) -> Path | None:
+    """The top of the git work tree holding ``root`` (None outside git)."""
     try:
-        proc = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=root, capture_output=True,
-                              text=True, timeout=10)
+        proc = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
+                              timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return False
-    return proc.returncode == 0 and proc.stdout.strip() == "true"
+        return None
+    return Path(proc.stdout.strip()).resolve() if proc.returncode == 0 and proc.stdout.strip() else None
 
 
 _CWD_LOCK = threading.Lock()
@@ -101,13 +102,16 @@ def open_project(root: Path, remote: str | None = None, log: Callable[[str], Non
     root = Path(root).resolve()
     logging.getLogger("dvc").propagate = False  # DVC prints its own lines once; not again through Prefect's handler
     logging.getLogger("dvc.repo.scm_context").setLevel(logging.WARNING)  # no "git add dvc.lock" advice every stage
-    git = in_git(root)
+    top = git_toplevel(root)
+    git = top is not None
     if not (root / ".dvc").is_dir():
-        with _in_root(root):
-            Repo.init(str(root), no_scm=not git)
+        with _in_root(root):  # a project in a subfolder of a git repository is a DVC subdir project of it
+            Repo.init(str(root), no_scm=not git, subdir=git and top != root)
         log(f"initialised DVC in {root} ({'with git' if git else 'without SCM: not a git work tree'})")
-    elif not git:
-        with repo(root) as r, r.config.edit("local") as conf:  # config.local: this copy only, never committed
+    elif not git:  # a copied project: DVC without SCM, in config.local (this copy only, never committed)
+        from dvc.config import Config
+
+        with _in_root(root), Config(dvc_dir=str(root / ".dvc")).edit("local") as conf:
             conf["core"]["no_scm"] = True
     bin_dir = str(Path(sys.executable).parent)
     if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:

@@ -32,18 +32,18 @@ def write_params(path: Path, params: dict) -> Path:
 
 
 def make_project(root: Path, params: dict, with_git: bool = True) -> Path:
-    """``root`` as a steer project: dvc.yaml, .dvcignore, steer_core/ (the stages' code deps), params.yaml; with git,
-    also the repo's committed .dvc/ (without git, ``steer run`` must ``dvc init`` and create the remote itself)."""
+    """``root`` as a steer project: dvc.yaml, .dvcignore, steer_core/ (the stages' code deps), params.yaml, and the
+    repo's committed .dvc/ (config with the default local remote)."""
     root.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "steer_core", root / "steer_core", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.prefect/\n.dvc-site/\ndvc-storage/\n.tmp/\n")
     write_params(root / "params.yaml", params)
-    if with_git:  # like a clone of this repo: .dvc/ with its default local remote is committed
-        (root / ".dvc").mkdir()
-        for name in ("config", ".gitignore"):
-            shutil.copy(ROOT / ".dvc" / name, root / ".dvc" / name)
+    (root / ".dvc").mkdir()  # like a clone (or a copy) of this repo: .dvc/ with its default local remote
+    for name in ("config", ".gitignore"):
+        shutil.copy(ROOT / ".dvc" / name, root / ".dvc" / name)
+    if with_git:
         git(root, "init", "-q", "-b", "main")
         git(root, "add", "-A")
         git(root, "commit", "-q", "-m", "project")
