@@ -161,13 +161,16 @@ def main() -> None:
         judge("c-strong", "full", e, weak_doc, list(seeds.values())[e % len(seeds)], base)
 
     print()
-    print("| challenger | trials | promoted, paired interval gate | promoted, point-estimate gate | mean paired diff |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| challenger | trials | promoted, paired interval gate | champion check alone (interval) | "
+          "promoted, point-estimate gate | mean paired diff |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for key, recs in results.items():
         n = len(recs)
         new, old = sum(r["new"] for r in recs), sum(r["old"] for r in recs)
         md = sum(r["mean_diff"] for r in recs) / n
-        print(f"| {key} | {n} | {new}/{n} = {new / n:.0%} | {old}/{n} = {old / n:.0%} | {md:+.3f} |")
+        beats = sum(r["beats_champion"] for r in recs)
+        print(f"| {key} | {n} | {new}/{n} = {new / n:.0%} | {beats}/{n} = {beats / n:.0%} | {old}/{n} = {old / n:.0%} "
+              f"| {md:+.3f} |")
     print(f"# total {time.perf_counter() - t_start:.0f}s")
     if pairs:  # protocol sizing from the noise-equal evaluations (steer power does this for one metrics file)
         import numpy as np
