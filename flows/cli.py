@@ -82,14 +82,14 @@ def run(
 ) -> None:
     """The whole job: DVC's stages (prepare → train → evaluate), push, register, gated promotion, for every steer."""
     params, root = _project(params_file)
-    unknown = [n for n in only or [] if n not in params.steers]
-    if unknown:
-        raise ValueError(f"--steer {unknown[0]!r} is not a steer of {params_file} (configured: "
-                         f"{', '.join(sorted(params.steers))})")
-    from flows.steer_pipeline import steer_pipeline
+    from tasks import preflight, run_lock
 
-    rows = steer_pipeline(params_path=str(params_file.resolve()), steers=only or None, dry_run=dry_run,
-                          root=str(root))
+    preflight.check_run(params, root, list(only or params.steers))  # before any model, sample or registry write
+    with run_lock.hold(root, log=err.print):  # one run per project; a second one is refused at once
+        from flows.steer_pipeline import steer_pipeline
+
+        rows = steer_pipeline(params_path=str(params_file.resolve()), steers=only or None, dry_run=dry_run,
+                              root=str(root))
     if as_json:
         sys.stdout.write(json.dumps(rows) + "\n")
     else:

@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from steer_core.config import Params, load_params
-from tasks import dvc_stages, lineage, tracking
+from tasks import dvc_stages, lineage, preflight, run_lock, tracking
 from tasks.dvc_stages import DvcProject
 from tasks.promotion import SteerResult, promotion_job
 
@@ -100,9 +100,13 @@ def steer_pipeline(params_path: str = "params.yaml", steers: list[str] | None = 
     root_path = Path(root).resolve()
     params = load_params(params_path)
     names = steers or list(params.steers)
-    unknown = [n for n in names if n not in params.steers]
-    if unknown:
-        raise ValueError(f"unknown steer(s) {unknown}; params.yaml configures {sorted(params.steers)}")
+    preflight.check_run(params, root_path, names)
+    with run_lock.hold(root_path, log=logger.info):
+        return _run(params_path, params, names, root_path, dry_run)
+
+
+def _run(params_path: str, params: Params, names: list[str], root_path: Path, dry_run: bool) -> list[dict]:
+    logger = get_run_logger()
     project = dvc_stages.open_project(root_path, params.dvc.remote, log=logger.info)
     if not project.git:
         logger.warning(f"{root_path} is not a git work tree: lineage has no commit (tag git_commit=none); DVC runs "

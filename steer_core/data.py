@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from .files import write_together
 from .config import (
     ClassifierSource,
     CleanConfig,
@@ -535,22 +536,6 @@ def describe_source(source: Any) -> str:
     return f"{source.count} generations from {describe_source(source.prompts)}"
 
 
-def write_atomically(contents: dict[Path, str]) -> None:
-    """Write every file to a temporary sibling first, then rename each into place: no half-written file is seen."""
-    temps = []
-    try:
-        for path, text in contents.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            tmp.write_text(text, encoding="utf-8")
-            temps.append((tmp, path))
-        for tmp, path in temps:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in temps:
-            tmp.unlink(missing_ok=True)
-
-
 def prepare(
     cfg: DataConfig,
     prompt_sets: Sequence[PromptSetConfig],
@@ -593,7 +578,7 @@ def prepare(
         # relative to the card: no absolute paths in a content-addressed artifact (equal inputs, equal bytes)
         files={name: os.path.relpath(path, card_path.parent) for name, path in zip(("train", "val", "prompts"), files)},
     )
-    write_atomically({**files, card_path: json.dumps(card.to_dict(), indent=2, ensure_ascii=False) + "\n"})
+    write_together({**files, card_path: json.dumps(card.to_dict(), indent=2, ensure_ascii=False) + "\n"})
     return card
 
 

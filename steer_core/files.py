@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Mapping
 
 
 def write_atomic(path: Path, data: str | bytes) -> Path:
@@ -20,3 +21,25 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def write_together(contents: Mapping[Path, str | bytes]) -> list[Path]:
+    """Write several files as one output: every file goes to a temporary sibling first, and only when all are
+    written are they renamed into place. A failure before that (bad data, a full disk, a kill) leaves every
+    previous file as it was and no temporary file behind."""
+    temps: list[tuple[str, Path]] = []
+    try:
+        for path, data in contents.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temps.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return [path for _, path in temps]

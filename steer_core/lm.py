@@ -121,16 +121,38 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     model.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
     (tmp / "steer_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": target.name}))
+    sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+    (tmp / COMPLETE).write_text(json.dumps(sizes, indent=1))  # written last: the cache is whole
     if target.exists():  # another process won the race
         shutil.rmtree(tmp, ignore_errors=True)
         return
     os.replace(tmp, target)
 
 
+COMPLETE = "steer_complete.json"  # file name -> size of every file of a finished conversion
+
+
+def cache_problem(target: Path) -> str | None:
+    """Why a converted-model directory cannot be trusted (None when it is whole): its completion record is missing,
+    or a file it lists is missing or has another size (a truncated copy, a full disk, a half-deleted cache)."""
+    try:
+        sizes = json.loads((target / COMPLETE).read_text())
+    except (OSError, ValueError):
+        return "no completion record"
+    for name, size in sizes.items():
+        f = target / name
+        if not f.is_file() or f.stat().st_size != size:
+            return f"{name} is {'missing' if not f.is_file() else f'{f.stat().st_size} bytes, not {size}'}"
+    return None
+
+
 def gguf_cache_path(gguf: Path) -> Path:
-    """The converted directory for a GGUF, converting it on first use."""
+    """The converted directory for a GGUF, converting it on first use; a damaged one is discarded and rebuilt."""
     target = cache_dir() / "models" / file_sha256(gguf)
-    if not (target / "config.json").is_file():
+    if target.exists() and (problem := cache_problem(target)):
+        log.warning("discarding the converted-model cache %s (%s) and converting again (~30 s)", target, problem)
+        shutil.rmtree(target, ignore_errors=True)
+    if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         _convert_gguf(gguf, target)
     return target

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .config import Params, SteerSpec, load_params
 from .errors import one_line_errors
-from .files import write_atomic
+from .files import write_together
 
 if TYPE_CHECKING:
     import torch
@@ -163,9 +163,10 @@ def train_stage(
         hidden_cache_dir=default_hidden_cache(), progress=progress,
     )
     steer.metadata.update(steer=name, data_hash=card.get("content_hash"), labels=spec.data.labels)
-    steer.save(paths.steer)  # byte-identical for equal inputs: DVC and the registry address it by hash
-    write_atomic(paths.steer_card, json.dumps({**steer.metadata, "run": summary.circumstances()}, indent=2,
-                                              default=str))
+    write_together({  # byte-identical steer for equal inputs: DVC and the registry address it by hash
+        paths.steer: steer.to_bytes(),
+        paths.steer_card: json.dumps({**steer.metadata, "run": summary.circumstances()}, indent=2, default=str),
+    })
     shutil.rmtree(paths.work, ignore_errors=True)
     return paths.steer
 
@@ -184,17 +185,28 @@ def evaluate_stage(
     from .baselines import fit_actadd
     from .evaluate import System, evaluate
     from .lm import load_lm
-    from .report import render_html, write_plot_data, write_pngs
+    from .explain import explain
+    from .report import plot_data, png_figures, render_html
+    from .scorers import get_scorer
     from .steer import Steer
 
     spec = steer_spec(params, name)
     cfg = spec.evaluate
     paths = SteerPaths(Path(root), name)
-    for need, stage in ((paths.prompts, "prepare"), (paths.steer, "train")):  # fail before loading the model
+    # everything that can be checked is checked before the model is loaded or a sample drawn
+    for need, stage in ((paths.prompts, "prepare"), (paths.steer, "train")):
         if not need.is_file():
             raise FileNotFoundError(f"{need} not found: run the previous stage first (steer {stage} {name})")
-    model = runtime_lm(params, lm)
+    steer_parts = Steer.load(paths.steer).names
+    if name not in steer_parts:
+        raise ValueError(f"{paths.steer} holds steers {steer_parts}, none named {name!r} (renamed in params.yaml?): "
+                         f"re-run the train stage (steer train {name})")
+    kind = get_scorer(cfg.scorer).kind
+    if kind != cfg.control:
+        raise ValueError(f"steers.{name}.evaluate.scorer {cfg.scorer!r} measures {kind}, but the control is "
+                         f"{cfg.control!r}")
     prompts = read_jsonl(paths.prompts)
+    model = runtime_lm(params, lm)
     candidate = Steer.load(paths.steer, expect_fingerprint=model.fingerprint)
     systems = [System("candidate", cfg.strengths, steer=candidate)]
     if champion is not None:
@@ -212,14 +224,14 @@ def evaluate_stage(
         paths.steer)
     doc["base_model"] = model.spec
     doc["base_fingerprint"] = model.fingerprint
-    write_plot_data(doc, paths.plots)
-    pngs = write_pngs(doc, paths.plots)
-    write_atomic(paths.samples, "".join(json.dumps(s.__dict__, ensure_ascii=False) + "\n" for s in samples))
-    write_atomic(paths.report, render_html(name, doc, samples, pngs))
-    from .explain import explain, write_explain_artifact
-
-    write_explain_artifact(explain(candidate, model, name=name), paths.explain)
-    write_atomic(paths.metrics, json.dumps(doc, indent=2, default=float))
+    pngs = png_figures(doc)
+    outputs: dict[Path, str | bytes] = {paths.plots / f: text for f, text in plot_data(doc).items()}
+    outputs.update({paths.plots / f: data for f, data in pngs.items()})
+    outputs[paths.samples] = "".join(json.dumps(s.__dict__, ensure_ascii=False) + "\n" for s in samples)
+    outputs[paths.report] = render_html(name, doc, samples, pngs)
+    outputs[paths.explain] = json.dumps(explain(candidate, model, name=name), indent=2, ensure_ascii=False)
+    outputs[paths.metrics] = json.dumps(doc, indent=2, default=float)
+    write_together(outputs)  # the stage's outputs land together or not at all
     return doc
 
 

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .files import write_atomic
 
 import matplotlib
 
@@ -31,18 +30,17 @@ def plot_rows(doc: dict) -> list[dict]:
     return rows
 
 
-def write_plot_data(doc: dict, out_dir: Path) -> list[Path]:
+def plot_data(doc: dict) -> dict[str, str]:
     """``control.csv`` (strength → control) and ``fluency.csv`` (control ↔ perplexity) for dvc plots."""
     rows = plot_rows(doc)
-    paths = []
+    out = {}
     for fname in ("control.csv", "fluency.csv"):
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["system"])
         w.writeheader()
         w.writerows(rows)
-        write_atomic(out_dir / fname, buf.getvalue())
-        paths.append(out_dir / fname)
-    return paths
+        out[fname] = buf.getvalue()
+    return out
 
 
 def _figure_png(doc: dict, x: str, y: str, title: str) -> bytes:
@@ -67,15 +65,12 @@ def _figure_png(doc: dict, x: str, y: str, title: str) -> bytes:
     return buf.getvalue()
 
 
-def write_pngs(doc: dict, out_dir: Path) -> dict[str, bytes]:
+def png_figures(doc: dict) -> dict[str, bytes]:
     """strength → control, and control ↔ perplexity, as PNGs."""
-    pngs = {
+    return {
         "control.png": _figure_png(doc, "strength", "control", "control by strength"),
         "fluency.png": _figure_png(doc, "control", "ppl", "control vs judge perplexity"),
     }
-    for name, data in pngs.items():
-        write_atomic(out_dir / name, data)
-    return pngs
 
 
 def render_html(steer_name: str, doc: dict, samples: Sequence, pngs: dict[str, bytes], per_cell: int = 3) -> str:

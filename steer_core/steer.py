@@ -155,8 +155,10 @@ class Steer(nn.Module):
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
         """Write safetensors + JSON metadata atomically (temp file, then rename): no half-written steer."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_atomic(Path(path), self.to_bytes())
+
+    def to_bytes(self) -> bytes:
+        """The steer file's bytes: safetensors with the JSON metadata in its header, equal for equal steers."""
         header = {
             "format": "lm-steer",
             "format_version": FORMAT_VERSION,
@@ -167,7 +169,7 @@ class Steer(nn.Module):
             "metadata": json.dumps(self.metadata, sort_keys=True, default=str),
         }
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
-        return write_atomic(path, canonical_safetensors(save_bytes(tensors, metadata=header)))
+        return canonical_safetensors(save_bytes(tensors, metadata=header))
 
     @classmethod
     def load(cls, path: str | Path, expect_fingerprint: str | None = None) -> "Steer":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -27,6 +28,7 @@ from .config import TrainConfig
 from .lm import LoadedLM
 from .steer import Steer
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class HiddenCache:
@@ -145,8 +147,20 @@ def save_cache(cache: HiddenCache, path: Path) -> None:
 
 
 def load_cache(path: Path) -> HiddenCache:
-    with safe_open(str(path), framework="pt") as f:
-        return HiddenCache(f.get_tensor("h"), f.get_tensor("targets"), f.get_tensor("text_index"))
+    """Read a hidden-state cache; a truncated or inconsistent file raises ``CorruptCache``."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            cache = HiddenCache(f.get_tensor("h"), f.get_tensor("targets"), f.get_tensor("text_index"))
+    except Exception as exc:  # safetensors raises its own errors on a short or garbled file
+        raise CorruptCache(f"{path}: {exc.__class__.__name__}: {exc}") from exc
+    n = cache.h.shape[0]
+    if cache.h.ndim != 2 or cache.targets.shape != (n,) or cache.text_index.shape != (n,):
+        raise CorruptCache(f"{path}: tensors of inconsistent shapes")
+    return cache
+
+
+class CorruptCache(Exception):
+    """A cache file that cannot be used as it is (it is discarded and rebuilt, never used)."""
 
 
 def default_hidden_cache() -> Path:
@@ -165,7 +179,11 @@ def cached_hidden_states(
     key = hashlib.sha256(f"{lm.fingerprint}|{max_length}|{texts_hash(texts)}".encode()).hexdigest()[:24]
     path = Path(cache_dir) / f"hidden-{key}.safetensors"
     if path.is_file():
-        return load_cache(path), True
+        try:
+            return load_cache(path), True
+        except CorruptCache as exc:
+            log.warning("discarding a corrupt hidden-state cache and rebuilding it: %s", exc)
+            path.unlink(missing_ok=True)
     cache = cache_hidden_states(lm, texts, max_length, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_cache(cache, path)

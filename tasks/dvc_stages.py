@@ -28,6 +28,10 @@ DEFAULT_REMOTE_DIR = "dvc-storage"  # inside the project, ignored by git
 HEARTBEAT_SECONDS = 30.0
 
 
+class StageFailed(RuntimeError):
+    """A DVC stage's command failed; nothing of it was recorded in dvc.lock."""
+
+
 @dataclass(frozen=True)
 class DvcProject:
     """Where a project's DVC state lives and where it pushes."""
@@ -39,13 +43,21 @@ class DvcProject:
 
 
 def git_toplevel(root: Path) -> Path | None:
-    """The top of the git work tree holding ``root`` (None outside git)."""
+    """The top of the git work tree holding ``root``; None outside git, or when ``root`` is a folder that its
+    enclosing repository ignores (a project copied into a scratch folder is not that repository's content)."""
     try:
         proc = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
                               timeout=10)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            return None
+        top = Path(proc.stdout.strip()).resolve()
+        if top != Path(root).resolve():
+            ignored = subprocess.run(["git", "check-ignore", "-q", str(root)], cwd=top, timeout=10)
+            if ignored.returncode == 0:
+                return None
     except (OSError, subprocess.SubprocessError):
         return None
-    return Path(proc.stdout.strip()).resolve() if proc.returncode == 0 and proc.stdout.strip() else None
+    return top
 
 
 _CWD_LOCK = threading.Lock()
@@ -189,9 +201,16 @@ def reproduce(project: DvcProject, stage: str, log: Callable[[str], None] = prin
 
     beat = threading.Thread(target=heartbeat, daemon=True)
     beat.start()
+    from dvc.exceptions import ReproductionError
+
     try:
         with repo(project.root) as r:
             r.reproduce(targets=[target(project, stage)], single_item=True)
+    except ReproductionError as exc:
+        cause = exc.__cause__
+        why = f": {str(cause).splitlines()[0]}" if cause is not None and str(cause).strip() else ""
+        raise StageFailed(f"{stage} failed{why} (the stage's own error is printed above); its previous outputs and "
+                          f"dvc.lock entry are as they were") from exc
     finally:
         done.set()
     seconds = round(time.perf_counter() - t0, 1)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from steer_core.config import Params
 
+from .dvc_stages import git_toplevel
+
 NO_GIT = "none"
 DVC_TAG = "dvc."  # dvc.<path relative to the project root> = md5 of that cached output
 
@@ -27,13 +29,18 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess | None:
 
 
 def git_commit(root: Path) -> str:
-    """HEAD's commit, or ``none`` outside a git work tree (or in a repository with no commit yet)."""
+    """HEAD's commit, or ``none`` outside a git work tree (or in a repository with no commit yet, or in a folder
+    its enclosing repository ignores: the same notion of "in git" as the DVC project's)."""
+    if git_toplevel(root) is None:
+        return NO_GIT
     proc = _git(root, "rev-parse", "HEAD")
     return proc.stdout.strip() if proc is not None and proc.returncode == 0 and proc.stdout.strip() else NO_GIT
 
 
 def git_dirty(root: Path) -> bool | None:
     """Whether tracked files differ from HEAD (untracked files do not count); None outside git."""
+    if git_toplevel(root) is None:
+        return None
     proc = _git(root, "status", "--porcelain", "--untracked-files=no")
     if proc is None or proc.returncode != 0:
         return None

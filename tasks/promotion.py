@@ -77,10 +77,12 @@ def champion_task(name: str, root: str, candidate_sha256: str) -> dict | None:
 
 @task(name="find-judged-version")
 def judged_version_task(name: str, sha256: str, champion_version: str | None) -> dict | None:
-    """A version of this very steer already judged by the gate against the current champion (None otherwise):
-    re-evaluating it could only repeat the verdict."""
+    """A version of this very steer the gate already refused against the current champion (None otherwise):
+    re-evaluating it could only repeat the verdict. A version that passed but is not champion (a crash between the
+    verdict and the alias move) is not returned: it is judged again and promoted then."""
     mv = registry.find_version(name, sha256)
-    if mv is None or "gate.passed" not in mv.tags or mv.tags.get("gate.champion") != (champion_version or "none"):
+    if mv is None or mv.tags.get("gate.passed") != "false" or mv.tags.get("gate.champion") != (champion_version
+                                                                                                 or "none"):
         return None
     return {"version": str(mv.version), "passed": mv.tags["gate.passed"] == "true",
             "reasons": mv.tags.get("gate.reasons", "")}

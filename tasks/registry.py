@@ -97,18 +97,16 @@ def log_steer_model(
             signature=steer_signature(default_strength),
             input_example=pd.DataFrame({"prompt": [EXAMPLE_PROMPT], "strength": [float(default_strength)]}),
             pip_requirements=requirements(),
-            registered_model_name=name,
         )
         if metrics:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, model_id=info.model_id)
     finally:
         if active is None:
             mlflow.end_run()
-    client = MlflowClient()
-    version = str(info.registered_model_version)
-    for key, value in version_tags.items():
-        client.set_model_version_tag(name, version, key, str(value)[:_TAG_MAX])
-    return client.get_model_version(name, version)
+    # the version is created with its tags in one call: a crash can leave a logged model without a version, never
+    # a version without its steer.sha256 (which the next run's dedupe looks for)
+    mv = mlflow.register_model(info.model_uri, name, tags={k: str(v)[:_TAG_MAX] for k, v in version_tags.items()})
+    return MlflowClient().get_model_version(name, str(mv.version))
 
 
 def _by_alias(name: str, alias: str) -> ModelVersion | None:
@@ -158,11 +156,12 @@ def promote(name: str, version: str | int, decision: GateDecision, dry_run: bool
 
     Passed: the old champion gets alias ``previous`` and this version gets ``champion``. Failed: no alias moves;
     the reasons go on the version (tags ``gate.*`` and its description). Dry run: nothing is written at all. If the
-    champion write fails after ``previous`` moved, ``previous`` is put back, so aliases stay as they were.
+    champion write fails after ``previous`` moved, ``previous`` is put back, so aliases stay as they were. Before
+    ``champion`` moves, the version's registered steer file is downloaded and its sha256 checked against its tag.
     """
     version = str(version)
     client = MlflowClient()
-    client.get_model_version(name, version)  # raises for an unknown version, before any write
+    mv = client.get_model_version(name, version)  # raises for an unknown version, before any write
     old = get_champion(name)
     old_v = _ver(old)
     if dry_run or not decision.passed:
@@ -177,6 +176,7 @@ def promote(name: str, version: str | int, decision: GateDecision, dry_run: bool
     old_prev = _ver(_by_alias(name, PREVIOUS))
     if old_v == version:  # already champion: nothing to move
         return Promotion(name, version, True, False, False, version, old_prev, list(decision.reasons))
+    verify_artifact(mv)
     try:
         if old_v is not None:
             client.set_registered_model_alias(name, PREVIOUS, old_v)
@@ -189,6 +189,18 @@ def promote(name: str, version: str | int, decision: GateDecision, dry_run: bool
                 client.set_registered_model_alias(name, PREVIOUS, old_prev)
         raise
     return Promotion(name, version, True, True, False, version, old_v or old_prev, list(decision.reasons))
+
+
+def verify_artifact(mv: ModelVersion) -> None:
+    """Raise unless the version's registered steer file has the sha256 its ``steer.sha256`` tag names."""
+    import tempfile
+
+    want = mv.tags.get("steer.sha256", "")
+    with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
+        got = hashlib.sha256(download_steer(mv.name, str(mv.version), dst_path=tmp).read_bytes()).hexdigest()
+    if not want or got != want:
+        raise RuntimeError(f"{mv.name} version {mv.version}: its registered steer file has sha256 {got[:12]}…, its "
+                           f"tag says {want[:12] or 'nothing'}…; the champion alias stays where it is")
 
 
 def find_version(name: str, sha256: str) -> ModelVersion | None:

@@ -262,3 +262,42 @@ def test_models_serve_answers_invocations(tiny: dict[str, Path], name: str, stor
     assert [p["strength"] for p in preds] == [-4.0, -4.0, 2.0, 2.0]
     assert [p["prompt"] for p in preds] == ["The food was"] * 2 + ["Hi"] * 2
     assert all(isinstance(p["generation"], str) and p["generation"] for p in preds)
+
+
+def test_exception_between_register_and_alias_leaves_aliases_and_a_rerun_converges(
+        tiny: dict[str, Path], name: str, store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the champion alias write fails after `previous` moved; the registry is put back as it was,
+    and carrying out the same decision again moves both aliases."""
+    from mlflow.tracking import MlflowClient
+
+    log_steer_model(tiny["v1"], name)
+    log_steer_model(tiny["v2"], name)
+    promote(name, 1, PASS)
+    real = MlflowClient.set_registered_model_alias
+
+    def failing(self, model, alias, version):
+        if alias == "champion":
+            raise mlflow.exceptions.MlflowException("injected: tracking server went away")
+        return real(self, model, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", failing)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="injected"):
+        promote(name, 2, PASS)
+    assert aliases(name) == {"champion": "1"}  # `previous` was put back (it did not exist before)
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real)
+    assert promote(name, 2, PASS).promoted and aliases(name) == {"champion": "2", "previous": "1"}
+    assert len(MlflowClient().search_model_versions(f"name='{name}'")) == 2  # no duplicate
+
+
+def test_an_artifact_that_no_longer_matches_its_sha256_tag_is_never_made_champion(
+        tiny: dict[str, Path], name: str, store: str) -> None:
+    from urllib.parse import urlparse
+
+    mv = log_steer_model(tiny["v1"], name)
+    assert mv.tags["steer.sha256"]  # set at creation, with the version
+    location = mlflow.get_logged_model(mv.source.removeprefix("models:/")).artifact_location
+    (stored,) = Path(urlparse(location).path).glob("artifacts/*.safetensors")
+    stored.write_bytes(stored.read_bytes()[:-8] + b"tampered")
+    with pytest.raises(RuntimeError, match="champion alias stays"):
+        promote(name, mv.version, PASS)
+    assert get_champion(name) is None

@@ -1,0 +1,131 @@
+"""Fault injection for the production loop: real ``steer run`` processes killed at chosen points, and the state a run
+leaves (registry, DVC, files) to compare with an undisturbed run. Used by tests/test_faults.py (a sample of kill
+points) and bench/fault_sweep.py (all of them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from projects import make_project, sha256
+from tiny_pipeline import tiny_params
+
+BIN = Path(sys.executable).parent
+NAME = "sentiment"
+PARAMS = tiny_params(NAME, tracking={"uri": "sqlite:///mlflow.db", "experiment": "faults"})
+# outputs whose bytes are a pure function of the inputs (the steer's JSON card also holds the fit's timings)
+DETERMINISTIC = [f"data/prepared/{NAME}/train.jsonl", f"data/prepared/{NAME}/val.jsonl",
+                 f"data/prepared/{NAME}/card.json", f"data/prompts/{NAME}.jsonl",
+                 f"artifacts/steers/{NAME}.safetensors", f"metrics/{NAME}.json", f"reports/{NAME}.samples.jsonl"]
+
+
+@dataclass(frozen=True)
+class KillPoint:
+    """Kill the run ``delay`` seconds after its output shows ``marker``."""
+
+    name: str
+    marker: str
+    delay: float
+
+
+KILL_POINTS = [
+    KillPoint("prepare-start", f"prepare@{NAME}: running", 0.2),
+    KillPoint("prepare-late", f"prepare@{NAME}: running", 1.5),
+    KillPoint("train-start", f"train@{NAME}: running", 1.0),
+    KillPoint("train-mid", f"train@{NAME}: running", 5.0),
+    KillPoint("train-late", f"train@{NAME}: running", 9.0),
+    KillPoint("evaluate-start", f"evaluate@{NAME}: running", 2.0),
+    KillPoint("evaluate-mid", f"evaluate@{NAME}: running", 8.0),
+    KillPoint("evaluate-late", f"evaluate@{NAME}: running", 14.0),
+    KillPoint("after-push", "pushed to DVC remote", 0.0),
+    KillPoint("registering", "Successfully registered model", 0.0),
+    KillPoint("version-created", "Created version", 0.0),
+    KillPoint("version-created-late", "Created version", 1.0),
+]
+
+
+def run_env(root: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
+                                                            "PREFECT_API_URL")}
+    env.update(PREFECT_HOME=str(root / ".prefect"), PYTHONWARNINGS="ignore", **extra)
+    return env
+
+
+def start_run(root: Path, log: Path, **env: str) -> subprocess.Popen:
+    """``steer run`` in its own process group (so a kill takes its stage subprocess and Prefect server too)."""
+    return subprocess.Popen([str(BIN / "steer"), "run", "--params", str(root / "params.yaml")], cwd=root,
+                            env=run_env(root, **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def run(root: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "steer"), "run", "--params", str(root / "params.yaml")], cwd=root,
+                          env=run_env(root, **env), capture_output=True, text=True, timeout=timeout)
+
+
+def run_killed_at(root: Path, point: KillPoint, log: Path, timeout: float = 600) -> bool:
+    """Start ``steer run`` and SIGKILL its whole process group at ``point``; True when the kill landed (False when
+    the run finished first)."""
+    proc = start_run(root, log)
+    seen = threading.Event()
+    lines: list[str] = []
+
+    def pump() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if point.marker in line:
+                seen.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while not seen.is_set() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    landed = False
+    if seen.is_set():
+        time.sleep(point.delay)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            landed = True
+    proc.wait(timeout=60)
+    reader.join(timeout=10)
+    log.write_text("".join(lines))
+    return landed
+
+
+def state(root: Path) -> dict:
+    """What a run leaves that must not depend on faults: registry, dvc.lock, DVC status, output bytes."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    vs = client.search_model_versions(f"name='{NAME}'")
+    try:
+        champion = str(client.get_model_version_by_alias(NAME, "champion").version)
+    except MlflowException:
+        champion = None
+    stages = yaml.safe_load((root / "dvc.lock").read_text())["stages"] if (root / "dvc.lock").exists() else {}
+    lock = {o["path"]: o["md5"] for body in stages.values() for o in body.get("outs", [])
+            if not o["path"].endswith(f"steers/{NAME}.json")}
+    dvc = subprocess.run([str(BIN / "dvc"), "status", "--json"], cwd=root, capture_output=True, text=True)
+    return {
+        "versions": sorted((int(v.version), v.tags.get("steer.sha256"), v.tags.get("gate.passed")) for v in vs),
+        "champion": champion,
+        "lock": lock,
+        "dvc_status": json.loads(dvc.stdout or "{}") if dvc.returncode == 0 else dvc.stderr,
+        "files": {rel: sha256(root / rel) if (root / rel).exists() else None for rel in DETERMINISTIC},
+    }
+
+
+def fresh_project(root: Path, params: dict | None = None) -> Path:
+    return make_project(root, params or PARAMS)

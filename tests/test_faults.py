@@ -1,0 +1,151 @@
+"""Faults survived, nothing lost: real ``steer run`` processes on the tiny pipeline, disturbed, then run again.
+
+Each case ends with the state of an undisturbed run (registry versions and champion, dvc.lock, DVC status, output
+bytes). The kill points are sampled with a fixed seed to stay inside CI's time; ``bench/fault_sweep.py`` runs them
+all. Cases: kill -9 in each stage and in the promotion job; the MLflow tracking server down before a run and killed
+during one; two runs at once; corrupted model and hidden-state caches; a read-only project directory.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from faults import BIN, KILL_POINTS, NAME, PARAMS, fresh_project, run, run_env, run_killed_at, start_run, state
+from projects import make_project
+from servers import free_port, start_server, stop_server, wait_http
+
+pytestmark = pytest.mark.slow
+
+SAMPLED = random.Random(13).sample(KILL_POINTS, 3)  # the full sweep: bench/fault_sweep.py
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """An undisturbed run's state; a second run started meanwhile is refused at once, naming the first."""
+    root = fresh_project(tmp_path_factory.mktemp("reference") / "project")
+    first = start_run(root, root / "run.log")
+    holder = root / ".steer-run.json"
+    deadline = time.monotonic() + 120
+    while not holder.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    t0 = time.monotonic()
+    second = run(root, timeout=120)
+    refused_in = time.monotonic() - t0
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-3000:]
+    return {"root": root, "state": state(root), "second": second, "refused_in": refused_in, "pid": first.pid}
+
+
+def test_an_undisturbed_run_promotes_v1_and_a_concurrent_run_is_refused(reference) -> None:
+    st = reference["state"]
+    assert st["champion"] == "1" and [v[0] for v in st["versions"]] == [1] and st["dvc_status"] == {}
+    second = reference["second"]
+    assert second.returncode == 2, second.stderr
+    lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "another steer run holds" in lines[0] and f"pid {reference['pid']}" in lines[0]
+    assert reference["refused_in"] < 30  # at once: no flow, no model load
+
+
+@pytest.mark.parametrize("point", SAMPLED, ids=[p.name for p in SAMPLED])
+def test_kill_9_then_rerun_ends_like_an_undisturbed_run(point, reference, tmp_path) -> None:
+    root = fresh_project(tmp_path / "project")
+    run_killed_at(root, point, tmp_path / "killed.log")
+    again = run(root)
+    assert again.returncode == 0, (tmp_path / "killed.log").read_text()[-2000:] + again.stderr[-3000:]
+    assert state(root) == reference["state"]
+
+
+def test_tracking_server_down_before_and_killed_during_a_run(reference, tmp_path) -> None:
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    params = {**PARAMS, "tracking": {"uri": uri, "experiment": "faults"}}
+    root = make_project(tmp_path / "project", params)
+    down = run(root, timeout=120)  # before: refused up front, nothing done
+    assert down.returncode == 2 and "not reachable" in down.stderr, down.stderr
+    assert not (root / "dvc.lock").exists() and not (root / "data").exists()
+
+    store = tmp_path / "store"
+    store.mkdir()
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+           "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = start_server(cmd, tmp_path / "server.log", env, tmp_path)
+    try:
+        wait_http(f"{uri}/health", server, tmp_path / "server.log", 180)
+        proc = start_run(root, tmp_path / "run.log", MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
+                         MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+        for line in proc.stdout:  # the server goes away once the steer's outputs are pushed, before registration
+            if "pushed to DVC remote" in line:
+                stop_server(server)
+                break
+        proc.wait(timeout=600)
+        assert proc.returncode != 0
+        server = start_server(cmd, tmp_path / "server2.log", env, tmp_path)
+        wait_http(f"{uri}/health", server, tmp_path / "server2.log", 180)
+        again = run(root)
+        assert again.returncode == 0, again.stderr[-3000:]
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        vs = client.search_model_versions(f"name='{NAME}'")
+        assert [str(v.version) for v in vs] == ["1"]
+        assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+        assert vs[0].tags["steer.sha256"] == reference["state"]["versions"][0][1]
+    finally:
+        stop_server(server)
+
+
+def test_a_truncated_hidden_state_cache_is_discarded_and_rebuilt(tiny_lm, tmp_path, caplog) -> None:
+    from steer_core.train import cached_hidden_states
+
+    texts = ["one small text", "another small text here", "and a third one"]
+    first, hit = cached_hidden_states(tiny_lm, texts, 16, tmp_path)
+    assert not hit
+    (path,) = tmp_path.glob("hidden-*.safetensors")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    again, hit = cached_hidden_states(tiny_lm, texts, 16, tmp_path)
+    assert not hit and "corrupt hidden-state cache" in caplog.text
+    torch.testing.assert_close(again.h, first.h, rtol=0, atol=0)
+    assert cached_hidden_states(tiny_lm, texts, 16, tmp_path)[1]  # rebuilt: a hit again
+
+
+def test_a_truncated_converted_model_cache_is_discarded_and_rebuilt(default_dir, default_lm, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    copy = cache / "models" / default_dir.name
+    shutil.copytree(default_dir, copy)
+    weights = copy / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 3)
+    code = "from steer_core.lm import load_lm; print(load_lm('default', device='cpu').fingerprint)"
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "STEER_CACHE_DIR": str(cache)},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "discarding the converted-model cache" in proc.stderr
+    assert proc.stdout.split()[-1] == default_lm.fingerprint
+    assert weights.stat().st_size == (default_dir / "model.safetensors").stat().st_size
+
+
+@pytest.mark.skipif(shutil.which("runuser") is None or os.geteuid() != 0, reason="needs root and runuser")
+def test_a_read_only_project_is_refused_before_any_work(tmp_path) -> None:
+    """Run as an unprivileged user (root writes anywhere) on a project it can read but not write."""
+    root = make_project(tmp_path / "project", PARAMS, with_git=False)
+    os.chmod(tmp_path, 0o755)
+    for p in [root, *root.rglob("*")]:
+        os.chmod(p, 0o555 if p.is_dir() else 0o444)
+    env = run_env(root, HOME=str(tmp_path), TMPDIR="/tmp")
+    proc = subprocess.run(["runuser", "-u", "nobody", "--", str(BIN / "steer"), "run", "--params",
+                           str(root / "params.yaml")], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "not writable" in lines[0], proc.stderr
+    assert sorted(p.name for p in root.iterdir()) == sorted([".dvc", ".dvcignore", ".gitignore", "dvc.yaml",
+                                                             "params.yaml", "steer_core"])

@@ -1,0 +1,68 @@
+"""Validate before work: bad input to ``steer run`` is one line and exit 2 before any model, sample, DVC or registry
+write; a stage checks a steer's parts against params before it samples."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from projects import make_project
+from tiny_pipeline import tiny_params
+
+BIN = Path(sys.executable).parent
+NAME = "sentiment"
+
+
+def steer_run(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env.update(PREFECT_HOME=str(root / ".prefect"))
+    return subprocess.run([str(BIN / "steer"), "run", "--params", str(root / "params.yaml"), *args], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def untouched(root: Path) -> bool:
+    return sorted(p.name for p in root.iterdir()) == sorted(
+        [".dvc", ".dvcignore", ".gitignore", "dvc.yaml", "params.yaml", "steer_core"])
+
+
+@pytest.mark.parametrize("change, expect", [
+    (lambda p: p, "--steer 'nosuch'"),
+    (lambda p: {**p, "model": "./no/such/model"}, "model path not found"),
+    (lambda p: {**p, "tracking": {"uri": "http://127.0.0.1:9"}}, "not reachable"),
+    (lambda p: {**p, "dvc": {"remote": "s3remote"}}, "dvc.remote 's3remote' is not a DVC remote"),
+    (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME], "evaluate": {"scorer": "profanity"}}}},
+     "measures toxicity, but the control is 'sentiment'"),
+    (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME], "evaluate": {"strengths": [0.0, 2.0]}}}},
+     "at least one pair"),
+    (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME], "data": {"source": {"kind": "file", "path": "x.csv"}}}}},
+     "file x.csv not found"),
+], ids=["unknown-steer", "missing-model-dir", "tracking-down", "unknown-remote", "scorer-kind", "no-pair",
+        "missing-data-file"])
+def test_bad_input_is_one_line_and_exit_2_before_any_work(change, expect, tmp_path) -> None:
+    root = make_project(tmp_path / "project", change(tiny_params(NAME)), with_git=False)
+    proc = steer_run(root, *(["--steer", "nosuch"] if "--steer" in expect else []))
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and proc.stdout.strip() == ""
+    assert untouched(root), sorted(p.name for p in root.iterdir())  # no mlflow.db, no data, no dvc.lock
+
+
+def test_evaluate_refuses_a_steer_whose_parts_do_not_match_params_before_sampling(tiny_dir, tmp_path) -> None:
+    from steer_core.config import Params
+    from steer_core.pipeline import SteerPaths, evaluate_stage
+    from steer_core.steer import Steer
+
+    params = Params.model_validate({**tiny_params("renamed"), "model": str(tiny_dir)})
+    paths = SteerPaths(tmp_path, "renamed")
+    Steer([NAME, "dummy"], 32, metadata={"base_model": str(tiny_dir)}).save(paths.steer)
+    paths.prompts.parent.mkdir(parents=True)
+    paths.prompts.write_text(json.dumps({"set": "neutral", "prompt": "The day"}) + "\n")
+    with pytest.raises(ValueError, match=r"none named 'renamed'.*re-run the train stage"):
+        evaluate_stage(params, "renamed", tmp_path)
+    assert not paths.metrics.exists() and not paths.report.exists() and not paths.samples.exists()
