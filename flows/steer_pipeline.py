@@ -21,6 +21,8 @@ from tasks import dvc_stages, lineage, preflight, run_lock, tracking
 from tasks.dvc_stages import DvcProject
 from tasks.promotion import SteerResult, promotion_job
 
+from flows import executors
+
 STAGE_RETRIES = {"prepare": 2}  # hub sources can fail transiently; a failed fit or evaluation would fail again
 
 
@@ -101,7 +103,9 @@ def steer_pipeline(params_path: str = "params.yaml", steers: list[str] | None = 
     params = load_params(params_path)
     names = steers or list(params.steers)
     preflight.check_run(params, root_path, names)
-    with run_lock.hold(root_path, log=logger.info):
+    # the executor (a Dask cluster for kind: dask) lives for the whole run: every steer's evaluation shards and
+    # champion comparison use it, and its workers keep the base model loaded between them
+    with run_lock.hold(root_path, log=logger.info), executors.executor(params, log=logger.info):
         return _run(params_path, params, names, root_path, dry_run)
 
 

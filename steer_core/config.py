@@ -20,8 +20,21 @@ class Strict(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------- runtime / training
+class ExecutorConfig(Strict):
+    """Where evaluation shards (and steer chains) run. Results never depend on it: every executor evaluates the same
+    fixed shards of prompts (steer_core.shards.plan), so it is not a DVC param."""
+
+    kind: Literal["local", "dask"] = Field("local", description="local: this process; dask: a Dask cluster")
+    address: str | None = Field(None, description="dask: a scheduler to join (tcp://host:8786); None starts a "
+                                "LocalCluster of `workers` processes for the run")
+    workers: int = Field(2, ge=1, description="dask LocalCluster: worker processes")
+    threads_per_worker: int = Field(1, ge=1, description="dask LocalCluster: threads per worker (also torch's)")
+
+
 class RuntimeConfig(Strict):
     """Where and how compute runs."""
+
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None keeps torch's default")

@@ -183,7 +183,8 @@ def evaluate_stage(
 ) -> dict:
     """Evaluate the candidate (and the champion, and the ActAdd baseline) on the same prompts in one run."""
     from .baselines import fit_actadd
-    from .evaluate import System, evaluate
+    from .evaluate import System
+    from .shards import evaluate  # the fixed shard plan, run by this process's runner (local or Dask)
     from .lm import load_lm
     from .explain import explain
     from .report import plot_data, png_figures, render_html
@@ -252,7 +253,8 @@ def compare_stage(
     again; only the champion's non-zero strengths are. Returns the merged document (schema of ``evaluate``);
     writes nothing into the workspace, so ``metrics/<steer>.json`` stays the candidate's (``dvc metrics diff``).
     """
-    from .evaluate import Sample, System, evaluate, headline
+    from .evaluate import Sample, System, headline
+    from .shards import evaluate  # the same shards as the candidate's, so a re-evaluated steer draws the same samples
     from .lm import load_lm
     from .steer import Steer
 

@@ -1,0 +1,147 @@
+"""Where the evaluation's shards run: this process (``runtime.executor.kind: local``) or a Dask cluster (``dask``),
+each shard a Prefect task on Prefect's ``DaskTaskRunner``.
+
+The shards themselves are ``steer_core.shards``' fixed plan, so results are the same bit for bit on any executor. A
+Dask worker loads the base model (and a separate judge, if any) once per process and keeps it for every later shard,
+of any steer (:func:`worker_lm`). ``address: null`` starts a ``LocalCluster`` of ``workers`` processes for the whole
+run (every steer's evaluate stage and champion comparison share it); an address joins an existing scheduler, whose
+workers need this package installed and the same model reachable.
+
+The evaluate stage runs as DVC's subprocess (``python -m flows.evaluate_stage NAME``): it finds the run's cluster in
+``STEER_DASK_ADDRESS`` and the run's Prefect API (the ephemeral one of ``steer run`` included) in ``PREFECT_API_URL``,
+both set by :func:`executor` for the processes it starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from typing import Callable, Iterator
+
+from prefect import flow, task
+
+from steer_core.config import ExecutorConfig, Params
+from steer_core.shards import Shard, ShardResult, sample_shard, use_runner
+
+ADDRESS_ENV = "STEER_DASK_ADDRESS"
+
+# ------------------------------------------------------------------------------------------------ on a worker
+_LMS: dict[tuple, object] = {}
+_LMS_LOCK = threading.Lock()
+LOADS: list[dict] = []  # what this process loaded, and how long it took (the bench reads it through a task)
+
+
+def worker_lm(spec: str, device: str, threads: int | None) -> tuple[object, float]:
+    """The model ``spec`` in this process, loaded on first use and kept (one load per worker process); also the
+    seconds this call spent loading it (0.0 when it was already loaded)."""
+    from steer_core.lm import load_lm, set_threads
+
+    key = (spec, device)
+    with _LMS_LOCK:
+        if key in _LMS:
+            return _LMS[key], 0.0
+        set_threads(threads)
+        t0 = time.perf_counter()
+        _LMS[key] = load_lm(spec, device)
+        seconds = time.perf_counter() - t0
+        LOADS.append({"spec": spec, "seconds": seconds, "pid": os.getpid()})
+        return _LMS[key], seconds
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return f"{get_worker().name} (pid {os.getpid()})"
+    except (ImportError, ValueError):
+        return f"pid {os.getpid()}"
+
+
+@task(name="eval-shard", task_run_name="shard-{shard.index}")
+def shard_task(params: Params, shard: Shard) -> ShardResult:
+    """Sample and score one shard of prompts on whichever worker runs it, with that worker's own copy of the model."""
+    threads = params.runtime.executor.threads_per_worker
+    lm, loaded = worker_lm(params.model, params.runtime.device, threads)
+    judge = None
+    if shard.cfg.judge != "base":
+        judge, more = worker_lm(shard.cfg.judge, params.runtime.device, threads)
+        loaded += more
+    t1 = time.perf_counter()
+    samples = sample_shard(lm, shard, judge)
+    return ShardResult(shard.index, samples, time.perf_counter() - t1, _worker_name(), loaded)
+
+
+@flow(name="evaluate-shards", log_prints=True)
+def evaluate_shards(params: Params, shards: list[Shard]) -> list[ShardResult]:
+    """Every shard as a task on this flow's task runner (a DaskTaskRunner), gathered in shard order."""
+    futures = [shard_task.submit(params, s) for s in shards]
+    return [f.result() for f in futures]
+
+
+def dask_runner(params: Params, address: str) -> Callable[..., list[ShardResult]]:
+    """A ``steer_core.shards`` runner: the shards as Prefect tasks on the Dask scheduler at ``address``."""
+    from prefect_dask import DaskTaskRunner
+
+    def run(shards: list[Shard], lm=None, judge=None) -> list[ShardResult]:  # the workers use their own models
+        return evaluate_shards.with_options(task_runner=DaskTaskRunner(address=address))(params, shards)
+
+    return run
+
+
+# ------------------------------------------------------------------------------------------------ the cluster
+def start_local_cluster(workers: int, threads_per_worker: int):
+    """A LocalCluster of ``workers`` processes (torch threads = threads_per_worker in each), no dashboard."""
+    from distributed import LocalCluster
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_worker))  # inherited by the worker processes
+    return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                        dashboard_address=":0", silence_logs=logging.ERROR)
+
+
+def share_prefect_api() -> None:
+    """Let child processes (DVC's stage commands, local Dask workers) report to this process's Prefect API, the
+    temporary one of ephemeral mode included (else each would start its own, ~15 s)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value() or os.environ.get("PREFECT_API_URL"):
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    if server.running:
+        os.environ["PREFECT_API_URL"] = server.api_url
+
+
+@contextlib.contextmanager
+def executor(params: Params, log: Callable[[str], None] = print) -> Iterator[str | None]:
+    """Run the block with the configured executor in place for this process and the ones it starts; yields the
+    scheduler address (None for ``local``)."""
+    cfg: ExecutorConfig = params.runtime.executor
+    if cfg.kind == "local":
+        yield None
+        return
+    share_prefect_api()
+    saved = os.environ.get(ADDRESS_ENV)
+    with contextlib.ExitStack() as stack:
+        address = cfg.address or saved
+        if address is None:
+            t0 = time.perf_counter()
+            cluster = stack.enter_context(start_local_cluster(cfg.workers, cfg.threads_per_worker))
+            address = cluster.scheduler_address
+            log(f"dask: LocalCluster of {cfg.workers} worker process(es) × {cfg.threads_per_worker} thread(s) at "
+                f"{address} ({time.perf_counter() - t0:.1f} s to start)")
+        else:
+            log(f"dask: joining the cluster at {address}")
+        os.environ[ADDRESS_ENV] = address
+        use_runner(dask_runner(params, address))
+        try:
+            yield address
+        finally:
+            use_runner(None)
+            if saved is None:
+                os.environ.pop(ADDRESS_ENV, None)
+            else:
+                os.environ[ADDRESS_ENV] = saved

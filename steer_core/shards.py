@@ -1,0 +1,250 @@
+"""The evaluation, split by prompt into a fixed plan of shards that run anywhere (in this process, on Dask
+workers, on other machines), then gathered; the metrics are computed only after gathering.
+
+Why a *fixed* plan: a sample's random numbers are keyed by (seed, prompt index, sample index)
+(``steer_core.generate.row_uniforms``), but its floating-point numbers are not quite independent of its batch: a
+batch is left-padded to its longest prompt, and a different padding changes logits in the last bits (measured:
+1.2e-7), which can flip a nucleus draw and always moves perplexities. So the shards are a function of the prompts
+alone (:func:`plan`: ``PROMPTS_PER_SHARD`` contiguous prompts each, never of the executor or its worker count),
+and every executor evaluates exactly these shards: the local executor one after another in its own process, the Dask
+executor on its workers. Results are then equal bit for bit whatever runs them (``tests/test_dask.py``).
+
+A contiguous slice sampled with :func:`keyed_seed` draws the rows the whole prompt list would draw for those
+prompts. :func:`merge_shards` is the tail of ``steer_core.evaluate.evaluate`` over the gathered samples.
+
+No orchestration here: shards run through the process's *runner* (:func:`use_runner`), by default in this process;
+``flows.executors`` installs one that runs each shard as a Prefect task on a Dask cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+from .config import EvalConfig
+from .evaluate import (Sample, System, headline, prompt_id, recommend, sample_system, score_samples, split_folds,
+                       summarize)
+from .generate import reads_base_nll
+from .lm import LoadedLM
+from .scorers import get_scorer
+
+_KEY_MULT = 1_000_003  # steer_core.generate.row_uniforms: seed * 1_000_003 + prompt * 10_007 + sample (mod 2**63)
+_PROMPT_MULT = 10_007
+_MOD = 2**63
+
+PROMPTS_PER_SHARD = 6  # part of the evaluation's definition (it fixes each batch's padding): not an executor setting
+
+
+def keyed_seed(seed: int, offset: int) -> int:
+    """The seed that makes prompt ``i`` of a slice starting at ``offset`` draw what prompt ``offset + i`` draws in
+    the whole run: ``row_uniforms`` keys a row by ``seed·1000003 + p·10007 + s (mod 2^63)`` and 1000003 is odd, so
+    it is invertible mod 2^63."""
+    if offset == 0:
+        return seed
+    return ((seed * _KEY_MULT + offset * _PROMPT_MULT) * pow(_KEY_MULT, -1, _MOD)) % _MOD
+
+
+def contiguous(n: int, shards: int) -> list[tuple[int, int]]:
+    """``shards`` contiguous (start, stop) slices of ``n`` prompts, sizes differing by at most one, none empty."""
+    k = max(1, min(shards, n))
+    base, extra = divmod(n, k)
+    out, start = [], 0
+    for i in range(k):
+        stop = start + base + (1 if i < extra else 0)
+        out.append((start, stop))
+        start = stop
+    return out
+
+
+@dataclass
+class Shard:
+    """What one worker needs to sample and score one slice of the prompts (picklable)."""
+
+    index: int
+    start: int
+    prompts: list[dict]
+    systems: list[System]
+    cfg: EvalConfig
+    seed: int
+    sample_base: bool = True  # strength 0 (the base model's samples) is part of every shard
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class ShardResult:
+    index: int
+    samples: list[Sample]
+    seconds: float
+    worker: str = ""
+    load_seconds: float = 0.0  # time this shard's worker spent loading models for it (0 when already loaded)
+
+
+def _nonzero(systems: Sequence[System]) -> list[System]:
+    return [System(s.name, [x for x in s.strengths if x != 0], s.steer, s.actadd, s.meta) for s in systems]
+
+
+def sample_shard(lm: LoadedLM, shard: Shard, judge: LoadedLM | None = None) -> list[Sample]:
+    """Sample and score one shard exactly as ``evaluate`` does for those prompts: the base model's samples ride in
+    the first steer system's batches, every system's non-zero strengths are sampled, and the judge scores them.
+    Returned samples carry the prompts' indices in the whole run."""
+    cfg, judge = shard.cfg, judge or lm
+    scorer = get_scorer(cfg.scorer)
+    in_sampling = judge is lm and reads_base_nll(lm)
+    text_judge = None if in_sampling else judge
+    seed = keyed_seed(shard.seed, shard.start)
+    nonzero = _nonzero(shard.systems)
+    first = next((i for i, s in enumerate(nonzero) if s.steer is not None), None) if shard.sample_base else None
+    out: list[Sample] = []
+    if shard.sample_base:
+        if first is None:
+            base = sample_system(lm, System("base", [0.0]), shard.prompts, cfg, seed, False, in_sampling)
+            rest: list[Sample] = []
+        else:
+            f = nonzero[first]
+            both = sample_system(lm, System(f.name, [0.0, *f.strengths], f.steer), shard.prompts, cfg, seed, False,
+                                 in_sampling)
+            base = [replace(s, system="base") for s in both if s.strength == 0.0]
+            rest = [s for s in both if s.strength != 0.0]
+        score_samples(base + rest, scorer, text_judge, cfg.batch_size)
+        out += base + rest
+    for i, system in enumerate(nonzero):
+        if i == first or not system.strengths:
+            continue
+        samples = sample_system(lm, system, shard.prompts, cfg, seed, False, in_sampling)
+        score_samples(samples, scorer, text_judge, cfg.batch_size)
+        out += samples
+    return [replace(s, prompt_index=s.prompt_index + shard.start) for s in out]
+
+
+def _order(samples: list[Sample], strengths: Sequence[float]) -> list[Sample]:
+    """A system's samples in the order one ``generate`` call over all prompts yields them: strength (as listed),
+    then prompt, then sample (shards are contiguous and gathered in order, so a stable sort restores it)."""
+    pos = {float(s): i for i, s in enumerate(strengths)}
+    return sorted(samples, key=lambda s: (pos.get(float(s.strength), math.inf), s.prompt_index))
+
+
+def merge_shards(lm: LoadedLM, prompts: Sequence[dict], systems: Sequence[System], cfg: EvalConfig,
+                 samples: Sequence[Sample], *, judge: LoadedLM | None = None, seed: int = 0) -> tuple[dict, list[Sample]]:
+    """The metrics document from every shard's samples: the same computation ``evaluate`` does after sampling."""
+    judge = judge or lm
+    scorer = get_scorer(cfg.scorer)
+    in_sampling = judge is lm and reads_base_nll(lm)
+    cuts = (getattr(scorer, "positive_above", 0.5), getattr(scorer, "negative_below", 0.5))
+    base_samples = sorted([s for s in samples if s.system == "base"], key=lambda s: s.prompt_index)
+    if {s.prompt_index for s in base_samples} != set(range(len(prompts))):
+        raise ValueError("the gathered shards do not cover every evaluation prompt")
+    base_row = summarize(base_samples, cfg.control, cfg.bootstrap, seed, cuts)[0]
+    base_row["ppl_increase"] = 0.0
+    doc: dict[str, Any] = {
+        "control": cfg.control, "scorer": cfg.scorer, "judge": judge.spec,
+        "protocol": {"prompts": len(prompts), "samples": cfg.samples, "max_new_tokens": cfg.max_new_tokens,
+                     "top_p": cfg.top_p, "temperature": cfg.temperature, "seed": seed,
+                     "judge_scores": "sampled tokens" if in_sampling else "re-tokenised text",
+                     "prompt_sets": sorted({p["set"] for p in prompts})},
+        "base": base_row, "systems": {},
+    }
+    all_samples = list(base_samples)
+    ids, folds = [prompt_id(p["prompt"]) for p in prompts], split_folds([p["prompt"] for p in prompts])
+    for system in systems:
+        own = _order([s for s in samples if s.system == system.name and s.strength != 0.0],
+                     [x for x in system.strengths if x != 0])
+        shared_base = [Sample(system.name, s.prompt_set, s.prompt_index, s.prompt, 0.0, s.text, s.control, s.ppl)
+                       for s in base_samples]
+        rows = summarize(own + shared_base, cfg.control, cfg.bootstrap, seed, cuts)
+        for r in rows:
+            r["ppl_increase"] = r["ppl"] / base_row["ppl"] - 1.0
+        doc["systems"][system.name] = {"rows": rows, "recommended": recommend(rows, base_row, cfg.control,
+                                                                              cfg.ppl_budget, folds),
+                                       "prompt_ids": ids, **system.meta}
+        all_samples += own
+    doc["headline"] = headline(doc)
+    return doc, all_samples
+
+
+def evaluate_in_shards(
+    lm: LoadedLM,
+    prompts: Sequence[dict],
+    systems: Sequence[System],
+    cfg: EvalConfig,
+    *,
+    map_shards: Callable[[list[Shard]], list[ShardResult]],
+    judge: LoadedLM | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = lambda _msg: None,
+    base_samples: Sequence[Sample] | None = None,
+    per_shard: int = PROMPTS_PER_SHARD,
+) -> tuple[dict, list[Sample]]:
+    """Sample and score the shards of :func:`plan` through ``map_shards``, then compute the document from them all."""
+    if not prompts:
+        raise ValueError("no evaluation prompts")
+    scorer = get_scorer(cfg.scorer)
+    if cfg.control == "sentiment" and scorer.kind != "sentiment" or cfg.control == "toxicity" and scorer.kind != "toxicity":
+        raise ValueError(f"scorer {cfg.scorer!r} measures {scorer.kind}, but the control metric is {cfg.control!r}")
+    reuse_base = base_samples is not None
+    if reuse_base:
+        base_samples = [replace(s, system="base", strength=0.0) for s in base_samples]
+        if {s.prompt_index for s in base_samples} != set(range(len(prompts))):
+            raise ValueError("the given base samples do not cover the evaluation prompts: re-run the evaluate stage")
+    t0 = time.perf_counter()
+    parts = [Shard(i, a, list(prompts[a:b]), list(systems), cfg, seed, sample_base=not reuse_base)
+             for i, (a, b) in enumerate(plan(len(prompts), per_shard))]
+    log(f"evaluating {[s.name for s in systems]} at strengths {[s.strengths for s in systems]} in {len(parts)} "
+        f"shard(s) of {'/'.join(str(len(p.prompts)) for p in parts)} prompts")
+    results = sorted(map_shards(parts), key=lambda r: r.index)
+    if [r.index for r in results] != [p.index for p in parts]:
+        raise RuntimeError(f"expected shards {[p.index for p in parts]}, got {[r.index for r in results]}")
+    for r in results:
+        log(f"shard {r.index} on {r.worker or 'this process'}: {len(r.samples)} samples in {r.seconds:.1f} s"
+            + (f" (+{r.load_seconds:.1f} s loading the model)" if r.load_seconds else ""))
+    gathered = [s for r in results for s in r.samples] + list(base_samples or [])
+    doc, samples = merge_shards(lm, prompts, systems, cfg, gathered, judge=judge, seed=seed)
+    log(f"evaluated {len(samples)} samples in {time.perf_counter() - t0:.1f} s")
+    return doc, samples
+
+
+# ------------------------------------------------------------------------------------------ the plan and the runner
+
+
+def plan(n_prompts: int, per_shard: int = PROMPTS_PER_SHARD) -> list[tuple[int, int]]:
+    """The (start, stop) prompt slices every executor evaluates: ceil(n / per_shard) balanced contiguous shards."""
+    return contiguous(n_prompts, max(1, -(-n_prompts // per_shard)))
+
+
+def run_here(shards: list[Shard], lm: LoadedLM, judge: LoadedLM | None = None) -> list[ShardResult]:
+    """The local runner: every shard in this process, one after another, on the already loaded model."""
+    out = []
+    for shard in shards:
+        t0 = time.perf_counter()
+        out.append(ShardResult(shard.index, sample_shard(lm, shard, judge), time.perf_counter() - t0))
+    return out
+
+
+#: ``runner(shards, lm, judge) -> [ShardResult]``; None = :func:`run_here`
+_RUNNER: Callable[..., list[ShardResult]] | None = None
+
+
+def use_runner(runner: Callable[..., list[ShardResult]] | None) -> None:
+    """Run this process's evaluation shards with ``runner`` (None: in this process)."""
+    global _RUNNER
+    _RUNNER = runner
+
+
+def evaluate(
+    lm: LoadedLM,
+    prompts: Sequence[dict],
+    systems: Sequence[System],
+    cfg: EvalConfig,
+    *,
+    judge: LoadedLM | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    log: Callable[[str], None] = lambda _msg: None,
+    base_samples: Sequence[Sample] | None = None,
+) -> tuple[dict, list[Sample]]:
+    """``steer_core.evaluate.evaluate`` (same arguments, same document) over the shards of :func:`plan`, run by the
+    process's runner. ``base_samples`` (the champion comparison): only the systems are sampled, against these."""
+    runner = _RUNNER or run_here
+    return evaluate_in_shards(lm, prompts, systems, cfg, map_shards=lambda parts: runner(parts, lm, judge),
+                              judge=judge, seed=seed, log=log, base_samples=base_samples)

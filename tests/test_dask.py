@@ -1,0 +1,102 @@
+"""The Dask executor: a LocalCluster of 2 worker processes evaluates a tiny steer through Prefect's DaskTaskRunner,
+and the metrics document and the samples equal the local executor's bit for bit; each worker loads the model once.
+Also the shard plan's pieces: a slice's keyed seed draws the whole run's random numbers for its prompts."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from steer_core import shards
+from steer_core.config import EvalConfig, Params
+from steer_core.evaluate import System
+from steer_core.generate import row_uniforms
+from steer_core.steer import Steer
+
+PROMPTS = [{"set": "neutral" if i % 3 else "negative", "prompt": p} for i, p in enumerate([
+    "The weather today", "I think that the", "Our flight was", "The news said", "My friend told me",
+    "Yesterday the market", "A new study shows", "The airline staff", "In the morning we"])]
+
+
+def test_keyed_seed_draws_the_whole_runs_numbers_for_a_slice() -> None:
+    for seed in (0, 3, 12345):
+        for offset in (1, 6, 1000):
+            keys = [(p, s) for p in range(3) for s in range(2)]
+            whole = row_uniforms(seed, [(p + offset, s) for p, s in keys], 5)
+            assert torch.equal(row_uniforms(shards.keyed_seed(seed, offset), keys, 5), whole)
+
+
+def test_the_plan_depends_on_the_prompts_alone() -> None:
+    assert shards.plan(4) == [(0, 4)]
+    assert shards.plan(9) == [(0, 5), (5, 9)]
+    assert shards.plan(24) == [(0, 6), (6, 12), (12, 18), (18, 24)]
+    for n in (1, 7, 13, 100):
+        p = shards.plan(n)
+        assert p[0][0] == 0 and p[-1][1] == n and all(a[1] == b[0] for a, b in zip(p, p[1:]))
+        assert max(b - a for a, b in p) - min(b - a for a, b in p) <= 1
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from flows.executors import start_local_cluster
+
+    with start_local_cluster(workers=2, threads_per_worker=1) as c:
+        yield c
+
+
+def _steer(lm) -> Steer:
+    steer = Steer(["sentiment", "dummy"], lm.dim, None, 1e-3)
+    with torch.no_grad():
+        steer.W.copy_(torch.randn(steer.W.shape, generator=torch.Generator().manual_seed(1)) * 50.0)
+    steer.metadata["base_fingerprint"] = lm.fingerprint
+    return steer
+
+
+def test_two_dask_workers_evaluate_exactly_like_the_local_executor(tiny_lm, tiny_dir, cluster) -> None:
+    from steer_core.baselines import fit_actadd
+    from flows.executors import dask_runner, share_prefect_api
+
+    torch.set_num_threads(1)  # as each worker (threads_per_worker: 1)
+    params = Params.model_validate({"model": str(tiny_dir), "runtime": {
+        "device": "cpu", "threads": 1, "executor": {"kind": "dask", "workers": 2, "threads_per_worker": 1}}})
+    cfg = EvalConfig(control="sentiment", scorer="vader", strengths=[-2.0, 0.0, 2.0], samples=2, max_new_tokens=5,
+                     batch_size=8, bootstrap=50)
+    actadd = fit_actadd(tiny_lm, ["a good day", "a bad day", "great", "awful"], [1.0, -1.0, 1.0, -1.0], None)
+    systems = [System("candidate", cfg.strengths, steer=_steer(tiny_lm)),
+               System("actadd", [-1.0, 1.0], actadd=actadd, meta={"layer": actadd.layer})]
+
+    shards.use_runner(None)
+    local_doc, local_samples = shards.evaluate(tiny_lm, PROMPTS, systems, cfg, seed=3)
+    share_prefect_api()
+    shards.use_runner(dask_runner(params, cluster.scheduler_address))
+    try:
+        logs: list[str] = []
+        doc, samples = shards.evaluate(tiny_lm, PROMPTS, systems, cfg, seed=3, log=logs.append)
+        again: list[str] = []
+        doc2, _ = shards.evaluate(tiny_lm, PROMPTS, systems, cfg, seed=3, log=again.append)
+        # the champion comparison's path (base samples reused) runs on the workers too
+        base = [s for s in local_samples if s.system == "base"]
+        champ = [System("champion", cfg.strengths, steer=systems[0].steer)]
+        shards.use_runner(None)
+        local_c, local_cs = shards.evaluate(tiny_lm, PROMPTS, champ, cfg, seed=3, base_samples=base)
+        shards.use_runner(dask_runner(params, cluster.scheduler_address))
+        dask_c, dask_cs = shards.evaluate(tiny_lm, PROMPTS, champ, cfg, seed=3, base_samples=base)
+    finally:
+        shards.use_runner(None)
+
+    assert json.dumps(doc, default=float) == json.dumps(local_doc, default=float)
+    assert [s.__dict__ for s in samples] == [s.__dict__ for s in local_samples]
+    assert json.dumps(doc2, default=float) == json.dumps(local_doc, default=float)
+    assert json.dumps(dask_c, default=float) == json.dumps(local_c, default=float)
+    assert [s.__dict__ for s in dask_cs] == [s.__dict__ for s in local_cs]
+    assert len(local_samples) == len(PROMPTS) * 2 * 5  # base + ±2 + ActAdd ±1, 2 samples each
+
+    shard_lines = [m for m in logs if m.startswith("shard ")]
+    assert len(shard_lines) == 2
+    workers = {re.search(r"on (.+?) \(pid", m).group(1) for m in shard_lines}
+    assert len(workers) == 2, shard_lines  # the two shards ran on the two workers
+    # the second evaluation reused each worker's model: no shard spent time loading it
+    assert not any("loading the model" in m for m in again if m.startswith("shard ")), again
