@@ -10,7 +10,15 @@ import functools
 import sys
 from typing import Callable
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, RuntimeError)
+
+
+class SteerError(RuntimeError):
+    """An expected failure of ours whose message is the whole story (a model that cannot load, a busy project, a
+    failed stage, an unverifiable artifact): shown as one line. Any other RuntimeError is a bug and keeps its
+    traceback."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, SteerError)
 
 
 class CommandExit(SystemExit):

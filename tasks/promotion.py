@@ -22,6 +22,7 @@ import mlflow
 from prefect import get_run_logger, task
 
 from steer_core.config import Params, load_params
+from steer_core.files import file_sha256
 from steer_core.gates import decide_doc
 from steer_core.lm import LoadedLM, load_lm, set_threads
 from steer_core.pipeline import SteerPaths, compare_stage, steer_spec
@@ -110,7 +111,7 @@ def promote_task(params_path: str, name: str, root: str, doc: dict, run_id: str,
     decision = decide_doc(doc, spec.gate)
     cand = doc["systems"]["candidate"]["recommended"]
     with mlflow.start_run(run_id=run_id, nested=True):
-        mv = registry.find_version(name, tracking.file_sha256(paths.steer))  # same file: same version
+        mv = registry.find_version(name, file_sha256(paths.steer))  # same file: same version
         if mv is None:
             mv = registry.log_steer_model(paths.steer, name, default_strength=float(cand["strength"]),
                                           metrics={f"recommended_{k}": v for k, v in cand.items()
@@ -129,7 +130,7 @@ def promotion_job(params_path: str, name: str, root: Path, result: SteerResult, 
     Logs into the steer's nested MLflow run ``result.run_id`` (which must not be active in this thread)."""
     params = load_params(params_path)
     paths = SteerPaths(root, name)
-    sha = tracking.file_sha256(paths.steer)
+    sha = file_sha256(paths.steer)
     champion = champion_task(name, str(root), sha)
     if champion and champion["sha256"] == sha:
         result.version = result.champion = champion["version"]

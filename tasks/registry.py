@@ -7,7 +7,6 @@ out, so a failed gate, a dry run, or an exception anywhere before the alias writ
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as md
 import json
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+from steer_core.errors import SteerError
+from steer_core.files import file_sha256
 from steer_core.gates import GateDecision
 from steer_core.steer import Steer
 from tasks.steer_model import DEFAULT_PARAMS, STEER_ARTIFACT
@@ -81,7 +82,7 @@ def log_steer_model(
         "steer.names": ",".join(steer.names),
         "steer.base_model": str(meta.get("base_model", "")),
         "steer.base_fingerprint": str(meta.get("base_fingerprint", "")),
-        "steer.sha256": hashlib.sha256(steer_path.read_bytes()).hexdigest(),
+        "steer.sha256": file_sha256(steer_path),
         "steer.default_strength": repr(float(default_strength)),
         **dict(tags or {}),
     }
@@ -197,9 +198,9 @@ def verify_artifact(mv: ModelVersion) -> None:
 
     want = mv.tags.get("steer.sha256", "")
     with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
-        got = hashlib.sha256(download_steer(mv.name, str(mv.version), dst_path=tmp).read_bytes()).hexdigest()
+        got = file_sha256(download_steer(mv.name, str(mv.version), dst_path=tmp))
     if not want or got != want:
-        raise RuntimeError(f"{mv.name} version {mv.version}: its registered steer file has sha256 {got[:12]}…, its "
+        raise SteerError(f"{mv.name} version {mv.version}: its registered steer file has sha256 {got[:12]}…, its "
                            f"tag says {want[:12] or 'nothing'}…; the champion alias stays where it is")
 
 

@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from steer_core.config import Params
+from steer_core.files import file_sha256
 
 from . import dvc_stages, lineage, tracking
 
@@ -52,7 +53,7 @@ def restore_version(ref: str, params: Params, root: Path, out_dir: Path | None =
     project = dvc_stages.open_project(root, params.dvc.remote, log=log)
 
     def verify(staged: Path) -> None:
-        got = tracking.file_sha256(staged / steer_files[0])
+        got = file_sha256(staged / steer_files[0])
         if got != want:
             raise ValueError(f"{steer_files[0]} restored from DVC has sha256 {got[:12]}…, but {name} version "
                              f"{mv.version} was registered with {want[:12]}…: refusing to restore it")

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from steer_core.errors import SteerError
+
 LOCK_NAME = ".steer-run.lock"
 HOLDER_NAME = ".steer-run.json"
 
@@ -25,7 +27,7 @@ _held: dict[str, int] = {}
 _guard = threading.Lock()
 
 
-class ProjectBusy(RuntimeError):
+class ProjectBusy(SteerError):
     """Another run holds the project."""
 
 

@@ -6,7 +6,6 @@ URI (``tracking.uri`` in params.yaml, or MLFLOW_TRACKING_URI).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,6 +15,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from steer_core.config import Params, TrackingConfig
+from steer_core.files import file_sha256
 
 
 # The URI configure() last took from params. mlflow.set_tracking_uri exports it as MLFLOW_TRACKING_URI, so without
@@ -61,10 +61,6 @@ def flatten(prefix: str, value: Any) -> dict[str, str]:
     else:
         out[prefix] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return {k: v[:6000] for k, v in out.items()}
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def metric_name(system: str, strength: float, key: str) -> str:

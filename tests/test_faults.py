@@ -88,7 +88,7 @@ def test_tracking_server_down_before_and_killed_during_a_run(reference, tmp_path
             if "pushed to DVC remote" in line:
                 stop_server(server)
                 break
-        proc.wait(timeout=600)
+        proc.communicate(timeout=600)  # keep reading: a full pipe would stall the run
         assert proc.returncode != 0
         server = start_server(cmd, tmp_path / "server2.log", env, tmp_path)
         wait_http(f"{uri}/health", server, tmp_path / "server2.log", 180)

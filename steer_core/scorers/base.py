@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Literal, Sequence, TypeVar
 
+from ..errors import SteerError
+
 Kind = Literal["toxicity", "sentiment"]
 T = TypeVar("T")
 
 
-class ScorerUnavailable(RuntimeError):
+class ScorerUnavailable(SteerError):
     """A scorer whose model or library cannot be reached; the message says what to pass instead."""
 
 

@@ -6,7 +6,7 @@ from typing import Literal, Sequence
 
 from .base import Scorer, register
 
-POS_THRESHOLD = 0.05  # VADER's documented cut-offs: compound >= 0.05 positive, <= -0.05 negative
+POS_THRESHOLD = 0.05  # VADER's cut-off; evaluation counts compound > 0.05 as positive and < -0.05 as negative
 
 
 class ProfanityScorer(Scorer):
