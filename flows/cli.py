@@ -99,15 +99,28 @@ def run(
 @app.command()
 @cli_errors
 def deploy(
-    cron: str = typer.Option(..., "--cron", help='schedule, e.g. "0 3 * * 1" (Mondays 03:00)'),
+    cron: Optional[str] = typer.Option(None, "--cron", help='schedule, e.g. "0 3 * * 1" (Mondays 03:00)'),
+    pool: Optional[str] = typer.Option(None, "--pool", help="deploy to this Prefect work pool (created as type "
+                                       "process if missing); its workers run the flow. Without it, serve from here"),
     name: str = typer.Option("steer-production", "--name"),
     params_file: Path = typer.Option(Path("params.yaml"), "--params"),
 ) -> None:
-    """Serve the pipeline as a scheduled Prefect deployment (needs a Prefect server: PREFECT_API_URL)."""
-    _, root = _project(params_file)
-    from flows.steer_pipeline import serve_scheduled
+    """Deploy the pipeline (needs a Prefect server: PREFECT_API_URL): to a work pool's workers (--pool), or served
+    from this process on a cron schedule (--cron alone; blocks)."""
+    params, root = _project(params_file)
+    if pool is None:
+        if cron is None:
+            raise ValueError("give --cron SCHEDULE (serve from this machine) or --pool NAME (a work pool's workers "
+                             "run it), or both")
+        from flows.steer_pipeline import serve_scheduled
 
-    serve_scheduled(cron, name, str(params_file.resolve()), str(root), log=err.print)
+        serve_scheduled(cron, name, str(params_file.resolve()), str(root), log=err.print)
+        return
+    from flows.deployments import deploy_to_pool, shared_tracking_uri
+
+    shared_tracking_uri(params)  # before Prefect is touched
+    ref = deploy_to_pool(pool, name, params, str(params_file.resolve()), str(root), cron=cron, log=err.print)
+    out.print(ref, highlight=False)
 
 
 @app.command()
