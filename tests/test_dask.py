@@ -100,3 +100,42 @@ def test_two_dask_workers_evaluate_exactly_like_the_local_executor(tiny_lm, tiny
     assert len(workers) == 2, shard_lines  # the two shards ran on the two workers
     # the second evaluation reused each worker's model: no shard spent time loading it
     assert not any("loading the model" in m for m in again if m.startswith("shard ")), again
+
+
+@pytest.mark.slow
+def test_steer_run_on_a_dask_executor_writes_the_local_runs_bytes(tmp_path) -> None:
+    """`steer run` with the local executor, then the evaluate stage again with `executor: {kind: dask, workers: 2}`
+    (its outputs removed, so DVC re-runs only it): the metrics, samples and plots are the same bytes."""
+    import subprocess
+
+    import yaml
+    from projects import make_project
+    from test_pipeline import STEER_BIN, cli_env
+    from tiny_pipeline import tiny_params
+
+    params = tiny_params("sentiment", tracking={"uri": "sqlite:///mlflow.db", "experiment": "dask-e2e"})
+    params["steers"]["sentiment"]["prompts"][0]["count"] = 8  # two shards of 4 prompts
+    root = make_project(tmp_path / "project", params)
+    outs = ["metrics/sentiment.json", "reports/sentiment.samples.jsonl", "plots/sentiment/control.csv",
+            "plots/sentiment/fluency.csv"]
+
+    def run() -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(STEER_BIN), "run", "--params", str(root / "params.yaml"), "--json"], cwd=root,
+                              env=cli_env(root), capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return proc
+
+    run()
+    local = {p: (root / p).read_bytes() for p in outs}
+    params["runtime"]["executor"] = {"kind": "dask", "workers": 2, "threads_per_worker": 1}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for p in outs:
+        (root / p).unlink()
+    proc = run()
+    said = proc.stdout + proc.stderr
+    assert "LocalCluster of 2 worker process(es)" in said, said[-4000:]
+    assert "evaluate@sentiment: running" in said and "train@sentiment: up to date" in said, said[-4000:]
+    shard_lines = [ln for ln in said.splitlines() if "shard " in ln and " samples in " in ln]
+    assert len(shard_lines) >= 2, said[-4000:]
+    for p in outs:
+        assert (root / p).read_bytes() == local[p], p
