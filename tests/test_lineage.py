@@ -164,11 +164,17 @@ def test_a_code_change_reruns_exactly_the_stages_that_run_that_code(first) -> No
 
 def test_new_data_registers_a_version_and_checkout_restores_v1_byte_identically(first, tmp_path) -> None:
     root, snap = first["root"], first["snapshot"]
+    git(root, "add", "-A")  # dvc.lock, metrics and plot data go to git; DVC git-ignores what it caches
+    git(root, "commit", "-q", "-m", "a run")
+    assert not any(p.startswith(("data/", "artifacts/", "reports/"))
+                   for p in git(root, "ls-files").splitlines()), "a cached output was committed to git"
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["steers"][NAME]["data"]["max_per_label"] = 24
     write_params(root / "params.yaml", params)
     (row,) = run_flow(root)
     assert ran(row) == ["prepare", "train", "evaluate"], row
+    diff = json.loads(dvc(root, "metrics", "diff", "HEAD", "--json").stdout)  # the candidate's figures, by commit
+    assert f"metrics/{NAME}.json" in diff and diff[f"metrics/{NAME}.json"], diff
     new = max(versions(root))
     assert row["version"] == str(new) and new > 1
     assert sha256(root / f"artifacts/steers/{NAME}.safetensors") != sha256(snap / f"artifacts/steers/{NAME}.safetensors")
