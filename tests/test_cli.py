@@ -19,7 +19,7 @@ def steer_cmd(*args: str, env_cache: Path | None = None) -> subprocess.Completed
     env = dict(os.environ)
     if env_cache is not None:
         env["STEER_CACHE_DIR"] = str(env_cache)
-    return subprocess.run([sys.executable, "-m", "steer_core.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
                           env=env, timeout=600)
 
 
