@@ -25,6 +25,7 @@ Strength does not transfer between models (see notes): recalibrate it on the tar
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import torch
@@ -221,9 +222,10 @@ def measure_transfer(
     sides: dict[str, Any] = {}
     for role, lm, steer in (("source", src_lm, src_steer), ("target", dst_lm, dst_steer)):
         log(f"measuring the {role} steer on {lm.name} at ±{mags}")
+        t0 = time.perf_counter()
         doc, samples = evaluate(lm, prompts, [System(role, sweep, steer=steer)], ecfg, judge=lm, seed=seed)
         sides[role] = {"model": lm.spec, "name": lm.name, "fingerprint": lm.fingerprint,
-                       "seconds": doc["seconds"],
+                       "seconds": round(time.perf_counter() - t0, 1),
                        "rows": _effect_rows(samples, cfg.control, mags, cfg.bootstrap, seed)}
     per = []
     for s_row, d_row in zip(sides["source"]["rows"], sides["target"]["rows"]):

@@ -147,6 +147,8 @@ def promotion_job(params_path: str, name: str, root: Path, result: SteerResult, 
         result.status = "unchanged"
         result.reasons = [f"Version {judged['version']} is this same steer, already judged against the current "
                           f"champion (gate passed: {str(judged['passed']).lower()}): {judged['reasons']}"]
+        if paths.metrics.exists():
+            result.headline = json.loads(paths.metrics.read_text()).get("headline", {})
         with mlflow.start_run(run_id=result.run_id, nested=True):
             tracking.log_steer_run(params, name, root, tags, result.trained, None)
         return result
@@ -158,5 +160,6 @@ def promotion_job(params_path: str, name: str, root: Path, result: SteerResult, 
     result.version, result.promoted, result.champion = promo["version"], promo["promoted"], promo["champion"]
     result.reasons = promo["reasons"]
     result.status = ("promoted" if promo["promoted"] else
-                     "would promote (dry run)" if dry_run and promo["passed"] else "kept champion")
+                     "would promote (dry run)" if dry_run and promo["passed"] else
+                     "kept champion" if champion else "not promoted")
     return result

@@ -166,8 +166,9 @@ def test_new_data_registers_a_version_and_checkout_restores_v1_byte_identically(
     root, snap = first["root"], first["snapshot"]
     git(root, "add", "-A")  # dvc.lock, metrics and plot data go to git; DVC git-ignores what it caches
     git(root, "commit", "-q", "-m", "a run")
-    assert not any(p.startswith(("data/", "artifacts/", "reports/"))
-                   for p in git(root, "ls-files").splitlines()), "a cached output was committed to git"
+    committed = [p for p in git(root, "ls-files").splitlines()
+                 if p.startswith(("data/", "artifacts/", "reports/")) and not p.endswith(".gitignore")]
+    assert not committed, f"cached outputs committed to git: {committed}"
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["steers"][NAME]["data"]["max_per_label"] = 24
     write_params(root / "params.yaml", params)
@@ -237,7 +238,7 @@ def test_stage_deps_cover_every_module_a_stage_loads(first) -> None:
         assert not missing, f"{stage}: dvc.yaml deps lack {missing}"
     # the stages wrote the same bytes again, but for the steer's card, which holds this fit's timings
     changed = [ln.split()[-1] for ln in dvc(root, "status").stdout.splitlines() if "modified:" in ln]
-    assert changed == [f"artifacts/steers/{NAME}.json"], changed
+    assert set(changed) <= {f"artifacts/steers/{NAME}.json"}, changed
     dvc(root, "checkout", "--force", f"artifacts/steers/{NAME}.json")
     assert "up to date" in dvc(root, "status").stdout
 
