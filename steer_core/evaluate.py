@@ -396,10 +396,42 @@ def evaluate(
     if not reuse_base:
         score_samples(base_samples + first_samples, scorer, text_judge, cfg.batch_size)
     cuts = (getattr(scorer, "positive_above", 0.5), getattr(scorer, "negative_below", 0.5))  # what "positive" means here
+    per_system: list[list[Sample]] = []
+    for i, system in enumerate(systems):
+        log(f"evaluating {system.name} at strengths {system.strengths}")
+        if i == first:
+            samples = first_samples
+        else:
+            samples = (sample_system(lm, nonzero[i], prompts, cfg, seed, progress, in_sampling)
+                       if nonzero[i].strengths else [])
+            score_samples(samples, scorer, text_judge, cfg.batch_size)
+        per_system.append(samples)
+    # no timing in the document: metrics/<steer>.json is content-addressed by DVC (equal inputs, equal bytes)
+    log(f"evaluated {len(base_samples) + sum(map(len, per_system))} samples in {time.perf_counter() - t0:.1f} s")
+    return document(prompts, systems, cfg, base_samples, per_system, cuts=cuts, judge_spec=judge.spec,
+                    in_sampling=in_sampling, seed=seed)
+
+
+def document(
+    prompts: Sequence[dict],
+    systems: Sequence[System],
+    cfg: EvalConfig,
+    base_samples: Sequence[Sample],
+    per_system: Sequence[Sequence[Sample]],
+    *,
+    cuts: tuple[float, float],
+    judge_spec: str,
+    in_sampling: bool,
+    seed: int = 0,
+) -> tuple[dict, list[Sample]]:
+    """The metrics document from scored samples (the base's, and each system's non-zero strengths): the base row,
+    each system's rows and cross-fitted recommendation, the headline. ``evaluate`` and a sharded evaluation
+    (``shards.merge_shards``) both end here, so they compute the same document from the same samples."""
+    base_samples = list(base_samples)
     base_row = summarize(base_samples, cfg.control, cfg.bootstrap, seed, cuts)[0]
     base_row["ppl_increase"] = 0.0  # the base is a ROW like the others (schema above)
     doc: dict[str, Any] = {
-        "control": cfg.control, "scorer": cfg.scorer, "judge": judge.spec,
+        "control": cfg.control, "scorer": cfg.scorer, "judge": judge_spec,
         "protocol": {"prompts": len(prompts), "samples": cfg.samples, "max_new_tokens": cfg.max_new_tokens,
                      "top_p": cfg.top_p, "temperature": cfg.temperature, "seed": seed,
                      "judge_scores": "sampled tokens" if in_sampling else "re-tokenised text",
@@ -409,25 +441,16 @@ def evaluate(
     all_samples = list(base_samples)
     # which prompts choose the strength and which report it (each entry: the pairing key the gate checks)
     ids, folds = [prompt_id(p["prompt"]) for p in prompts], split_folds([p["prompt"] for p in prompts])
-    for i, system in enumerate(systems):
-        log(f"evaluating {system.name} at strengths {system.strengths}")
-        if i == first:
-            samples = first_samples
-        else:
-            samples = (sample_system(lm, nonzero[i], prompts, cfg, seed, progress, in_sampling)
-                       if nonzero[i].strengths else [])
-            score_samples(samples, scorer, text_judge, cfg.batch_size)
+    for system, samples in zip(systems, per_system):
         shared_base = [Sample(system.name, s.prompt_set, s.prompt_index, s.prompt, 0.0, s.text, s.control, s.ppl)
                        for s in base_samples]
-        rows = summarize(samples + shared_base, cfg.control, cfg.bootstrap, seed, cuts)
+        rows = summarize(list(samples) + shared_base, cfg.control, cfg.bootstrap, seed, cuts)
         for r in rows:
             r["ppl_increase"] = r["ppl"] / base_row["ppl"] - 1.0
         doc["systems"][system.name] = {"rows": rows, "recommended": recommend(rows, base_row, cfg.control,
                                                                               cfg.ppl_budget, folds),
                                        "prompt_ids": ids, **system.meta}
         all_samples += samples
-    # no timing in the document: metrics/<steer>.json is content-addressed by DVC (equal inputs, equal bytes)
-    log(f"evaluated {len(all_samples)} samples in {time.perf_counter() - t0:.1f} s")
     doc["headline"] = headline(doc)
     return doc, all_samples
 

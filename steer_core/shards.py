@@ -21,11 +21,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from .config import EvalConfig
-from .evaluate import (Sample, System, headline, prompt_id, recommend, sample_system, score_samples, split_folds,
-                       summarize)
+from .evaluate import Sample, System, document, sample_system, score_samples
 from .generate import reads_base_nll
 from .lm import LoadedLM
 from .scorers import get_scorer
@@ -135,32 +134,10 @@ def merge_shards(lm: LoadedLM, prompts: Sequence[dict], systems: Sequence[System
     base_samples = sorted([s for s in samples if s.system == "base"], key=lambda s: s.prompt_index)
     if {s.prompt_index for s in base_samples} != set(range(len(prompts))):
         raise ValueError("the gathered shards do not cover every evaluation prompt")
-    base_row = summarize(base_samples, cfg.control, cfg.bootstrap, seed, cuts)[0]
-    base_row["ppl_increase"] = 0.0
-    doc: dict[str, Any] = {
-        "control": cfg.control, "scorer": cfg.scorer, "judge": judge.spec,
-        "protocol": {"prompts": len(prompts), "samples": cfg.samples, "max_new_tokens": cfg.max_new_tokens,
-                     "top_p": cfg.top_p, "temperature": cfg.temperature, "seed": seed,
-                     "judge_scores": "sampled tokens" if in_sampling else "re-tokenised text",
-                     "prompt_sets": sorted({p["set"] for p in prompts})},
-        "base": base_row, "systems": {},
-    }
-    all_samples = list(base_samples)
-    ids, folds = [prompt_id(p["prompt"]) for p in prompts], split_folds([p["prompt"] for p in prompts])
-    for system in systems:
-        own = _order([s for s in samples if s.system == system.name and s.strength != 0.0],
-                     [x for x in system.strengths if x != 0])
-        shared_base = [Sample(system.name, s.prompt_set, s.prompt_index, s.prompt, 0.0, s.text, s.control, s.ppl)
-                       for s in base_samples]
-        rows = summarize(own + shared_base, cfg.control, cfg.bootstrap, seed, cuts)
-        for r in rows:
-            r["ppl_increase"] = r["ppl"] / base_row["ppl"] - 1.0
-        doc["systems"][system.name] = {"rows": rows, "recommended": recommend(rows, base_row, cfg.control,
-                                                                              cfg.ppl_budget, folds),
-                                       "prompt_ids": ids, **system.meta}
-        all_samples += own
-    doc["headline"] = headline(doc)
-    return doc, all_samples
+    per_system = [_order([s for s in samples if s.system == system.name and s.strength != 0.0],
+                         [x for x in system.strengths if x != 0]) for system in systems]
+    return document(prompts, systems, cfg, base_samples, per_system, cuts=cuts, judge_spec=judge.spec,
+                    in_sampling=in_sampling, seed=seed)
 
 
 def evaluate_in_shards(
