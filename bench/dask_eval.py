@@ -45,7 +45,7 @@ def main() -> None:
 
     import torch
 
-    from flows.executors import dask_runner, share_prefect_api, start_local_cluster
+    from flows.executors import dask_runner, start_local_cluster
     from steer_core import shards
     from steer_core.config import EvalConfig, Params
     from steer_core.evaluate import System
@@ -71,9 +71,8 @@ def main() -> None:
     params = Params.model_validate({"model": "default", "runtime": {"device": "cpu", "threads": 1, "executor": {
         "kind": "dask", "workers": 2, "threads_per_worker": 1}}})
 
-    clusters = {w: start_local_cluster(w, 1) for w in (1, 2)}
+    clusters = {w: start_local_cluster(w, 1) for w in (1, 2)}  # their workers report to this process's Prefect API
     try:
-        share_prefect_api()
         reference = None
         stats: dict[int, dict] = {w: {"walls": [], "shard_s": [], "loads": []} for w in clusters}
         for rnd in range(args.rounds + 1):

@@ -93,9 +93,11 @@ def dask_runner(params: Params, address: str) -> Callable[..., list[ShardResult]
 
 # ------------------------------------------------------------------------------------------------ the cluster
 def start_local_cluster(workers: int, threads_per_worker: int):
-    """A LocalCluster of ``workers`` processes (torch threads = threads_per_worker in each), no dashboard."""
+    """A LocalCluster of ``workers`` processes (torch threads = threads_per_worker in each), no dashboard. Its
+    workers report to this process's Prefect API (:func:`share_prefect_api`, called first)."""
     from distributed import LocalCluster
 
+    share_prefect_api()
     os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_worker))  # inherited by the worker processes
     return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                         dashboard_address=":0", silence_logs=logging.ERROR)
@@ -103,7 +105,10 @@ def start_local_cluster(workers: int, threads_per_worker: int):
 
 def share_prefect_api() -> None:
     """Let child processes (DVC's stage commands, local Dask workers) report to this process's Prefect API, the
-    temporary one of ephemeral mode included (else each would start its own, ~15 s)."""
+    temporary one of ephemeral mode included. Without it each child starts a temporary API server of its own: ~15 s
+    at its start, and then a second busy process per worker that takes CPU from the sampling next to it (measured
+    in bench/README.md, dask_eval). In ephemeral mode the server is started here if this process has none yet: it
+    is the process-wide one Prefect's own client uses, so the flows of this process report to it too."""
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value() or os.environ.get("PREFECT_API_URL"):
@@ -111,8 +116,8 @@ def share_prefect_api() -> None:
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()
-    if server.running:
-        os.environ["PREFECT_API_URL"] = server.api_url
+    server.start()  # a no-op when this process's flows already started it
+    os.environ["PREFECT_API_URL"] = server.api_url
 
 
 @contextlib.contextmanager

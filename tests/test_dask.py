@@ -41,10 +41,30 @@ def test_the_plan_depends_on_the_prompts_alone() -> None:
 
 @pytest.fixture(scope="module")
 def cluster():
+    import os
+
     from flows.executors import start_local_cluster
 
-    with start_local_cluster(workers=2, threads_per_worker=1) as c:
-        yield c
+    saved = os.environ.get("PREFECT_API_URL")
+    try:
+        with start_local_cluster(workers=2, threads_per_worker=1) as c:  # its workers report to this process's API
+            yield c
+    finally:
+        if saved is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = saved
+
+
+def test_local_cluster_workers_report_to_this_processs_prefect_api(cluster) -> None:
+    """Else each worker starts a temporary Prefect server of its own, which then competes for the CPU."""
+    import os
+
+    from distributed import Client
+
+    with Client(cluster.scheduler_address) as client:
+        urls = client.run(lambda: os.environ.get("PREFECT_API_URL"))
+    assert len(urls) == 2 and set(urls.values()) == {os.environ["PREFECT_API_URL"]}, urls
 
 
 def _steer(lm) -> Steer:
@@ -57,7 +77,7 @@ def _steer(lm) -> Steer:
 
 def test_two_dask_workers_evaluate_exactly_like_the_local_executor(tiny_lm, tiny_dir, cluster) -> None:
     from steer_core.baselines import fit_actadd
-    from flows.executors import dask_runner, share_prefect_api
+    from flows.executors import dask_runner
 
     torch.set_num_threads(1)  # as each worker (threads_per_worker: 1)
     params = Params.model_validate({"model": str(tiny_dir), "runtime": {
@@ -70,7 +90,6 @@ def test_two_dask_workers_evaluate_exactly_like_the_local_executor(tiny_lm, tiny
 
     shards.use_runner(None)
     local_doc, local_samples = shards.evaluate(tiny_lm, PROMPTS, systems, cfg, seed=3)
-    share_prefect_api()
     shards.use_runner(dask_runner(params, cluster.scheduler_address))
     try:
         logs: list[str] = []
