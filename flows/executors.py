@@ -95,19 +95,34 @@ def dask_runner(params: Params, address: str) -> Callable[..., list[ShardResult]
 def start_local_cluster(workers: int, threads_per_worker: int):
     """A LocalCluster of ``workers`` processes (torch threads = threads_per_worker in each), no dashboard. Its
     workers report to this process's Prefect API (:func:`share_prefect_api`, called first)."""
+    import dask
     from distributed import LocalCluster
 
     share_prefect_api()
     os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_worker))  # inherited by the worker processes
-    return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                        dashboard_address=":0", silence_logs=logging.ERROR)
+    with dask.config.set(QUIET_CLUSTER):  # handed to the worker processes by their nannies
+        return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                            dashboard_address=":0", silence_logs=logging.ERROR)
+
+
+#: Dask's housekeeping, slowed down for a cluster whose every task is seconds of CPU-bound sampling: with one core
+#: per worker, each wake-up is taken from the sampling. Dask's defaults (a 20 ms event-loop tick, a 10 ms
+#: statistical profiler in every worker, memory polled every 100 ms) serve interactive dashboards, which this
+#: cluster does not run (what this saves is measured in bench/README.md, dask_eval). The memory limit is still
+#: enforced, once a second.
+QUIET_CLUSTER = {
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.worker.profile.enabled": False,
+}
 
 
 def share_prefect_api() -> None:
     """Let child processes (DVC's stage commands, local Dask workers) report to this process's Prefect API, the
-    temporary one of ephemeral mode included. Without it each child starts a temporary API server of its own: ~15 s
-    at its start, and then a second busy process per worker that takes CPU from the sampling next to it (measured
-    in bench/README.md, dask_eval). In ephemeral mode the server is started here if this process has none yet: it
+    temporary one of ephemeral mode included. Without it each child starts a temporary API server of its own: slow
+    at its start, and then one more busy process per worker that takes CPU from the sampling next to it. In
+    ephemeral mode the server is started here if this process has none yet: it
     is the process-wide one Prefect's own client uses, so the flows of this process report to it too."""
     from prefect.settings import PREFECT_API_URL
 

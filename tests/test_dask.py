@@ -56,15 +56,20 @@ def cluster():
             os.environ["PREFECT_API_URL"] = saved
 
 
-def test_local_cluster_workers_report_to_this_processs_prefect_api(cluster) -> None:
-    """Else each worker starts a temporary Prefect server of its own, which then competes for the CPU."""
+def test_local_cluster_workers_report_to_this_processs_prefect_api_and_keep_quiet(cluster) -> None:
+    """Else each worker starts a temporary Prefect server of its own, which then competes for the CPU; and Dask's
+    housekeeping is slowed down in the workers (flows.executors.QUIET_CLUSTER)."""
     import os
 
     from distributed import Client
 
+    import dask
+
     with Client(cluster.scheduler_address) as client:
         urls = client.run(lambda: os.environ.get("PREFECT_API_URL"))
+        profiling = client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
     assert len(urls) == 2 and set(urls.values()) == {os.environ["PREFECT_API_URL"]}, urls
+    assert set(profiling.values()) == {False}  # no 10 ms stack sampling next to the sampling (QUIET_CLUSTER)
 
 
 def _steer(lm) -> Steer:
