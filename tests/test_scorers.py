@@ -281,6 +281,26 @@ def test_conditional_perplexity_matches_direct_computation(tiny_judge) -> None:
     assert all(math.isfinite(x) and x > 1.0 for x in batched)
 
 
+def test_the_judges_output_layer_runs_in_bounded_chunks(tiny_judge) -> None:
+    """The output layer sees at most ``logit_chunk`` positions at once, only positions that predict a scored token,
+    and the scores do not depend on the chunking (a 262k-vocabulary judge must not hold a batch's logits)."""
+    from steer_core.scorers import perplexity
+
+    model, tok = tiny_judge
+    prompts, conts = map(list, zip(*PAIRS))
+    scored = sum(len(tok(p + c)["input_ids"]) - len(tok(p)["input_ids"]) for p, c in PAIRS)
+    seen: list[int] = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda _m, args, _o: seen.append(args[0].shape[0]))
+    try:
+        items = [(i, tok(p + c)["input_ids"], len(tok(p)["input_ids"])) for i, (p, c) in enumerate(PAIRS)]
+        chunked = perplexity._score(model, items, len(PAIRS), batch_size=8, device=None, pad_id=0, logit_chunk=3)
+    finally:
+        handle.remove()
+    assert max(seen) <= 3 and sum(seen) == scored
+    assert chunked == pytest.approx(conditional_perplexity(model, tok, prompts, conts, batch_size=8), rel=1e-6)
+    assert chunked == pytest.approx([_direct_ppl(model, tok, p, c) for p, c in PAIRS], rel=1e-4)
+
+
 def test_conditional_perplexity_edge_cases(tiny_judge) -> None:
     model, tok = tiny_judge
     out = conditional_perplexity(model, tok, ["The cat sat", "The cat", "The cat sat on the ma"], ["", " sat", "t"])

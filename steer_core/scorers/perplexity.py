@@ -13,7 +13,6 @@ an empty prompt the first continuation token has no context and is not scored.
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Sequence
 
@@ -70,14 +69,23 @@ def token_perplexity(
     return _score(model, items, len(prompt_ids), batch_size, device, 0)
 
 
+#: judge positions whose output-layer logits are materialised at once: bounds the judge's memory by this many ×
+#: its vocabulary (Gemma 3: 262k logits a position, ~1 GB in fp32 for 1,024 positions), whatever the batch size
+LOGIT_CHUNK = 1024
+
+
 def _score(model: Any, items: list[tuple[int, list[int], int]], n: int, batch_size: int,
-           device: str | torch.device | None, pad_id: int) -> list[float]:
+           device: str | torch.device | None, pad_id: int, logit_chunk: int = LOGIT_CHUNK) -> list[float]:
     """Perplexity of ids[n_mask:] given ids[:n_mask] for each (index, ids, n_mask); NaN where nothing is scored.
-    Length-sorted right-padded batches; logits only for the positions some row scores (``logits_to_keep``)."""
+
+    Length-sorted right-padded batches. The transformer body runs once per batch; the output layer runs only on
+    the positions that predict a scored token, ``logit_chunk`` of them at a time, so a judge with a large
+    vocabulary never holds a whole batch's logits (batch × length × vocabulary) in memory."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     out = [math.nan] * n
     items = sorted((it for it in items if len(it[1]) > it[2]), key=lambda it: len(it[1]))
-    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+    body, head = model.base_model, model.get_output_embeddings()
+    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)  # Gemma 2 style heads
     was_training = model.training
     model.eval()
     try:
@@ -86,23 +94,25 @@ def _score(model: Any, items: list[tuple[int, list[int], int]], n: int, batch_si
             width = max(len(ids) for _, ids, _ in chunk)
             input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             attention = torch.zeros((len(chunk), width), dtype=torch.long)
-            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+            targets = torch.full((len(chunk), width), -100, dtype=torch.long)  # position t predicts token t+1
             for r, (_, ids, n_mask) in enumerate(chunk):
                 input_ids[r, : len(ids)] = torch.tensor(ids)
                 attention[r, : len(ids)] = 1
-                labels[r, n_mask : len(ids)] = torch.tensor(ids[n_mask:])
-            # position t predicts token t+1: only positions from the earliest scored token's predecessor on matter
-            first = min(n_mask for _, _, n_mask in chunk) - 1
-            kw = {"logits_to_keep": width - first} if keeps_logits else {}
+                targets[r, n_mask - 1 : len(ids) - 1] = torch.tensor(ids[n_mask:])
+            rows, cols = (targets != -100).nonzero(as_tuple=True)
             with torch.inference_mode():
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kw).logits
-                logits = logits[:, -(width - first):]  # positions first .. width-1
-                targets = torch.cat([labels[:, first + 1 :], torch.full((len(chunk), 1), -100)], 1).to(device)
-                nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
-                counts = (targets != -100).sum(1)
-                mean_nll = (nll.sum(1) / counts).cpu().tolist()
-            for (i, _, _), v in zip(chunk, mean_nll):
-                out[i] = math.exp(v)
+                hidden = body(input_ids=input_ids.to(device), attention_mask=attention.to(device)).last_hidden_state
+                picked, wanted = hidden[rows.to(device), cols.to(device)], targets[rows, cols].to(device)
+                nll = torch.empty(len(rows), dtype=torch.float32, device=device)
+                for a in range(0, len(rows), max(1, logit_chunk)):
+                    logits = head(picked[a : a + logit_chunk]).float()
+                    if softcap:
+                        logits = torch.tanh(logits / softcap) * softcap
+                    nll[a : a + logit_chunk] = F.cross_entropy(logits, wanted[a : a + logit_chunk], reduction="none")
+                sums = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, rows, nll.double().cpu())
+                counts = torch.bincount(rows, minlength=len(chunk))
+            for (i, _, _), total, count in zip(chunk, sums.tolist(), counts.tolist()):
+                out[i] = math.exp(total / count)
     finally:
         model.train(was_training)
     return out
