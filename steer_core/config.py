@@ -163,7 +163,8 @@ class PromptSetConfig(Strict):
 class EvalConfig(Strict):
     control: Literal["sentiment", "toxicity"] = "sentiment"
     scorer: str = "vader"
-    judge: str = Field("base", description="'base' = the unsteered base model, or any model spec")
+    judge: str = Field("base", description="'base' = the unsteered base model (read while sampling), 'gemma3-270m' (an "
+                       "independent judge, optional package), or any model spec")
     strengths: list[float] = Field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])
     samples: int = Field(4, ge=1)
     max_new_tokens: int = Field(20, ge=1)

