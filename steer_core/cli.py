@@ -112,10 +112,8 @@ def train(
     optimizer: str = typer.Option("adam", "--optimizer", help="adam | lbfgs"),
     batch_tokens: int = typer.Option(_TRAIN["tokens_per_batch"], "--batch-tokens", min=16,
                                      help="tokens per packed batch"),
-    max_length: int = typer.Option(_TRAIN["max_length"], "--max-length", min=4),
     max_texts: Optional[int] = typer.Option(None, "--max-texts", min=2),
     val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.9),
-    no_dummy: bool = typer.Option(False, "--no-dummy", help="do not train the domain-absorbing dummy steer"),
     device: str = typer.Option("auto", "--device"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
     seed: int = typer.Option(0, "--seed"),
@@ -157,7 +155,7 @@ def train(
     if len({r["value"] for r in tr}) < 2:
         raise ValueError("the training split holds fewer than two steer values; add data or lower --val-fraction")
     cfg = TrainConfig(rank=rank, epsilon=epsilon, optimizer=optimizer, lr=lr, epochs=epochs,
-                      tokens_per_batch=batch_tokens, max_length=max_length, dummy=not no_dummy)
+                      tokens_per_batch=batch_tokens)  # max_length, dummy: params.yaml's train section sets them
     _runtime(threads)
     s = fit_and_write(load_lm(model, device), name, tr, va, cfg, out_path, seed=seed,
                       work=work_dir or out_path.parent / f".{out_path.stem}.work", progress=not quiet,
