@@ -321,6 +321,19 @@ class FitData:
     val_values: torch.Tensor
 
 
+@dataclass
+class FitRun:
+    """What stays fixed while a fit runs: the frozen output head, the data, the settings, the seed of the token
+    orders, where checkpoints go (None: nowhere) and who hears of each step."""
+
+    head: OutputHead
+    data: FitData
+    cfg: TrainConfig
+    seed: int
+    work: Path | None
+    on_step: Callable[[int, float], None] | None
+
+
 def fit_steer(
     lm: LoadedLM,
     train_texts: Sequence[str],
@@ -361,7 +374,7 @@ def fit_steer(
         summary.base_val_loss = evaluate_loss(head, untrained, data.val, data.val_values)
 
     t1 = time.perf_counter()
-    _run_epochs(state, head, data, cfg, seed=seed, work=work, progress=progress, on_step=on_step)
+    _run_epochs(state, FitRun(head, data, cfg, seed, work, on_step), progress)
     steer = _best_steer(state)
     summary.epochs, summary.steps = state.epoch, state.steps
     summary.best_val_loss, summary.best_epoch = state.best, state.best_epoch
@@ -411,18 +424,9 @@ def _start(lm: LoadedLM, names: Sequence[str], cfg: TrainConfig, work: Path | No
     return state
 
 
-def _run_epochs(
-    state: FitState,
-    head: OutputHead,
-    data: FitData,
-    cfg: TrainConfig,
-    *,
-    seed: int,
-    work: Path | None,
-    progress: bool,
-    on_step: Callable[[int, float], None] | None,
-) -> None:
-    """Train from ``state`` until ``cfg.epochs`` are done or patience runs out, checkpointing into ``work``."""
+def _run_epochs(state: FitState, run: FitRun, progress: bool) -> None:
+    """Train from ``state`` until ``cfg.epochs`` are done or patience runs out, checkpointing into ``run.work``."""
+    data, cfg = run.data, run.cfg
     steps_per_epoch = math.ceil(data.train.tokens / cfg.tokens_per_batch)
     bar = None
     if progress:
@@ -431,32 +435,23 @@ def _run_epochs(
         bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=state.steps, desc="fit steer", unit="step")
     while state.epoch < cfg.epochs and not state.stopped_early:
         if cfg.optimizer == "lbfgs":
-            loss = _lbfgs_epoch(state.opt, state.steer, head, data.train, data.train_values, head.device)
+            loss = _lbfgs_epoch(state.opt, state.steer, run.head, data.train, data.train_values, run.head.device)
             state.epoch_loss_sum, state.epoch_tokens = loss * data.train.tokens, data.train.tokens
             state.steps += 1
             if bar:
                 bar.update(steps_per_epoch)
         else:
-            _adam_epoch(state, head, data, cfg, seed=seed, work=work, bar=bar, on_step=on_step)
-        _end_epoch(state, head, data, cfg, work)
+            _adam_epoch(state, run, bar)
+        _end_epoch(state, run)
     if bar:
         bar.close()
 
 
-def _adam_epoch(
-    state: FitState,
-    head: OutputHead,
-    data: FitData,
-    cfg: TrainConfig,
-    *,
-    seed: int,
-    work: Path | None,
-    bar,
-    on_step: Callable[[int, float], None] | None,
-) -> None:
+def _adam_epoch(state: FitState, run: FitRun, bar) -> None:
     """The rest of the current epoch (from ``state.step_in_epoch``) in token-packed batches of the epoch's order."""
+    head, data, cfg = run.head, run.data, run.cfg
     train, dev, n = data.train, head.device, data.train.tokens
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + state.epoch))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(run.seed * 100003 + state.epoch))
     for b in range(state.step_in_epoch, math.ceil(n / cfg.tokens_per_batch)):
         idx = order[b * cfg.tokens_per_batch : (b + 1) * cfg.tokens_per_batch]
         h, y = train.h[idx].to(dev), train.targets[idx].to(dev)
@@ -472,17 +467,18 @@ def _adam_epoch(
         if bar:
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        if on_step:
-            on_step(state.steps, float(loss.detach()))
-        if work is not None and state.steps % cfg.checkpoint_every == 0:
-            save_checkpoint(work, state)
+        if run.on_step:
+            run.on_step(state.steps, float(loss.detach()))
+        if run.work is not None and state.steps % cfg.checkpoint_every == 0:
+            save_checkpoint(run.work, state)
 
 
-def _end_epoch(state: FitState, head: OutputHead, data: FitData, cfg: TrainConfig, work: Path | None) -> None:
+def _end_epoch(state: FitState, run: FitRun) -> None:
     """Record the epoch's losses, keep the steer if it is the best so far (else count patience), checkpoint."""
+    data, work = run.data, run.work
     state.train_history.append(state.epoch_loss_sum / max(state.epoch_tokens, 1))
     if data.val is not None:
-        vloss = evaluate_loss(head, state.steer, data.val, data.val_values)
+        vloss = evaluate_loss(run.head, state.steer, data.val, data.val_values)
     else:
         vloss = state.train_history[-1]
     state.val_history.append(vloss)
@@ -494,7 +490,7 @@ def _end_epoch(state: FitState, head: OutputHead, data: FitData, cfg: TrainConfi
             state.steer.save(best_path)
     else:
         state.bad_epochs += 1
-        if cfg.patience and state.bad_epochs >= cfg.patience:
+        if run.cfg.patience and state.bad_epochs >= run.cfg.patience:
             state.stopped_early = True
     state.epoch, state.step_in_epoch, state.epoch_loss_sum, state.epoch_tokens = state.epoch + 1, 0, 0.0, 0
     if work is not None:
