@@ -112,10 +112,8 @@ def train(
     optimizer: str = typer.Option("adam", "--optimizer", help="adam | lbfgs"),
     batch_tokens: int = typer.Option(_TRAIN["tokens_per_batch"], "--batch-tokens", min=16,
                                      help="tokens per packed batch"),
-    max_length: int = typer.Option(_TRAIN["max_length"], "--max-length", min=4),
     max_texts: Optional[int] = typer.Option(None, "--max-texts", min=2),
     val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.9),
-    no_dummy: bool = typer.Option(False, "--no-dummy", help="do not train the domain-absorbing dummy steer"),
     device: str = typer.Option("auto", "--device"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
     seed: int = typer.Option(0, "--seed"),
@@ -125,10 +123,9 @@ def train(
     """Fit a steer on labelled text (the LM stays frozen; hidden states are computed once).
 
     Either ``steer train NAME`` (the pipeline stage: data and settings from params.yaml) or
-    ``steer train --data FILE --out STEER.safetensors [options]``.
+    ``steer train --data FILE --out STEER.safetensors [options]``: the same fit and writer
+    (``pipeline.fit_and_write``), on the file's labelled rows split by each text's hash.
     """
-    import torch
-
     if steer_name is not None:
         from .config import load_params
         from .pipeline import train_stage
@@ -139,11 +136,10 @@ def train(
     if data is None or out_path is None:
         raise ValueError("give a steer NAME from params.yaml, or both --data FILE and --out STEER.safetensors")
 
-    from .config import TrainConfig
     from .data import read_training_file
-    from .files import write_atomic
     from .lm import load_lm
-    from .train import default_hidden_cache, fit_steer, texts_hash
+    from .pipeline import fit_and_write
+    from .train import texts_hash
 
     if out_path.suffix != ".safetensors":
         raise ValueError(f"--out {out_path} must end in .safetensors")
@@ -151,36 +147,24 @@ def train(
         raise ValueError(f"--optimizer {optimizer!r}: expected adam or lbfgs")
     texts, raw_labels = read_training_file(data)
     values = labels_to_values([str(x) for x in raw_labels], parse_label_map(labels))
-    rows = [(t, v) for t, v in zip(texts, values) if v == v]
+    rows = [{"text": t, "value": v} for t, v in zip(texts, values) if v == v]
     if max_texts:
-        rows = sorted(rows, key=lambda r: hashlib.sha256(r[0].encode()).digest())[:max_texts]
-    names = [name, "dummy"] if not no_dummy else [name]
-    to_vec = (lambda v: [v, 1.0]) if not no_dummy else (lambda v: [v])
-    tr = [r for r in rows if not _val_split(r[0], val_fraction)]
-    va = [r for r in rows if _val_split(r[0], val_fraction)]
-    if len({v for _, v in tr}) < 2:
+        rows = sorted(rows, key=lambda r: hashlib.sha256(r["text"].encode()).digest())[:max_texts]
+    tr = [r for r in rows if not _val_split(r["text"], val_fraction)]
+    va = [r for r in rows if _val_split(r["text"], val_fraction)]
+    if len({r["value"] for r in tr}) < 2:
         raise ValueError("the training split holds fewer than two steer values; add data or lower --val-fraction")
     cfg = TrainConfig(rank=rank, epsilon=epsilon, optimizer=optimizer, lr=lr, epochs=epochs,
-                      tokens_per_batch=batch_tokens, max_length=max_length, dummy=not no_dummy)
+                      tokens_per_batch=batch_tokens)  # max_length, dummy: params.yaml's train section sets them
     _runtime(threads)
-    lm = load_lm(model, device)
-    work = work_dir or out_path.parent / f".{out_path.stem}.work"
-    steer, summary = fit_steer(
-        lm, [t for t, _ in tr], torch.tensor([to_vec(v) for _, v in tr]),
-        [t for t, _ in va], torch.tensor([to_vec(v) for _, v in va]).reshape(-1, len(names)),
-        names, cfg, seed=seed, work_dir=work, hidden_cache_dir=default_hidden_cache(), progress=not quiet,
-    )
-    steer.metadata.update(data_file=str(data), data_hash=texts_hash([t for t, _ in rows]), labels=labels or "auto")
-    steer.save(out_path)
-    card = out_path.with_suffix(".json")
-    write_atomic(card, json.dumps({**steer.metadata, "run": summary.circumstances()}, indent=2, default=str))
-    import shutil
-
-    shutil.rmtree(work, ignore_errors=True)
-    s = summary
+    s = fit_and_write(load_lm(model, device), name, tr, va, cfg, out_path, seed=seed,
+                      work=work_dir or out_path.parent / f".{out_path.stem}.work", progress=not quiet,
+                      metadata=dict(data_file=str(data), data_hash=texts_hash([r["text"] for r in rows]),
+                                    labels=labels or "auto"))
     err.print(
-        f"saved {out_path} (card {card.name}): {len(tr)} train / {len(va)} val texts, {s.steps} steps, val loss "
-        f"{s.base_val_loss:.4f} → {s.best_val_loss:.4f} (cache {s.cache_seconds}s, fit {s.fit_seconds}s)"
+        f"saved {out_path} (card {out_path.with_suffix('.json').name}): {len(tr)} train / {len(va)} val texts, "
+        f"{s.steps} steps, val loss {s.base_val_loss:.4f} → {s.best_val_loss:.4f} (cache {s.cache_seconds}s, "
+        f"fit {s.fit_seconds}s)"
     )
 
 

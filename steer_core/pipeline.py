@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .config import Params, SteerSpec, load_params
+from .config import Params, SteerSpec, TrainConfig, load_params
 from .errors import one_line_errors
 from .files import write_together
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from .lm import LoadedLM
+    from .train import TrainSummary
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,9 @@ def _needs_lm(source) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- train
-def steer_names(name: str, spec: SteerSpec) -> list[str]:
-    return [name, "dummy"] if spec.train.dummy else [name]
+def steer_names(name: str, cfg: TrainConfig) -> list[str]:
+    """The steers a fit trains: ``name``, plus the domain-absorbing 'dummy' one unless ``cfg.dummy`` is off."""
+    return [name, "dummy"] if cfg.dummy else [name]
 
 
 def _values(rows: list[dict], n: int) -> torch.Tensor:
@@ -153,22 +155,47 @@ def train_stage(
     train = read_jsonl(paths.prepared / "train.jsonl")
     val = read_jsonl(paths.prepared / "val.jsonl") if (paths.prepared / "val.jsonl").exists() else []
     card = json.loads(paths.data_card.read_text()) if paths.data_card.exists() else {}
+    fit_and_write(runtime_lm(params, lm), name, train, val, spec.train, paths.steer, seed=params.runtime.seed,
+                  work=paths.work, metadata=dict(steer=name, data_hash=card.get("content_hash"),
+                                                 labels=spec.data.labels), progress=progress)
+    return paths.steer
+
+
+def fit_and_write(
+    lm: LoadedLM,
+    name: str,
+    train: list[dict],
+    val: list[dict],
+    cfg: TrainConfig,
+    steer_path: Path,
+    *,
+    seed: int,
+    work: Path,
+    metadata: dict,
+    progress: bool,
+) -> TrainSummary:
+    """Fit steer ``name`` on rows ``{"text", "value"}`` and write it with its JSON card (``steer_path`` with the
+    suffix .json), both together or neither; ``work`` holds the checkpoints (a rerun resumes) and goes on success.
+
+    The one implementation behind the train stage (``steer train NAME``, dvc.yaml) and ``steer train --data FILE``;
+    ``metadata`` is what the caller knows about the data (it lands in the steer's header and the card).
+    """
     from .train import default_hidden_cache, fit_steer
 
-    model = runtime_lm(params, lm)
-    names = steer_names(name, spec)
+    names = steer_names(name, cfg)
     steer, summary = fit_steer(
-        model, [r["text"] for r in train], _values(train, len(names)), [r["text"] for r in val],
-        _values(val, len(names)), names, spec.train, seed=params.runtime.seed, work_dir=paths.work,
-        hidden_cache_dir=default_hidden_cache(), progress=progress,
+        lm, [r["text"] for r in train], _values(train, len(names)), [r["text"] for r in val],
+        _values(val, len(names)), names, cfg, seed=seed, work_dir=work, hidden_cache_dir=default_hidden_cache(),
+        progress=progress,
     )
-    steer.metadata.update(steer=name, data_hash=card.get("content_hash"), labels=spec.data.labels)
+    steer.metadata.update(metadata)
     write_together({  # byte-identical steer for equal inputs: DVC and the registry address it by hash
-        paths.steer: steer.to_bytes(),
-        paths.steer_card: json.dumps({**steer.metadata, "run": summary.circumstances()}, indent=2, default=str),
+        steer_path: steer.to_bytes(),
+        steer_path.with_suffix(".json"): json.dumps({**steer.metadata, "run": summary.circumstances()}, indent=2,
+                                                    default=str),
     })
-    shutil.rmtree(paths.work, ignore_errors=True)
-    return paths.steer
+    shutil.rmtree(work, ignore_errors=True)
+    return summary
 
 
 # --------------------------------------------------------------------------------------------- evaluate

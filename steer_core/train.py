@@ -225,15 +225,53 @@ def evaluate_loss(
     return total / max(cache.tokens, 1)
 
 
-# --------------------------------------------------------------------------------------------- checkpoints
+# --------------------------------------------------------------------------------------------- fit state & checkpoint
+@dataclass
+class FitState:
+    """Everything a fit carries from one step to the next, i.e. what its checkpoint holds.
+
+    The steer (W) and the optimizer's moments are tensors and go into the checkpoint's safetensors body; the counters
+    below go into its header as JSON. No RNG state is kept: each epoch's token order derives from (seed, epoch), so a
+    resumed fit replays exactly the steps the interrupted one would have taken. The best epoch's weights live in
+    ``best.safetensors`` next to the checkpoint (a resumed fit reads them back from there).
+    """
+
+    steer: Steer
+    opt: torch.optim.Optimizer
+    epoch: int = 0  # epochs finished
+    step_in_epoch: int = 0  # batches of the current epoch already taken (a resume continues from here)
+    steps: int = 0  # optimizer steps over the whole fit
+    best: float | None = None  # best validation loss so far
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the best one (the patience counter)
+    val_history: list[float] = field(default_factory=list)
+    train_history: list[float] = field(default_factory=list)
+    epoch_loss_sum: float = 0.0  # token-weighted train loss of the current epoch so far
+    epoch_tokens: int = 0
+    best_weights: dict[str, torch.Tensor] | None = None  # not checkpointed here: see best.safetensors
+    stopped_early: bool = False  # not checkpointed (as before): a resumed fit re-checks patience on its next epoch
+
+    def progress(self) -> dict:
+        """The JSON half of the checkpoint (the same keys, in the same order, as checkpoints have always had)."""
+        return {k: getattr(self, k) for k in _PROGRESS}
+
+    def restore_progress(self, progress: dict) -> None:
+        for k in _PROGRESS:
+            setattr(self, k, progress[k])
+
+
+_PROGRESS = ("epoch", "step_in_epoch", "steps", "best", "best_epoch", "bad_epochs", "val_history", "train_history",
+             "epoch_loss_sum", "epoch_tokens")
+
+
 def _checkpoint_path(directory: Path) -> Path:
     return Path(directory) / "checkpoint.safetensors"
 
 
-def save_checkpoint(directory: Path, steer: Steer, opt: torch.optim.Optimizer, state: dict) -> None:
-    """Steer + optimizer state as safetensors (no pickle), written atomically."""
-    tensors = {f"steer.{k}": v.detach().cpu().contiguous() for k, v in steer.state_dict().items()}
-    opt_state = opt.state_dict()
+def save_checkpoint(directory: Path, state: FitState) -> None:
+    """Steer + optimizer tensors as safetensors, counters as JSON in its header (no pickle), written atomically."""
+    tensors = {f"steer.{k}": v.detach().cpu().contiguous() for k, v in state.steer.state_dict().items()}
+    opt_state = state.opt.state_dict()
     scalars = {}
     for pid, st in opt_state["state"].items():
         for k, v in st.items():
@@ -241,7 +279,7 @@ def save_checkpoint(directory: Path, steer: Steer, opt: torch.optim.Optimizer, s
                 tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
             else:
                 scalars[f"{pid}.{k}"] = v
-    meta = {"state": json.dumps(state), "opt_scalars": json.dumps(scalars),
+    meta = {"state": json.dumps(state.progress()), "opt_scalars": json.dumps(scalars),
             "param_groups": json.dumps(opt_state["param_groups"])}
     path = _checkpoint_path(directory)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -250,28 +288,52 @@ def save_checkpoint(directory: Path, steer: Steer, opt: torch.optim.Optimizer, s
     os.replace(tmp, path)
 
 
-def load_checkpoint(directory: Path, steer: Steer, opt: torch.optim.Optimizer) -> dict | None:
-    """Restore steer and optimizer from ``directory``; None when there is no checkpoint."""
+def load_checkpoint(directory: Path, state: FitState) -> bool:
+    """Restore ``state`` (steer, optimizer, counters) from ``directory``; False when there is no checkpoint."""
     path = _checkpoint_path(directory)
     if not path.is_file():
-        return None
+        return False
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    steer.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("steer.")})
-    state: dict = {}
+    state.steer.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("steer.")})
+    opt_state: dict = {}
     for k, v in tensors.items():
         if k.startswith("opt."):
             _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
+            opt_state.setdefault(int(pid), {})[name] = v
     for k, v in json.loads(meta["opt_scalars"]).items():
         pid, name = k.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-    return json.loads(meta["state"])
+        opt_state.setdefault(int(pid), {})[name] = v
+    state.opt.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["param_groups"])})
+    state.restore_progress(json.loads(meta["state"]))
+    return True
 
 
 # --------------------------------------------------------------------------------------------- fit
+@dataclass
+class FitData:
+    """What a fit fits on: the cached hidden states of each split and every text's steer values (rows × names)."""
+
+    train: HiddenCache
+    train_values: torch.Tensor
+    val: HiddenCache | None
+    val_values: torch.Tensor
+
+
+@dataclass
+class FitRun:
+    """What stays fixed while a fit runs: the frozen output head, the data, the settings, the seed of the token
+    orders, where checkpoints go (None: nowhere) and who hears of each step."""
+
+    head: OutputHead
+    data: FitData
+    cfg: TrainConfig
+    seed: int
+    work: Path | None
+    on_step: Callable[[int, float], None] | None
+
+
 def fit_steer(
     lm: LoadedLM,
     train_texts: Sequence[str],
@@ -291,7 +353,7 @@ def fit_steer(
 
     ``work_dir`` holds the checkpoint: with it, a crashed fit resumes where it stopped (same result).
     ``hidden_cache_dir`` (default: ``work_dir``) keeps hidden states per model and text set, so a rerun on the
-    same texts skips the LM body entirely.
+    same texts skips the LM body entirely. Reads top to bottom: cache → start (or resume) → epochs → best epoch.
     """
     if len(train_texts) != len(train_values) or len(val_texts) != len(val_values):
         raise ValueError("texts and values must have the same length")
@@ -300,101 +362,146 @@ def fit_steer(
     work = Path(work_dir) if work_dir is not None else None
     hidden = Path(hidden_cache_dir) if hidden_cache_dir is not None else work
     t0 = time.perf_counter()
-    train, _ = cached_hidden_states(lm, train_texts, cfg.max_length, hidden, progress)
-    val, _ = cached_hidden_states(lm, val_texts, cfg.max_length, hidden, progress) if len(val_texts) else (None, False)
+    data = _cached_hidden_states(lm, train_texts, train_values, val_texts, val_values, cfg, hidden, progress)
     summary.cache_seconds = round(time.perf_counter() - t0, 2)
-    summary.train_tokens, summary.val_tokens = train.tokens, (val.tokens if val else 0)
+    summary.train_tokens, summary.val_tokens = data.train.tokens, (data.val.tokens if data.val else 0)
 
-    dev = lm.device
-    head = OutputHead(lm, dev)
-    steer = Steer(names, lm.dim, cfg.rank, cfg.epsilon).to(dev)
-    train_values, val_values = train_values.float(), val_values.float()
-    opt = _optimizer(steer, cfg)
-    state = {"epoch": 0, "step_in_epoch": 0, "steps": 0, "best": None, "best_epoch": 0, "bad_epochs": 0,
-             "val_history": [], "train_history": [], "epoch_loss_sum": 0.0, "epoch_tokens": 0}
-    best_path = work / "best.safetensors" if work else None
-    if work is not None:
-        restored = load_checkpoint(work, steer, opt)
-        if restored is not None:
-            state = restored
-            summary.resumed_from_step = state["steps"]
-    if val is not None:
-        summary.base_val_loss = evaluate_loss(head, Steer(names, lm.dim, None, cfg.epsilon).to(dev), val, val_values)
-    best_state = None
-    if state["best"] is not None and best_path is not None and best_path.is_file():
-        best_state = Steer.load(best_path).state_dict()
+    head = OutputHead(lm, lm.device)
+    state = _start(lm, names, cfg, work)
+    summary.resumed_from_step = state.steps
+    if data.val is not None:  # the untrained steer's loss: what the fit improves on
+        untrained = Steer(names, lm.dim, None, cfg.epsilon).to(lm.device)
+        summary.base_val_loss = evaluate_loss(head, untrained, data.val, data.val_values)
 
     t1 = time.perf_counter()
-    n = train.tokens
-    steps_per_epoch = math.ceil(n / cfg.tokens_per_batch)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=state["steps"], desc="fit steer", unit="step")
-    stopped = False
-    while state["epoch"] < cfg.epochs and not stopped:
-        epoch = state["epoch"]
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-        if cfg.optimizer == "lbfgs":
-            loss = _lbfgs_epoch(opt, steer, head, train, train_values, dev)
-            state["epoch_loss_sum"], state["epoch_tokens"] = loss * n, n
-            state["steps"] += 1
-            if bar:
-                bar.update(steps_per_epoch)
-        else:
-            for b in range(state["step_in_epoch"], steps_per_epoch):
-                idx = order[b * cfg.tokens_per_batch : (b + 1) * cfg.tokens_per_batch]
-                h, y = train.h[idx].to(dev), train.targets[idx].to(dev)
-                v = train_values[train.text_index[idx]].to(dev)
-                opt.zero_grad(set_to_none=True)
-                loss = head.loss(steer, h, v, y)
-                loss.backward()
-                opt.step()
-                state["steps"] += 1
-                state["step_in_epoch"] = b + 1
-                state["epoch_loss_sum"] += float(loss.detach()) * len(idx)
-                state["epoch_tokens"] += len(idx)
-                if bar:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-                if on_step:
-                    on_step(state["steps"], float(loss.detach()))
-                if work is not None and state["steps"] % cfg.checkpoint_every == 0:
-                    save_checkpoint(work, steer, opt, state)
-        state["train_history"].append(state["epoch_loss_sum"] / max(state["epoch_tokens"], 1))
-        vloss = evaluate_loss(head, steer, val, val_values) if val is not None else state["train_history"][-1]
-        state["val_history"].append(vloss)
-        if state["best"] is None or vloss < state["best"]:
-            state["best"], state["best_epoch"], state["bad_epochs"] = vloss, epoch + 1, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in steer.state_dict().items()}
-            if best_path is not None:
-                steer.save(best_path)
-        else:
-            state["bad_epochs"] += 1
-            if cfg.patience and state["bad_epochs"] >= cfg.patience:
-                stopped = True
-        state.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0, epoch_tokens=0)
-        if work is not None:
-            save_checkpoint(work, steer, opt, state)
-    if bar:
-        bar.close()
-    if best_state is not None:
-        steer.load_state_dict(best_state)
-    summary.epochs, summary.steps = state["epoch"], state["steps"]
-    summary.best_val_loss, summary.best_epoch = state["best"], state["best_epoch"]
-    summary.val_history, summary.train_history = state["val_history"], state["train_history"]
-    summary.stopped_early = stopped
+    _run_epochs(state, FitRun(head, data, cfg, seed, work, on_step), progress)
+    steer = _best_steer(state)
+    summary.epochs, summary.steps = state.epoch, state.steps
+    summary.best_val_loss, summary.best_epoch = state.best, state.best_epoch
+    summary.val_history, summary.train_history = state.val_history, state.train_history
+    summary.stopped_early = state.stopped_early
     summary.fit_seconds = round(time.perf_counter() - t1, 2)
     steer.metadata.update(
         base_fingerprint=lm.fingerprint,
         base_model=lm.spec,
         base_name=lm.name,
-        train_data_hash=texts_hash(train_texts, train_values),
+        train_data_hash=texts_hash(train_texts, data.train_values),
         train=cfg.model_dump(),
         summary=summary.content(),
     )
     return steer.cpu(), summary
+
+
+def _cached_hidden_states(
+    lm: LoadedLM,
+    train_texts: Sequence[str],
+    train_values: torch.Tensor,
+    val_texts: Sequence[str],
+    val_values: torch.Tensor,
+    cfg: TrainConfig,
+    hidden: Path | None,
+    progress: bool,
+) -> FitData:
+    """Both splits' hidden states (from ``hidden`` when cached before); an empty val split has none."""
+    train, _ = cached_hidden_states(lm, train_texts, cfg.max_length, hidden, progress)
+    val, _ = cached_hidden_states(lm, val_texts, cfg.max_length, hidden, progress) if len(val_texts) else (None, False)
+    return FitData(train, train_values.float(), val, val_values.float())
+
+
+def _best_path(work: Path | None) -> Path | None:
+    return work / "best.safetensors" if work is not None else None
+
+
+def _start(lm: LoadedLM, names: Sequence[str], cfg: TrainConfig, work: Path | None) -> FitState:
+    """A fresh steer and optimizer, or, when ``work`` holds a checkpoint, the interrupted fit's state."""
+    steer = Steer(names, lm.dim, cfg.rank, cfg.epsilon).to(lm.device)
+    state = FitState(steer, _optimizer(steer, cfg))
+    if work is not None:
+        load_checkpoint(work, state)
+    best_path = _best_path(work)
+    if state.best is not None and best_path is not None and best_path.is_file():
+        state.best_weights = Steer.load(best_path).state_dict()
+    return state
+
+
+def _run_epochs(state: FitState, run: FitRun, progress: bool) -> None:
+    """Train from ``state`` until ``cfg.epochs`` are done or patience runs out, checkpointing into ``run.work``."""
+    data, cfg = run.data, run.cfg
+    steps_per_epoch = math.ceil(data.train.tokens / cfg.tokens_per_batch)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=state.steps, desc="fit steer", unit="step")
+    while state.epoch < cfg.epochs and not state.stopped_early:
+        if cfg.optimizer == "lbfgs":
+            loss = _lbfgs_epoch(state.opt, state.steer, run.head, data.train, data.train_values, run.head.device)
+            state.epoch_loss_sum, state.epoch_tokens = loss * data.train.tokens, data.train.tokens
+            state.steps += 1
+            if bar:
+                bar.update(steps_per_epoch)
+        else:
+            _adam_epoch(state, run, bar)
+        _end_epoch(state, run)
+    if bar:
+        bar.close()
+
+
+def _adam_epoch(state: FitState, run: FitRun, bar) -> None:
+    """The rest of the current epoch (from ``state.step_in_epoch``) in token-packed batches of the epoch's order."""
+    head, data, cfg = run.head, run.data, run.cfg
+    train, dev, n = data.train, head.device, data.train.tokens
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(run.seed * 100003 + state.epoch))
+    for b in range(state.step_in_epoch, math.ceil(n / cfg.tokens_per_batch)):
+        idx = order[b * cfg.tokens_per_batch : (b + 1) * cfg.tokens_per_batch]
+        h, y = train.h[idx].to(dev), train.targets[idx].to(dev)
+        v = data.train_values[train.text_index[idx]].to(dev)
+        state.opt.zero_grad(set_to_none=True)
+        loss = head.loss(state.steer, h, v, y)
+        loss.backward()
+        state.opt.step()
+        state.steps += 1
+        state.step_in_epoch = b + 1
+        state.epoch_loss_sum += float(loss.detach()) * len(idx)
+        state.epoch_tokens += len(idx)
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        if run.on_step:
+            run.on_step(state.steps, float(loss.detach()))
+        if run.work is not None and state.steps % cfg.checkpoint_every == 0:
+            save_checkpoint(run.work, state)
+
+
+def _end_epoch(state: FitState, run: FitRun) -> None:
+    """Record the epoch's losses, keep the steer if it is the best so far (else count patience), checkpoint."""
+    data, work = run.data, run.work
+    state.train_history.append(state.epoch_loss_sum / max(state.epoch_tokens, 1))
+    if data.val is not None:
+        vloss = evaluate_loss(run.head, state.steer, data.val, data.val_values)
+    else:
+        vloss = state.train_history[-1]
+    state.val_history.append(vloss)
+    if state.best is None or vloss < state.best:
+        state.best, state.best_epoch, state.bad_epochs = vloss, state.epoch + 1, 0
+        state.best_weights = {k: v.detach().cpu().clone() for k, v in state.steer.state_dict().items()}
+        best_path = _best_path(work)
+        if best_path is not None:
+            state.steer.save(best_path)
+    else:
+        state.bad_epochs += 1
+        if run.cfg.patience and state.bad_epochs >= run.cfg.patience:
+            state.stopped_early = True
+    state.epoch, state.step_in_epoch, state.epoch_loss_sum, state.epoch_tokens = state.epoch + 1, 0, 0.0, 0
+    if work is not None:
+        save_checkpoint(work, state)
+
+
+def _best_steer(state: FitState) -> Steer:
+    """The fitted steer at its best epoch's weights (the last epoch's when none was recorded)."""
+    if state.best_weights is not None:
+        state.steer.load_state_dict(state.best_weights)
+    return state.steer
 
 
 def _optimizer(steer: Steer, cfg: TrainConfig) -> torch.optim.Optimizer:
