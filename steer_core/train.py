@@ -249,23 +249,28 @@ class FitState:
     epoch_loss_sum: float = 0.0  # token-weighted train loss of the current epoch so far
     epoch_tokens: int = 0
     best_weights: dict[str, torch.Tensor] | None = None  # not checkpointed here: see best.safetensors
-    stopped_early: bool = False  # not checkpointed (as before): a resumed fit re-checks patience on its next epoch
+    stopped_early: bool = False  # checkpointed: a fit killed after it stopped early does not train on when resumed
 
     def progress(self) -> dict:
         """The JSON half of the checkpoint (the same keys, in the same order, as checkpoints have always had)."""
         return {k: getattr(self, k) for k in _PROGRESS}
 
     def restore_progress(self, progress: dict) -> None:
-        for k in _PROGRESS:
+        for k in _PROGRESS[:-1]:
             setattr(self, k, progress[k])
+        # a fit that stopped early stays stopped on resume (checkpoints written before this key: not stopped)
+        self.stopped_early = bool(progress.get("stopped_early", False))
 
 
 _PROGRESS = ("epoch", "step_in_epoch", "steps", "best", "best_epoch", "bad_epochs", "val_history", "train_history",
-             "epoch_loss_sum", "epoch_tokens")
+             "epoch_loss_sum", "epoch_tokens", "stopped_early")
 
 
 def _checkpoint_path(directory: Path) -> Path:
     return Path(directory) / "checkpoint.safetensors"
+
+
+TENSOR_LIST = "tensor_list"  # marks an optimizer state list whose tensors are stored one by one
 
 
 def save_checkpoint(directory: Path, state: FitState) -> None:
@@ -277,6 +282,13 @@ def save_checkpoint(directory: Path, state: FitState) -> None:
         for k, v in st.items():
             if torch.is_tensor(v):
                 tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
+            elif isinstance(v, (list, tuple)) and any(torch.is_tensor(x) for x in v):
+                # L-BFGS keeps its curvature history in lists of tensors (and Nones): each tensor stored on its own,
+                # the list's other items and the tensors' places as a scalar
+                at = [i for i, x in enumerate(v) if torch.is_tensor(x)]
+                for i in at:
+                    tensors[f"opt.{pid}.{k}.{i}"] = v[i].detach().cpu().contiguous().reshape(v[i].shape)
+                scalars[f"{pid}.{k}"] = {TENSOR_LIST: [None if torch.is_tensor(x) else x for x in v], "at": at}
             else:
                 scalars[f"{pid}.{k}"] = v
     meta = {"state": json.dumps(state.progress()), "opt_scalars": json.dumps(scalars),
@@ -298,13 +310,18 @@ def load_checkpoint(directory: Path, state: FitState) -> bool:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     state.steer.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("steer.")})
     opt_state: dict = {}
+    for k, v in json.loads(meta["opt_scalars"]).items():
+        pid, name = k.split(".", 1)
+        if isinstance(v, dict) and TENSOR_LIST in v:
+            items = list(v[TENSOR_LIST])
+            for i in v["at"]:
+                items[i] = tensors.pop(f"opt.{pid}.{name}.{i}")
+            v = items
+        opt_state.setdefault(int(pid), {})[name] = v
     for k, v in tensors.items():
         if k.startswith("opt."):
             _, pid, name = k.split(".", 2)
             opt_state.setdefault(int(pid), {})[name] = v
-    for k, v in json.loads(meta["opt_scalars"]).items():
-        pid, name = k.split(".", 1)
-        opt_state.setdefault(int(pid), {})[name] = v
     state.opt.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["param_groups"])})
     state.restore_progress(json.loads(meta["state"]))
     return True
@@ -440,6 +457,8 @@ def _run_epochs(state: FitState, run: FitRun, progress: bool) -> None:
             state.steps += 1
             if bar:
                 bar.update(steps_per_epoch)
+            if run.on_step:
+                run.on_step(state.steps, loss)
         else:
             _adam_epoch(state, run, bar)
         _end_epoch(state, run)

@@ -105,6 +105,36 @@ def test_resume_after_interruption_gives_the_same_steer(tiny_lm, tmp_path):
     torch.testing.assert_close(resumed.matrices(), whole.matrices(), rtol=0, atol=0)
 
 
+def test_lbfgs_checkpoints_its_history_and_resumes_to_the_same_steer(tiny_lm, tmp_path):
+    """L-BFGS keeps lists of tensors in its state: they go into the checkpoint one tensor each (no pickle)."""
+    texts, values = _data()
+    cfg = TrainConfig(optimizer="lbfgs", epochs=3, epsilon=0.1, patience=0)
+    args = (tiny_lm, texts, values, texts[:4], values[:4], ["style", "dummy"], cfg)
+    whole, _ = fit_steer(*args, seed=1, work_dir=tmp_path / "a")
+
+    def crash(step, loss):
+        if step == 2:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        fit_steer(*args, seed=1, work_dir=tmp_path / "b", on_step=crash)
+    resumed, summary = fit_steer(*args, seed=1, work_dir=tmp_path / "b")
+    assert summary.resumed_from_step == 1
+    torch.testing.assert_close(resumed.matrices(), whole.matrices(), rtol=0, atol=0)
+
+
+def test_a_fit_that_stopped_early_stays_stopped_when_run_again(tiny_lm, tmp_path):
+    """A kill after the last checkpoint of an early-stopped fit (before its steer is written) must not train on."""
+    texts, values = _data()
+    cfg = TrainConfig(epochs=8, lr=10.0, epsilon=0.5, tokens_per_batch=16, patience=1)  # overshoots at epoch 2
+    args = (tiny_lm, texts, values, texts[:4], values[:4], ["style", "dummy"], cfg)
+    first, summary = fit_steer(*args, seed=1, work_dir=tmp_path)
+    assert summary.stopped_early and len(summary.val_history) < cfg.epochs  # the premise: patience ran out
+    again, resumed = fit_steer(*args, seed=1, work_dir=tmp_path)  # the same work dir, as after a kill
+    assert resumed.val_history == summary.val_history
+    torch.testing.assert_close(again.matrices(), first.matrices(), rtol=0, atol=0)
+
+
 def test_kill_9_then_rerun_resumes_to_the_same_steer(tiny_dir, tmp_path):
     """A real crash: the CLI is SIGKILLed mid-fit; the same command then resumes from its checkpoint."""
     data = tmp_path / "d.jsonl"
