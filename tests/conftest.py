@@ -59,3 +59,12 @@ def tiny_lm(tiny_dir):
     from steer_core.lm import load_lm
 
     return load_lm(str(tiny_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """One temporary Prefect API server for the module: flows run in this process report to it."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
