@@ -180,7 +180,8 @@ def test_transfer_to_rotated_embeddings_keeps_the_steered_logits(tiny_lm, rotate
 
 
 # --------------------------------------------------------------------------------------------- explain
-@pytest.mark.parametrize("score", ["cosine", "dot"])
+# "dot" is the same computation without the row normalisation: in the full run only (18 s at load 7)
+@pytest.mark.parametrize("score", ["cosine", pytest.param("dot", marks=pytest.mark.slow)])
 def test_explain_directions_match_a_direct_svd(tiny_lm, score):
     st = random_steer(tiny_lm.dim, names=("style", "dummy"), seed=3)
     res = explain(st, tiny_lm, k=4, top_tokens=5, score=score)
@@ -235,6 +236,7 @@ def _wonderful_steer(lm) -> Steer:
     return st
 
 
+@pytest.mark.slow  # the real default model
 def test_highlight_finds_the_style_word(default_lm, tmp_path):
     st = _wonderful_steer(default_lm)
     text = "The hotel was clean and the staff were wonderful to us."
@@ -281,6 +283,7 @@ def test_cli_compose_json_and_refusal(tiny_lm, tiny_dir, tmp_path):
     assert not bad.exists()
 
 
+@pytest.mark.slow  # the CLI loads the model from disk per command (23 s at load 7.5)
 def test_cli_explain_highlight_merge_transfer(tiny_lm, tiny_dir, tmp_path):
     st = random_steer(tiny_lm.dim, fp=tiny_lm.fingerprint, base_model="test-model")
     st.metadata["base_model"] = str(tiny_dir)

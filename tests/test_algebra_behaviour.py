@@ -112,6 +112,7 @@ def test_composed_steer_moves_both_styles(default_lm):
 
 
 # --------------------------------------------------------------------------------------------- measured transfer
+@pytest.mark.slow  # generates and scores to measure the transfer (15 s at load 7.5)
 def test_measure_transfer_reports_both_models(tiny_lm):
     st = random_steer(tiny_lm, base_model="test-model")
     new, _ = transfer(st, tiny_lm, tiny_lm)
@@ -132,6 +133,7 @@ def test_measure_transfer_reports_both_models(tiny_lm):
         measure_transfer(tiny_lm, st, tiny_lm, new, prompts, cfg, strengths=[0.0])
 
 
+@pytest.mark.slow  # generates and scores to measure the transfer (15 s at load 7.5)
 def test_cli_transfer_measure(tiny_lm, tiny_dir, tmp_path):
     from steer_core.cli import app
 

@@ -48,6 +48,7 @@ def cluster():
         yield c
 
 
+@pytest.mark.slow  # starts a 2-worker Dask cluster
 def test_two_dask_workers_evaluate_exactly_like_the_local_executor(tiny_lm, tiny_dir, cluster) -> None:
     from steer_core.baselines import fit_actadd
     from flows.executors import dask_runner, share_prefect_api

@@ -129,6 +129,7 @@ def paths(root: Path) -> dict[str, Path]:
     }
 
 
+@pytest.mark.slow  # creates two MLflow sqlite stores (16 s at load 7.5)
 # ------------------------------------------------------------------------------------------------ quick checks
 def test_tracking_configure_follows_each_projects_params_within_one_process(tmp_path: Path, monkeypatch) -> None:
     """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; configure must not take its own export for the user's."""
@@ -154,6 +155,7 @@ def test_tracking_configure_follows_each_projects_params_within_one_process(tmp_
         mlflow.set_registry_uri(None)
 
 
+@pytest.mark.slow  # a `steer run` subprocess
 def test_cli_run_with_typod_params_key_exits_2_naming_the_key(tmp_path: Path) -> None:
     bad = json.loads(json.dumps(TINY_PARAMS))
     bad["steers"][NAME]["train"] = {"epocs": 1}

@@ -28,6 +28,8 @@ from tasks.registry import download_steer, get_champion, log_steer_model, promot
 from builders import random_steer, tiny_llama
 from servers import free_port, start_server, stop_server, wait_http
 
+pytestmark = pytest.mark.slow  # every test logs MLflow pyfunc models (~2–10 s each); two start servers
+
 GATE = GateConfig(max_ppl_increase=0.25, min_distinct_2=0.5, min_margin=0.0)
 PASS = decide({"control": 0.6, "ppl_increase": 0.1, "distinct_2": 0.8, "gain": 0.2}, None, GATE)
 FAIL = decide({"control": 0.6, "ppl_increase": 0.4, "distinct_2": 0.8, "gain": 0.2}, None, GATE)

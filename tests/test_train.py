@@ -105,6 +105,7 @@ def test_resume_after_interruption_gives_the_same_steer(tiny_lm, tmp_path):
     torch.testing.assert_close(resumed.matrices(), whole.matrices(), rtol=0, atol=0)
 
 
+@pytest.mark.slow  # fits in subprocesses
 def test_kill_9_then_rerun_resumes_to_the_same_steer(tiny_dir, tmp_path):
     """A real crash: the CLI is SIGKILLed mid-fit; the same command then resumes from its checkpoint."""
     data = tmp_path / "d.jsonl"
