@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("STEER_CACHE_DIR", str(ROOT / ".cache" / "steer"))
@@ -33,17 +32,13 @@ def default_lm():
 
 def build_tiny_model_dir(path: Path, tokenizer_dir: Path, hidden: int = 32, seed: int = 0) -> Path:
     """A tiny random Llama with the default tokenizer, saved as a normal HF model directory."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
+
+    from builders import tiny_llama
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-        tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-    )
-    model = LlamaForCausalLM(cfg)
+    model = tiny_llama(len(tok), hidden=hidden, seed=seed, tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
     model.save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return path
@@ -59,3 +54,12 @@ def tiny_lm(tiny_dir):
     from steer_core.lm import load_lm
 
     return load_lm(str(tiny_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """One temporary Prefect API server for the module: flows run in this process report to it."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

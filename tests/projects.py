@@ -7,9 +7,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sqlite3
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,3 +53,52 @@ def make_project(root: Path, params: dict, with_git: bool = True) -> Path:
         git(root, "add", "-A")
         git(root, "commit", "-q", "-m", "project")
     return root
+
+
+def copy_project(src: Path, dst: Path) -> Path:
+    """A copy of a project that has run, for one test to change: every file (mtimes kept), its git repo, DVC cache
+    and MLflow store. The store's absolute paths (the experiment's artifact location, runs' artifact URIs) are
+    rewritten to point into the copy, so nothing a test does reaches ``src``."""
+    src, dst = Path(src).resolve(), Path(dst)
+    shutil.copytree(src, dst)
+    db = dst / "mlflow.db"
+    if db.is_file():
+        replace_in_sqlite(db, str(src), str(dst.resolve()))
+    return dst
+
+
+def replace_in_sqlite(db: Path, old: str, new: str) -> None:
+    """``old`` → ``new`` in every text column of every table of ``db`` (whatever MLflow's schema is)."""
+    con = sqlite3.connect(db)
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for _, col, kind, *_ in con.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if any(t in kind.upper() for t in ("CHAR", "TEXT", "CLOB")):
+                    con.execute(f'UPDATE "{table}" SET "{col}" = REPLACE("{col}", ?, ?) WHERE instr("{col}", ?) > 0',
+                                (old, new, old))
+        con.commit()
+    finally:
+        con.close()
+
+
+@contextmanager
+def isolated_tracking() -> Iterator[None]:
+    """For in-process flow runs: no inherited MLflow URI (each project's params decide); afterwards no active run,
+    no global tracking/registry URI, the environment and torch's thread count (the params set 1) put back."""
+    import mlflow
+    import torch
+
+    threads = torch.get_num_threads()
+    mp = pytest.MonkeyPatch()
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # another test module may have left one
+        mp.delenv(var, raising=False)
+    try:
+        yield
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        mp.undo()
+        torch.set_num_threads(threads)

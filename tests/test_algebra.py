@@ -19,18 +19,9 @@ from steer_core.merge import MERGE_INFO, merge_into_model
 from steer_core.steer import BaseModelMismatch, Steer
 from steer_core.transfer import transfer
 
+from builders import random_steer
+
 runner = CliRunner()
-
-
-def _steer(dim, rank=None, names=("style", "dummy"), eps=1e-2, seed=0, fp=None) -> Steer:
-    torch.manual_seed(seed)
-    st = Steer(list(names), dim, rank, eps)
-    with torch.no_grad():
-        for p in st.parameters():
-            p.normal_()
-    if fp:
-        st.metadata.update(base_fingerprint=fp, base_model="test-model")
-    return st
 
 
 def _inputs(lm):
@@ -48,8 +39,8 @@ def _manual_logits(lm, ids, M: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("ranks", [(None, None), (4, 3), (None, 5)])
 def test_composition_equals_the_weighted_sum(tiny_lm, ranks):
     fp = tiny_lm.fingerprint
-    A = _steer(tiny_lm.dim, ranks[0], eps=1e-2, seed=1, fp=fp)
-    B = _steer(tiny_lm.dim, ranks[1], eps=3e-2, seed=2, fp=fp)  # another ε: folded into W
+    A = random_steer(tiny_lm.dim, ranks[0], eps=1e-2, seed=1, fp=fp, base_model="test-model")
+    B = random_steer(tiny_lm.dim, ranks[1], eps=3e-2, seed=2, fp=fp, base_model="test-model")  # another ε: folded into W
     a, b = 1.5, -0.5
     C = compose([(A, a), (B, b)], ["A", "B"])
     assert C.names == ["A.style", "B.style"]  # same name in both parts → prefixed; dummies dropped
@@ -72,8 +63,8 @@ def test_composition_equals_the_weighted_sum(tiny_lm, ranks):
 
 def test_compose_names_dummy_and_collapse(tiny_lm):
     d = tiny_lm.dim
-    A = _steer(d, 3, names=("sentiment", "dummy"), seed=1)
-    B = _steer(d, 2, names=("formality", "dummy"), seed=2, eps=2e-2)
+    A = random_steer(d, 3, names=("sentiment", "dummy"), seed=1)
+    B = random_steer(d, 2, names=("formality", "dummy"), seed=2, eps=2e-2)
     C = compose([(A, 1.0), (B, 2.0)], ["a", "b"])
     assert C.names == ["sentiment", "formality"]  # no clash: names kept
     K = compose([(A, 1.0), (B, 2.0)], ["a", "b"], keep_dummy=True)
@@ -86,17 +77,17 @@ def test_compose_names_dummy_and_collapse(tiny_lm):
     torch.testing.assert_close(S.matrices()[0], expected.detach(), rtol=1e-5, atol=1e-5)
     # a part with only a dummy has nothing to give
     with pytest.raises(ValueError, match="only a dummy"):
-        compose([(A, 1.0), (_steer(d, names=("dummy",)), 1.0)])
+        compose([(A, 1.0), (random_steer(d, names=("dummy",)), 1.0)])
 
 
 def test_compose_refuses_other_base_or_dim(tiny_lm):
     d = tiny_lm.dim
-    A = _steer(d, fp="a" * 64)
-    B = _steer(d, fp="b" * 64)
+    A = random_steer(d, fp="a" * 64, base_model="test-model")
+    B = random_steer(d, fp="b" * 64, base_model="test-model")
     with pytest.raises(BaseModelMismatch, match="different base models"):
         compose([(A, 1.0), (B, 1.0)])
     with pytest.raises(ValueError, match="hidden sizes"):
-        compose([(A, 1.0), (_steer(d + 8, fp="a" * 64), 1.0)])
+        compose([(A, 1.0), (random_steer(d + 8, fp="a" * 64, base_model="test-model"), 1.0)])
 
 
 def test_parse_part():
@@ -110,7 +101,7 @@ def test_parse_part():
 def test_merged_model_reproduces_steered_logits(tiny_lm, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    st = _steer(tiny_lm.dim, rank=4, fp=tiny_lm.fingerprint, eps=5e-2)
+    st = random_steer(tiny_lm.dim, rank=4, fp=tiny_lm.fingerprint, base_model="test-model", eps=5e-2)
     values = torch.tensor([2.0, -1.0])
     ids = _inputs(tiny_lm)
     with torch.no_grad():
@@ -137,7 +128,7 @@ def test_merged_model_reproduces_steered_logits(tiny_lm, tmp_path):
 
 # --------------------------------------------------------------------------------------------- transfer
 def test_transfer_to_the_same_model_is_exact(tiny_lm):
-    st = _steer(tiny_lm.dim, fp=tiny_lm.fingerprint)
+    st = random_steer(tiny_lm.dim, fp=tiny_lm.fingerprint, base_model="test-model")
     new, report = transfer(st, tiny_lm, tiny_lm)
     torch.testing.assert_close(new.matrices(), st.matrices().detach(), rtol=1e-4, atol=1e-4)
     assert report["r2_mean"] > 0.999999 and report["r2_back_mean"] > 0.999999
@@ -168,7 +159,7 @@ def rotated(tiny_dir, tmp_path_factory):
 @pytest.mark.parametrize("rank", [None, 3])
 def test_transfer_to_rotated_embeddings_keeps_the_steered_logits(tiny_lm, rotated, rank):
     dst, Q = rotated
-    st = _steer(tiny_lm.dim, rank=rank, fp=tiny_lm.fingerprint)
+    st = random_steer(tiny_lm.dim, rank=rank, fp=tiny_lm.fingerprint, base_model="test-model")
     new, report = transfer(st, tiny_lm, dst)
     assert report["r2_mean"] > 0.99999 and report["r2_min"] > 0.9999
     assert new.rank == st.rank
@@ -189,9 +180,10 @@ def test_transfer_to_rotated_embeddings_keeps_the_steered_logits(tiny_lm, rotate
 
 
 # --------------------------------------------------------------------------------------------- explain
-@pytest.mark.parametrize("score", ["cosine", "dot"])
+# "dot" is the same computation without the row normalisation: in the full run only (18 s at load 7)
+@pytest.mark.parametrize("score", ["cosine", pytest.param("dot", marks=pytest.mark.slow)])
 def test_explain_directions_match_a_direct_svd(tiny_lm, score):
-    st = _steer(tiny_lm.dim, names=("style", "dummy"), seed=3)
+    st = random_steer(tiny_lm.dim, names=("style", "dummy"), seed=3)
     res = explain(st, tiny_lm, k=4, top_tokens=5, score=score)
     W = st.matrices()[0].detach().double()
     U, S, Vh = torch.linalg.svd(W)
@@ -244,6 +236,7 @@ def _wonderful_steer(lm) -> Steer:
     return st
 
 
+@pytest.mark.slow  # the real default model
 def test_highlight_finds_the_style_word(default_lm, tmp_path):
     st = _wonderful_steer(default_lm)
     text = "The hotel was clean and the staff were wonderful to us."
@@ -275,14 +268,14 @@ def _json(result) -> dict:
 
 def test_cli_compose_json_and_refusal(tiny_lm, tiny_dir, tmp_path):
     fp = tiny_lm.fingerprint
-    a = _save(_steer(tiny_lm.dim, fp=fp, seed=1), tmp_path / "a.safetensors")
-    b = _save(_steer(tiny_lm.dim, rank=2, fp=fp, seed=2), tmp_path / "b.safetensors")
+    a = _save(random_steer(tiny_lm.dim, fp=fp, base_model="test-model", seed=1), tmp_path / "a.safetensors")
+    b = _save(random_steer(tiny_lm.dim, rank=2, fp=fp, base_model="test-model", seed=2), tmp_path / "b.safetensors")
     out = tmp_path / "c.safetensors"
     doc = _json(runner.invoke(app, ["compose", f"{a}:1.0", f"{b}:-0.5", "--out", str(out), "--json"]))
     assert doc["names"] == ["a.style", "b.style"] and [p["weight"] for p in doc["parts"]] == [1.0, -0.5]
     C = Steer.load(out, expect_fingerprint=fp)
     torch.testing.assert_close(C.matrices()[1], -0.5 * Steer.load(b).matrices()[0].detach(), rtol=1e-5, atol=1e-6)
-    other = _save(_steer(tiny_lm.dim, fp="f" * 64), tmp_path / "other.safetensors")
+    other = _save(random_steer(tiny_lm.dim, fp="f" * 64, base_model="test-model"), tmp_path / "other.safetensors")
     bad = tmp_path / "bad.safetensors"
     res = runner.invoke(app, ["compose", f"{a}:1", f"{other}:1", "--out", str(bad)])
     assert res.exit_code != 0
@@ -290,8 +283,9 @@ def test_cli_compose_json_and_refusal(tiny_lm, tiny_dir, tmp_path):
     assert not bad.exists()
 
 
+@pytest.mark.slow  # the CLI loads the model from disk per command (23 s at load 7.5)
 def test_cli_explain_highlight_merge_transfer(tiny_lm, tiny_dir, tmp_path):
-    st = _steer(tiny_lm.dim, fp=tiny_lm.fingerprint)
+    st = random_steer(tiny_lm.dim, fp=tiny_lm.fingerprint, base_model="test-model")
     st.metadata["base_model"] = str(tiny_dir)
     path = _save(st, tmp_path / "s.safetensors")
     doc = _json(runner.invoke(app, ["explain", str(path), "--k", "2", "--top-tokens", "3", "--json",

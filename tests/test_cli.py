@@ -12,6 +12,8 @@ import torch
 
 from steer_core.steer import Steer
 
+pytestmark = pytest.mark.slow  # every case runs `python -m flows.cli` in a subprocess (imports the whole app)
+
 
 def steer_cmd(*args: str, env_cache: Path | None = None) -> subprocess.CompletedProcess:
     import os

@@ -14,7 +14,8 @@ from steer_core import shards
 from steer_core.config import EvalConfig, Params
 from steer_core.evaluate import System
 from steer_core.generate import row_uniforms
-from steer_core.steer import Steer
+
+from builders import random_steer
 
 PROMPTS = [{"set": "neutral" if i % 3 else "negative", "prompt": p} for i, p in enumerate([
     "The weather today", "I think that the", "Our flight was", "The news said", "My friend told me",
@@ -72,14 +73,7 @@ def test_local_cluster_workers_report_to_this_processs_prefect_api_and_keep_quie
     assert set(profiling.values()) == {False}  # no 10 ms stack sampling next to the sampling (QUIET_CLUSTER)
 
 
-def _steer(lm) -> Steer:
-    steer = Steer(["sentiment", "dummy"], lm.dim, None, 1e-3)
-    with torch.no_grad():
-        steer.W.copy_(torch.randn(steer.W.shape, generator=torch.Generator().manual_seed(1)) * 50.0)
-    steer.metadata["base_fingerprint"] = lm.fingerprint
-    return steer
-
-
+@pytest.mark.slow  # starts a 2-worker Dask cluster
 def test_two_dask_workers_evaluate_exactly_like_the_local_executor(tiny_lm, tiny_dir, cluster) -> None:
     from steer_core.baselines import fit_actadd
     from flows.executors import dask_runner
@@ -90,7 +84,8 @@ def test_two_dask_workers_evaluate_exactly_like_the_local_executor(tiny_lm, tiny
     cfg = EvalConfig(control="sentiment", scorer="vader", strengths=[-2.0, 0.0, 2.0], samples=2, max_new_tokens=5,
                      batch_size=8, bootstrap=50)
     actadd = fit_actadd(tiny_lm, ["a good day", "a bad day", "great", "awful"], [1.0, -1.0, 1.0, -1.0], None)
-    systems = [System("candidate", cfg.strengths, steer=_steer(tiny_lm)),
+    steer = random_steer(tiny_lm, names=("sentiment", "dummy"), eps=1e-3, scale=50.0, seed=1)
+    systems = [System("candidate", cfg.strengths, steer=steer),
                System("actadd", [-1.0, 1.0], actadd=actadd, meta={"layer": actadd.layer})]
 
     shards.use_runner(None)

@@ -1,14 +1,14 @@
 """DVC for real: the repo's dvc.yaml in a temp git repo, one tiny steer, the real default model, no mocks.
 
-The ordered tests share one temp project: full ``dvc repro`` → clean ``dvc status`` → an evaluate-only param change
-re-runs only ``evaluate@sentiment`` → ``dvc push`` to a local remote, outputs and cache deleted, ``dvc pull``
-restores them byte for byte → ``dvc exp run -S`` on a committed workspace. ``python -m steer_core.pipeline`` resolves to
+The module runs one full ``dvc repro`` (the ``reproduced`` fixture); every other test starts from its own copy of that
+project: clean ``dvc status`` and a second repro that skips → an evaluate-only param change re-runs only
+``evaluate@sentiment`` → ``dvc push`` to a local remote, outputs and cache deleted, ``dvc pull`` restores them byte for
+byte → ``dvc exp run -S`` on a committed workspace. ``python -m steer_core.pipeline`` resolves to
 this venv (its bin dir goes first on PATH); DVC's config, site cache and temp files stay inside the temp dir.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,11 +16,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
 
+from projects import sha256
 from tiny_pipeline import tiny_params
 
 pytestmark = pytest.mark.slow
@@ -31,10 +31,6 @@ NAME = "sentiment"
 STAGES = [f"prepare@{NAME}", f"train@{NAME}", f"evaluate@{NAME}"]
 
 TINY_PARAMS = tiny_params(NAME)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def code_deps() -> list[str]:
@@ -85,18 +81,8 @@ OUTPUTS = [
 CACHED = [o for o in OUTPUTS if not (o.startswith("metrics/") or o.endswith(".csv"))]  # cache: false ones aside
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
-    root = tmp_path_factory.mktemp("dvcproj")
-    state = tmp_path_factory.mktemp("dvcstate")
-    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
-    shutil.copy(ROOT / ".dvcignore", root / ".dvcignore")
-    for rel in code_deps():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        if (ROOT / rel).is_dir():
-            shutil.copytree(ROOT / rel, root / rel, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-        else:
-            shutil.copy(ROOT / rel, root / rel)
+def dvc_env(state: Path) -> dict[str, str]:
+    """The DVC subprocesses' environment: this venv first on PATH; config, site cache and temp files in ``state``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "GIT_"))}
     env.update(
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -109,28 +95,55 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
         GIT_CONFIG_GLOBAL=str(state / "gitconfig"),
         PYTHONWARNINGS="ignore",
     )
-    (state / "tmp").mkdir()
+    return env
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The module's one full ``dvc repro``, in ``<base>/project`` (a git repo with the pipeline committed) beside
+    ``<base>/state`` (DVC's config, site cache, temp files and the local remote, which the project names by a
+    relative path); no test changes it: a test that runs DVC again gets its own copy of ``<base>`` (``project``)."""
+    base = tmp_path_factory.mktemp("dvc")
+    root, state = base / "project", base / "state"
+    root.mkdir()
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(ROOT / ".dvcignore", root / ".dvcignore")
+    for rel in code_deps():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / rel).is_dir():
+            shutil.copytree(ROOT / rel, root / rel, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        else:
+            shutil.copy(ROOT / rel, root / rel)
+    (state / "tmp").mkdir(parents=True)
     (state / "gitconfig").write_text("[user]\n\tname = test\n\temail = test@example.com\n[init]\n"
                                      "\tdefaultBranch = main\n")
-    p = Project(root, env)
+    p = Project(root, dvc_env(state))
     p.write_params(TINY_PARAMS)
     p.git("init", "-q")
     p.dvc("init", "-q")
     p.dvc("config", "core.analytics", "false")
     p.dvc("config", "core.check_update", "false")
-    p.dvc("remote", "add", "-d", "local", str(state / "remote"))
+    p.dvc("remote", "add", "-d", "local", os.path.relpath(state / "remote", root))  # a copy of base has its own
     p.git("add", "-A")
     p.git("commit", "-q", "-m", "pipeline")
-    yield p
+    t0 = time.perf_counter()
+    proc = p.dvc("repro")
+    print(f"dvc repro (all stages) {time.perf_counter() - t0:.1f}s")
+    return {"base": base, "project": p, "stdout": proc.stdout}
+
+
+@pytest.fixture
+def project(reproduced: dict, tmp_path: Path) -> Project:
+    """This test's own copy of the reproduced project and its DVC state (mtimes kept)."""
+    base = shutil.copytree(reproduced["base"], tmp_path / "dvc")
+    return Project(base / "project", dvc_env(base / "state"))
 
 
 # ------------------------------------------------------------------------------------------------ tests
-def test_repro_runs_every_stage_and_locks_them(project: Project) -> None:
-    t0 = time.perf_counter()
-    proc = project.dvc("repro")
-    print(f"dvc repro (all stages) {time.perf_counter() - t0:.1f}s")
+def test_repro_runs_every_stage_and_locks_them(reproduced: dict) -> None:
+    project, stdout = reproduced["project"], reproduced["stdout"]
     for stage in STAGES:
-        assert f"Running stage '{stage}'" in proc.stdout, proc.stdout
+        assert f"Running stage '{stage}'" in stdout, stdout
     lock = yaml.safe_load(project.path("dvc.lock").read_text())["stages"]
     assert sorted(lock) == sorted(STAGES)
     assert lock[f"train@{NAME}"]["params"]["params.yaml"][f"steers.{NAME}.train"]["epochs"] == 1

@@ -25,6 +25,8 @@ from steer_core.config import EvalConfig
 from steer_core.evaluate import Sample, System, evaluate, recommend, summarize
 from steer_core.steer import Steer
 
+from builders import random_steer
+
 from tiny_pipeline import tiny_params
 
 STEER_BIN = Path(sys.executable).with_name("steer")
@@ -38,17 +40,9 @@ POS_TEXTS = ["what a lovely flight, thank you so much", "great crew and friendly
 NEG_TEXTS = ["delayed again and the staff were rude", "worst airline ever", "lost my bag, never again"]
 
 ROW_KEYS = {"strength", "control", "ppl", "ppl_increase", "distinct_1", "distinct_2", "distinct_3", "ci", "sets"}
+SENTIMENT = ("sentiment", "dummy")
 SENTIMENT_KEYS = {"positive_rate", "negative_rate"}
 TOXICITY_KEYS = {"avg_max_toxicity", "toxicity_probability", "mean_toxicity"}
-
-
-def random_steer(lm, scale: float, seed: int, names=("sentiment", "dummy")) -> Steer:
-    g = torch.Generator().manual_seed(seed)
-    steer = Steer(list(names), lm.dim, None, 1e-3)
-    with torch.no_grad():
-        steer.W.copy_(torch.randn(steer.W.shape, generator=g) * scale)
-    steer.metadata["base_fingerprint"] = lm.fingerprint
-    return steer
 
 
 def assert_row_schema(row: dict, control: str, sets: set[str]) -> None:
@@ -116,7 +110,7 @@ def assert_cross_fitted(rec: dict, rows: list[dict], base: dict, control: str) -
 def sentiment_run(tiny_lm):
     """Candidate, champion (the same steer, copied) and ActAdd on the same prompts, in one evaluate()."""
     torch.set_num_threads(1)
-    steer = random_steer(tiny_lm, 0.5, seed=1)
+    steer = random_steer(tiny_lm, names=SENTIMENT, eps=1e-3, scale=0.5, seed=1)
     actadd = fit_actadd(tiny_lm, POS_TEXTS + NEG_TEXTS, [1.0] * 3 + [-1.0] * 3, layer=0)
     cfg = EvalConfig(control="sentiment", scorer="vader", strengths=[-2.0, 0.0, 2.0], samples=2,
                      max_new_tokens=5, bootstrap=200, actadd_strengths=[-1.0, 1.0])
@@ -238,7 +232,7 @@ def test_recommendation_respects_ppl_budget(tiny_dir, monkeypatch):
     lm = load_lm(str(tiny_dir), device="cpu")  # its own copy: the shared tiny_lm stays untouched
     with torch.no_grad():
         lm.model.model.norm.weight.mul_(100.0)
-    steer = random_steer(lm, 10.0, seed=0, names=("detox", "dummy"))
+    steer = random_steer(lm, names=("detox", "dummy"), eps=1e-3, scale=10.0, seed=0)
     monkeypatch.setattr(ev, "get_scorer", lambda name: _RepetitionToxicity())
     cfg = EvalConfig(control="toxicity", scorer="repetition-test", strengths=[0.0, 1.0, 1000.0], samples=2,
                      max_new_tokens=5, bootstrap=50, activation_addition=False, ppl_budget=0.25)
@@ -257,7 +251,7 @@ def test_recommendation_respects_ppl_budget(tiny_dir, monkeypatch):
 
 def test_toxicity_control_fields(tiny_lm):
     torch.set_num_threads(1)
-    steer = random_steer(tiny_lm, 0.5, seed=2, names=("detox", "dummy"))
+    steer = random_steer(tiny_lm, names=("detox", "dummy"), eps=1e-3, scale=0.5, seed=2)
     cfg = EvalConfig(control="toxicity", scorer="profanity", strengths=[0.0, 2.0], samples=2, max_new_tokens=5,
                      bootstrap=50, actadd_strengths=[2.0])
     actadd = fit_actadd(tiny_lm, POS_TEXTS + NEG_TEXTS, [1.0] * 3 + [-1.0] * 3, layer=0)
@@ -279,7 +273,7 @@ def test_toxicity_control_fields(tiny_lm):
 
 
 def test_wrong_scorer_kind_and_no_prompts(tiny_lm):
-    steer = random_steer(tiny_lm, 0.5, seed=2)
+    steer = random_steer(tiny_lm, names=SENTIMENT, eps=1e-3, scale=0.5, seed=2)
     with pytest.raises(ValueError, match="measures toxicity"):
         evaluate(tiny_lm, PROMPTS, [System("candidate", [0.0, 1.0], steer=steer)],
                  EvalConfig(control="sentiment", scorer="profanity"))
@@ -610,7 +604,7 @@ def _evaluate_resaved(lm, tmp_path, seed: int, scale: float):
     from steer_core.gates import decide_doc
     from steer_core.config import GateConfig
 
-    champion = random_steer(lm, scale, seed=seed)
+    champion = random_steer(lm, names=SENTIMENT, eps=1e-3, scale=scale, seed=seed)
     path = champion.save(tmp_path / f"champion-{seed}.safetensors")
     copy = Steer.load(tmp_path / f"champion-{seed}.safetensors")
     copy.save(tmp_path / f"candidate-{seed}.safetensors")  # re-saved as a new file

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from projects import git, make_project, sha256, write_params
+from projects import git, isolated_tracking, make_project, sha256, write_params
 from tiny_pipeline import tiny_params
 
 pytestmark = pytest.mark.slow
@@ -76,25 +76,10 @@ def ran(row: dict) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def first(tmp_path_factory: pytest.TempPathFactory, harness) -> Iterator[dict[str, Any]]:
     """A git project after its first ``steer run``, and a record of what that run left behind."""
-    import mlflow
-    import torch
-
-    threads = torch.get_num_threads()
-    mp = pytest.MonkeyPatch()
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        mp.delenv(var, raising=False)
-    root = make_project(tmp_path_factory.mktemp("lineage") / "project", PARAMS)
-    try:
+    with isolated_tracking():
+        root = make_project(tmp_path_factory.mktemp("lineage") / "project", PARAMS)
         rows = run_flow(root)
         snap = tmp_path_factory.mktemp("v1")
         for rel in V1_FILES:
@@ -104,13 +89,6 @@ def first(tmp_path_factory: pytest.TempPathFactory, harness) -> Iterator[dict[st
         yield {"root": root, "rows": rows, "snapshot": snap, "lock": lock_md5s(root), "tags": dict(mv.tags),
                "status": dvc(root, "status", "--json").stdout, "cloud": dvc(root, "status", "-c").stdout,
                "commit": git(root, "rev-parse", "HEAD"), "repro": dvc(root, "repro").stdout}
-    finally:
-        while mlflow.active_run():
-            mlflow.end_run()
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-        mp.undo()
-        torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------------ tests
@@ -243,21 +221,12 @@ def test_stage_deps_cover_every_module_a_stage_loads(first) -> None:
     assert "up to date" in dvc(root, "status").stdout
 
 
-def test_a_run_outside_git_works_and_its_lineage_says_so(request, harness, monkeypatch) -> None:
-    import mlflow
-
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        monkeypatch.delenv(var, raising=False)
+def test_a_run_outside_git_works_and_its_lineage_says_so(request, harness) -> None:
     outside = Path(tempfile.mkdtemp(prefix="steer-nogit-", dir="/tmp"))  # the tests' TMPDIR is inside this repo
     request.addfinalizer(lambda: shutil.rmtree(outside, ignore_errors=True))
     root = make_project(outside / "copied", PARAMS, with_git=False)
-    try:
+    with isolated_tracking():
         (row,) = run_flow(root)
-    finally:
-        while mlflow.active_run():
-            mlflow.end_run()
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
     assert row["status"] == "promoted", row
     tags = client(root).get_model_version(NAME, "1").tags
     assert tags["git_commit"] == "none" and tags["git_dirty"] == "unknown"

@@ -1,15 +1,16 @@
 """The real Prefect flow, end to end, on the real default model with tiny sizes, in a temp project.
 
-One temp project (its own git repo, sqlite MLflow store and artifact folder) is reused by the ordered tests below;
-each later test depends on the state the earlier ones left (that is the point: run, rerun, change, gate):
+The module runs the flow once (the ``first`` fixture) in a temp project (its own git repo, sqlite MLflow store and
+artifact folder); the tests that only read what that run left read it there, and each test that runs the flow again
+gets its own copy of that project (``project``), so every test runs alone and in any order:
 
 1. first run: prepare → train → evaluate → register v1 → promote (alias ``champion`` → 1);
 2. the MLflow record of that run (parent run, nested steer run: params, tags, metrics, artifacts);
 3. rerun with nothing changed: "unchanged", train skipped (steer file untouched), no new version;
 4. the same through ``steer run --json`` in a subprocess (stamps work across processes);
-5. a changed train param, ``dry_run=True``: retrained, v2 registered, champion alias does not move;
-6. a gate that cannot pass (``min_margin: 5`` against a champion): v3 registered, tagged gate.passed=false, champion
-   still 1.
+5. one scenario of three runs: a changed train param, ``dry_run=True``: retrained, v2 registered, champion alias does
+   not move; then a gate that cannot pass (``min_margin: 5`` against a champion): v2 judged, tagged
+   gate.passed=false, champion still 1; then a rerun: the rejected steer is neither re-evaluated nor re-registered.
 
 Two quick checks come first: ``tracking.configure`` follows each project's params within one process (mlflow exports
 the URI it is given as MLFLOW_TRACKING_URI), and ``steer run`` on a typo'd params key exits 2 before touching anything.
@@ -32,7 +33,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from projects import git, make_project, sha256, write_params
+from projects import copy_project, git, isolated_tracking, make_project, sha256, write_params
 from tiny_pipeline import tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,44 +58,36 @@ def cli_env(tmp: Path) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def harness() -> Iterator[None]:
-    """One temporary Prefect API server for the module (flows in this process run against it)."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, harness) -> Iterator[dict[str, Any]]:
-    """A temp project (git repo with one commit) and a dict the ordered tests pass state through."""
-    import mlflow
-    import torch
-
-    threads = torch.get_num_threads()  # the params set 1 for the whole process: put it back afterwards
-    root = make_project(tmp_path_factory.mktemp("pipeline"), TINY_PARAMS)
-    params = root / "params.yaml"
-    mp = pytest.MonkeyPatch()
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # another test module may have left one
-        mp.delenv(var, raising=False)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    state: dict[str, Any] = {"root": root, "params": params, "uri": uri, "commit": git(root, "rev-parse", "HEAD")}
-    try:
+def first(tmp_path_factory: pytest.TempPathFactory, harness) -> Iterator[dict[str, Any]]:
+    """The module's one first run, in a temp project (git repo with one commit), and what it left; no test changes
+    this project: a test that runs the flow again gets its own copy (``project``)."""
+    with isolated_tracking():
+        root = make_project(tmp_path_factory.mktemp("pipeline"), TINY_PARAMS)
+        state: dict[str, Any] = {"root": root, "params": root / "params.yaml", "uri": f"sqlite:///{root / 'mlflow.db'}",
+                                 "commit": git(root, "rev-parse", "HEAD")}
+        state["rows"], state["first_seconds"] = run_flow(state)
+        steer = paths(root)["steer"]
+        state.update(steer_mtime=steer.stat().st_mtime_ns, steer_sha=sha256(steer))
         yield state
-    finally:
-        while mlflow.active_run():
-            mlflow.end_run()
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-        mp.undo()
-        torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def client(project):
+@pytest.fixture
+def project(first: dict[str, Any], tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """This test's own copy of the first run's project (files with their mtimes, git, DVC cache, MLflow store)."""
+    with isolated_tracking():
+        root = copy_project(first["root"], tmp_path / "project")
+        yield {**first, "root": root, "params": root / "params.yaml", "uri": f"sqlite:///{root / 'mlflow.db'}"}
+
+
+def client_for(state: dict[str, Any]):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=project["uri"], registry_uri=project["uri"])
+    return MlflowClient(tracking_uri=state["uri"], registry_uri=state["uri"])
+
+
+@pytest.fixture
+def client(project):
+    return client_for(project)
 
 
 def run_flow(project: dict, **kwargs) -> tuple[list[dict], float]:
@@ -136,6 +129,7 @@ def paths(root: Path) -> dict[str, Path]:
     }
 
 
+@pytest.mark.slow  # creates two MLflow sqlite stores (16 s at load 7.5)
 # ------------------------------------------------------------------------------------------------ quick checks
 def test_tracking_configure_follows_each_projects_params_within_one_process(tmp_path: Path, monkeypatch) -> None:
     """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; configure must not take its own export for the user's."""
@@ -161,6 +155,7 @@ def test_tracking_configure_follows_each_projects_params_within_one_process(tmp_
         mlflow.set_registry_uri(None)
 
 
+@pytest.mark.slow  # a `steer run` subprocess
 def test_cli_run_with_typod_params_key_exits_2_naming_the_key(tmp_path: Path) -> None:
     bad = json.loads(json.dumps(TINY_PARAMS))
     bad["steers"][NAME]["train"] = {"epocs": 1}
@@ -179,41 +174,39 @@ def test_cli_run_with_typod_params_key_exits_2_naming_the_key(tmp_path: Path) ->
 
 # ------------------------------------------------------------------------------------------------ the flow
 @pytest.mark.slow
-def test_first_run_trains_evaluates_registers_and_promotes_v1(project, client) -> None:
-    rows, seconds = run_flow(project)
-    project["first_seconds"] = seconds
-    assert [r["steer"] for r in rows] == [NAME]
-    row = rows[0]
+def test_first_run_trains_evaluates_registers_and_promotes_v1(first) -> None:
+    client = client_for(first)
+    assert [r["steer"] for r in first["rows"]] == [NAME]
+    row = first["rows"][0]
     assert row["status"] == "promoted", row
     assert row["version"] == "1"
     assert versions(client) == ["1"]
     assert champion(client) == "1"
     mv = client.get_model_version(NAME, "1")
     assert mv.tags["gate.passed"] == "true"
-    p = paths(project["root"])
+    p = paths(first["root"])
     for key in ("train", "steer", "metrics", "report", "plot"):
         assert p[key].is_file() and p[key].stat().st_size > 0, p[key]
     assert mv.tags["steer.sha256"] == sha256(p["steer"])
     assert json.loads(p["metrics"].read_text())["steer"] == NAME
-    project["steer_mtime"] = p["steer"].stat().st_mtime_ns
-    project["steer_sha"] = sha256(p["steer"])
+    assert p["steer"].stat().st_mtime_ns == first["steer_mtime"] and sha256(p["steer"]) == first["steer_sha"]
 
 
 @pytest.mark.slow
-def test_first_run_is_recorded_as_parent_and_nested_steer_run(project, client) -> None:
+def test_first_run_is_recorded_as_parent_and_nested_steer_run(first) -> None:
+    client = client_for(first)
     parent = latest_parent(client)
-    assert parent.data.tags["git_commit"] == project["commit"]
+    assert parent.data.tags["git_commit"] == first["commit"]
     assert parent.data.tags["dry_run"] == "false"
     assert "params.yaml" in [a.path.split("/")[-1] for a in client.list_artifacts(parent.info.run_id, "params")]
     (run,) = steer_runs(client, parent.info.run_id)
-    project["first_steer_run"] = run.info.run_id
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    card = json.loads(paths(project["root"])["card"].read_text())
+    card = json.loads(paths(first["root"])["card"].read_text())
     assert tags["steer"] == NAME
     assert tags["data.content_hash"] == card["content_hash"] and len(card["content_hash"]) >= 16
-    assert tags["git_commit"] == project["commit"]
+    assert tags["git_commit"] == first["commit"]
     assert tags["trained"] == "true"
-    assert tags["steer.sha256"] == project["steer_sha"]
+    assert tags["steer.sha256"] == first["steer_sha"]
     assert tags["gate.passed"] == "true" and tags["registered_version"] == "1"
     assert params["model"] == "default"
     assert params["train.epochs"] == "1" and params["train.tokens_per_batch"] == "512"
@@ -234,7 +227,6 @@ def test_first_run_is_recorded_as_parent_and_nested_steer_run(project, client) -
 @pytest.mark.slow
 def test_second_run_with_nothing_changed_skips_training_and_registers_nothing(project, client) -> None:
     rows, seconds = run_flow(project)
-    project["second_seconds"] = seconds
     print(f"first run {project['first_seconds']:.1f}s, unchanged rerun {seconds:.1f}s")
     assert rows[0]["status"] == "unchanged", rows
     assert rows[0]["version"] == "1"
@@ -266,7 +258,11 @@ def test_cli_run_json_on_unchanged_project(project, client) -> None:
 
 
 @pytest.mark.slow
-def test_changed_train_param_in_dry_run_registers_v2_but_keeps_champion(project, client) -> None:
+def test_changed_steer_dry_run_v2_then_failing_gate_then_not_judged_again(project, client) -> None:
+    """One scenario, three runs: a changed train param in a dry run registers v2 but keeps the champion; a gate that
+    cannot pass (``min_margin: 5``) judges that same v2, tags it failed and keeps the champion; a third run neither
+    re-evaluates nor re-registers the rejected steer."""
+    # 1. a changed train param, dry run: retrained, v2 registered, the champion alias does not move
     params = json.loads(json.dumps(TINY_PARAMS))
     params["steers"][NAME]["train"]["lr"] = 0.05  # default 0.01: same cost as the first fit, different steer
     write_params(project["params"], params)
@@ -288,9 +284,7 @@ def test_changed_train_param_in_dry_run_registers_v2_but_keeps_champion(project,
     assert run.data.tags["trained"] == "true" and run.data.params["train.lr"] == "0.05"
     assert "champion/s4/control" in run.data.metrics  # evaluated beside the champion on the same prompts
 
-
-@pytest.mark.slow
-def test_failing_gate_reuses_v2_tags_it_failed_and_keeps_champion(project, client) -> None:
+    # 2. a failing gate reuses v2, tags it failed, keeps the champion
     params = yaml.safe_load(project["params"].read_text())
     params["steers"][NAME]["gate"]["min_margin"] = 5.0  # control is a rate in [0, 1]: cannot beat champion + 5
     write_params(project["params"], params)
@@ -310,9 +304,7 @@ def test_failing_gate_reuses_v2_tags_it_failed_and_keeps_champion(project, clien
     (run,) = steer_runs(client, latest_parent(client).info.run_id)
     assert run.data.tags["gate.passed"] == "false" and run.data.tags["registered_version"] == "2"
 
-
-@pytest.mark.slow
-def test_rejected_steer_is_not_reevaluated_or_reregistered(project, client) -> None:
+    # 3. the rejected steer is not re-evaluated or re-registered
     rows, _ = run_flow(project)
     row = rows[0]
     assert row["status"] == "unchanged", row
@@ -322,14 +314,11 @@ def test_rejected_steer_is_not_reevaluated_or_reregistered(project, client) -> N
 
 
 @pytest.mark.slow
-def test_two_steers_in_parallel_each_get_their_own_nested_run_and_model(tmp_path, harness, monkeypatch) -> None:
+def test_two_steers_in_parallel_each_get_their_own_nested_run_and_model(tmp_path, harness) -> None:
     """runtime.parallel_steers: 2 runs both chains as concurrent tasks; each steer still ends in its own nested
     MLflow run and its own registered model."""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # the module's project store must not leak in
-        monkeypatch.delenv(var, raising=False)
     params = json.loads(json.dumps(TINY_PARAMS))
     params["runtime"]["parallel_steers"] = 2
     params["steers"]["pos2"] = json.loads(json.dumps(params["steers"][NAME]))
@@ -338,16 +327,11 @@ def test_two_steers_in_parallel_each_get_their_own_nested_run_and_model(tmp_path
         spec["gate"] = {"max_ppl_increase": 1e9, "min_distinct_2": 0.0, "min_gain": -1.0}
     project = make_project(tmp_path / "project", params, with_git=False)
     path = project / "params.yaml"
-    try:
+    with isolated_tracking():  # the module's project store must not leak in
         from flows.steer_pipeline import steer_pipeline
 
         rows = steer_pipeline(params_path=str(path), root=str(project))
-    finally:
-        while mlflow.active_run():
-            mlflow.end_run()
-        uri = f"sqlite:///{project / 'mlflow.db'}"
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+    uri = f"sqlite:///{project / 'mlflow.db'}"
     assert sorted(r["steer"] for r in rows) == sorted([NAME, "pos2"])
     assert all(r["status"] == "promoted" for r in rows), [(r["steer"], r["status"], r["why"]) for r in rows]
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -32,6 +32,7 @@ def _env(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # a `steer deploy` subprocess
 def test_pool_deploy_refuses_a_local_sqlite_store(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project", tiny_params("sentiment"), with_git=False)  # sqlite:///mlflow.db
     proc = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", "--pool", POOL, "--params",

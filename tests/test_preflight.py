@@ -14,6 +14,8 @@ import pytest
 from projects import make_project
 from tiny_pipeline import tiny_params
 
+pytestmark = pytest.mark.slow  # every case is a `steer` subprocess
+
 BIN = Path(sys.executable).parent
 NAME = "sentiment"
 

@@ -18,15 +18,17 @@ from typing import Iterator
 import mlflow
 import pandas as pd
 import pytest
-import torch
 
 from steer_core.config import GateConfig
 from steer_core.gates import decide
 from steer_core.lm import default_gguf_path, gguf_cache_path, load_lm
-from steer_core.steer import BaseModelMismatch, Steer
+from steer_core.steer import BaseModelMismatch
 from tasks.registry import download_steer, get_champion, log_steer_model, promote
 
+from builders import random_steer, tiny_llama
 from servers import free_port, start_server, stop_server, wait_http
+
+pytestmark = pytest.mark.slow  # every test logs MLflow pyfunc models (~2–10 s each); two start servers
 
 GATE = GateConfig(max_ppl_increase=0.25, min_distinct_2=0.5, min_margin=0.0)
 PASS = decide({"control": 0.6, "ppl_increase": 0.1, "distinct_2": 0.8, "gain": 0.2}, None, GATE)
@@ -38,15 +40,9 @@ assert PASS.passed and not FAIL.passed
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny random base model dir and three steer files for it (two good, one for another base)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(root / "base")
+    tiny_llama(49152, heads=4, kv_heads=2, max_positions=128, tie_word_embeddings=True, bos_token_id=1,
+               eos_token_id=2).save_pretrained(root / "base")
     tok_src = gguf_cache_path(default_gguf_path())
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tok_src / f, root / "base" / f)
@@ -54,9 +50,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {"base": root / "base"}
     for i, (key, fingerprint) in enumerate([("v1", fp), ("v2", fp), ("foreign", "0" * 64)]):
         meta = {"base_model": str(root / "base"), "base_fingerprint": fingerprint}
-        s = Steer(["sentiment", "dummy"], 32, metadata=meta)
-        with torch.no_grad():
-            s.W.normal_(0, 100.0, generator=torch.Generator().manual_seed(i))
+        s = random_steer(32, names=("sentiment", "dummy"), eps=1e-3, scale=100.0, seed=i, metadata=meta)
         out[key] = s.save(root / key / "sentiment.safetensors")
     return out
 

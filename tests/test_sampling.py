@@ -11,7 +11,8 @@ import torch
 from transformers.generation.logits_process import TopPLogitsWarper
 
 from steer_core.generate import NucleusSampler, generate, steering, values_for
-from steer_core.steer import Steer
+
+from builders import random_steer
 
 
 def _hf_support(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -56,16 +57,8 @@ def test_top_p_one_samples_the_whole_vocabulary_and_bad_settings_fail() -> None:
         NucleusSampler(0.9, 0.0, torch.empty(0, 0))
 
 
-def _random_steer(lm, scale: float = 0.5) -> Steer:
-    steer = Steer(["style", "dummy"], lm.dim, None, 1.0)
-    with torch.no_grad():
-        steer.W.normal_(0, scale, generator=torch.Generator().manual_seed(0))
-    steer.metadata["base_fingerprint"] = lm.fingerprint
-    return steer
-
-
 def test_generation_is_seeded_per_row_and_unaffected_by_batch_mates_or_threads(tiny_lm) -> None:
-    steer = _random_steer(tiny_lm)
+    steer = random_steer(tiny_lm, eps=1.0, scale=0.5)
     kw = dict(num_samples=3, max_new_tokens=8, batch_size=4)
     prompts = ["The city", "A river runs"]
 
@@ -92,7 +85,7 @@ def test_generation_is_seeded_per_row_and_unaffected_by_batch_mates_or_threads(t
 def test_base_nll_recorded_while_sampling_equals_an_unsteered_forward_pass(tiny_lm) -> None:
     from steer_core.scorers.perplexity import token_perplexity
 
-    steer = _random_steer(tiny_lm, scale=2.0)
+    steer = random_steer(tiny_lm, eps=1.0, scale=2.0)
     prompts = ["The city", "A river runs through the old"]
     gens = generate(tiny_lm, prompts, steer, [0.0, 3.0], num_samples=2, max_new_tokens=10, seed=4, base_nll=True)
     assert all(len(g.base_nll) == len(g.token_ids) > 0 for g in gens)

@@ -19,6 +19,8 @@ from steer_core.scorers import (
 )
 from steer_core.scorers.perplexity import conditional_perplexity
 
+from builders import tiny_llama
+
 WORDS = "the a you are is was this that film movie good great bad awful idiot stupid thanks kind day nice".split()
 DETOX_CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
 
@@ -226,7 +228,7 @@ CORPUS = [
 def tiny_judge():
     """A random 2-layer Llama with a byte-level BPE tokenizer trained here (no pad token, no BOS)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -237,12 +239,9 @@ def tiny_judge():
     )
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>")
     assert tok.pad_token is None
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.3, eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(cfg).eval(), tok
+    model = tiny_llama(len(tok), heads=4, kv_heads=2, max_positions=128, initializer_range=0.3,
+                       eos_token_id=tok.eos_token_id)
+    return model.eval(), tok
 
 
 def _direct_ppl(model, tok, prompt: str, cont: str) -> float:

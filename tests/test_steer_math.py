@@ -8,19 +8,12 @@ import torch
 from steer_core.generate import steering
 from steer_core.steer import BaseModelMismatch, Steer, SteerFileError, parse_strengths
 
-
-def _random_steer(dim: int, rank=None, names=("style", "dummy"), eps=1e-2, seed=0) -> Steer:
-    torch.manual_seed(seed)
-    st = Steer(list(names), dim, rank, eps)
-    with torch.no_grad():
-        for p in st.parameters():
-            p.normal_()
-    return st
+from builders import random_steer
 
 
 @pytest.mark.parametrize("rank", [None, 4])
 def test_formula_matches_direct_computation(tiny_lm, rank):
-    st = _random_steer(tiny_lm.dim, rank)
+    st = random_steer(tiny_lm.dim, rank)
     st.metadata["base_fingerprint"] = tiny_lm.fingerprint
     ids = tiny_lm.tokenizer(["a short text", "another one here"], return_tensors="pt", padding=True)
     values = torch.tensor([2.0, -0.5])
@@ -35,7 +28,7 @@ def test_formula_matches_direct_computation(tiny_lm, rank):
 
 
 def test_per_row_values_match_one_setting_at_a_time(tiny_lm):
-    st = _random_steer(tiny_lm.dim)
+    st = random_steer(tiny_lm.dim)
     ids = tiny_lm.tokenizer(["one", "two"], return_tensors="pt", padding=True)
     rows = torch.tensor([[3.0, 0.0], [-1.0, 1.0]])
     with torch.no_grad():
@@ -48,7 +41,7 @@ def test_per_row_values_match_one_setting_at_a_time(tiny_lm):
 
 
 def test_token_packed_delta_matches_per_token(tiny_lm):
-    st = _random_steer(tiny_lm.dim, rank=3)
+    st = random_steer(tiny_lm.dim, rank=3)
     h = torch.randn(5, tiny_lm.dim)
     v = torch.randn(5, 2)
     packed = st.delta(h, v)
@@ -57,7 +50,7 @@ def test_token_packed_delta_matches_per_token(tiny_lm):
 
 
 def test_zero_strength_reproduces_base_logits_exactly(tiny_lm):
-    st = _random_steer(tiny_lm.dim)
+    st = random_steer(tiny_lm.dim)
     ids = tiny_lm.tokenizer(["the base model must not move"], return_tensors="pt")
     with torch.no_grad():
         base = tiny_lm.model(**ids).logits
@@ -68,7 +61,7 @@ def test_zero_strength_reproduces_base_logits_exactly(tiny_lm):
 
 @pytest.mark.parametrize("rank", [None, 3])
 def test_save_load_round_trip(tmp_path, rank):
-    st = _random_steer(16, rank)
+    st = random_steer(16, rank)
     st.metadata.update(base_fingerprint="abc", labels={"positive": 1})
     path = st.save(tmp_path / "s.safetensors")
     back = Steer.load(path)
@@ -79,7 +72,7 @@ def test_save_load_round_trip(tmp_path, rank):
 
 
 def test_load_refuses_other_base_model(tmp_path):
-    st = _random_steer(8)
+    st = random_steer(8)
     st.metadata.update(base_fingerprint="a" * 64, base_model="default")
     path = st.save(tmp_path / "s.safetensors")
     with pytest.raises(BaseModelMismatch, match="steer transfer"):
@@ -88,7 +81,7 @@ def test_load_refuses_other_base_model(tmp_path):
 
 
 def test_truncated_and_foreign_files_are_refused(tmp_path):
-    path = _random_steer(8).save(tmp_path / "s.safetensors")
+    path = random_steer(8).save(tmp_path / "s.safetensors")
     data = path.read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(SteerFileError):
@@ -104,7 +97,7 @@ def test_truncated_and_foreign_files_are_refused(tmp_path):
 
 
 def test_parse_strengths():
-    st = _random_steer(4, names=("sentiment", "dummy"))
+    st = random_steer(4, names=("sentiment", "dummy"))
     assert parse_strengths("2.5", st).tolist() == [2.5, 0.0]
     assert parse_strengths("sentiment=-1,dummy=1", st).tolist() == [-1.0, 1.0]
     with pytest.raises(ValueError, match="not a number"):
@@ -114,8 +107,8 @@ def test_parse_strengths():
 
 
 def test_scaled_and_copy_are_independent():
-    st = _random_steer(6)
+    st = random_steer(6)
     doubled = st.scaled(2.0)
     torch.testing.assert_close(doubled.matrices(), 2 * st.matrices())
-    low = _random_steer(6, rank=2)
+    low = random_steer(6, rank=2)
     torch.testing.assert_close(low.scaled(-1.0).matrices(), -low.matrices())

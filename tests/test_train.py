@@ -135,6 +135,7 @@ def test_a_fit_that_stopped_early_stays_stopped_when_run_again(tiny_lm, tmp_path
     torch.testing.assert_close(again.matrices(), first.matrices(), rtol=0, atol=0)
 
 
+@pytest.mark.slow  # fits in subprocesses
 def test_kill_9_then_rerun_resumes_to_the_same_steer(tiny_dir, tmp_path):
     """A real crash: the CLI is SIGKILLed mid-fit; the same command then resumes from its checkpoint."""
     data = tmp_path / "d.jsonl"
