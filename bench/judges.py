@@ -5,7 +5,7 @@ Samples: P neutral news prompts × K samples × strengths (−S..+S) of the sent
 once. Each judge then scores the same continuation *text* given its prompt (``conditional_perplexity``: prompt and
 continuation tokenised jointly by the judge's own tokenizer, only the continuation's tokens count), so judges with
 different tokenizers score the same words. The base model is also read as the pipeline reads it by default: the
-sampled tokens' own NLL during sampling (no second pass). For each judge: the mean perplexity per strength, its
+sampled tokens' own NLL during sampling (no second pass). For each judge: the perplexity per strength (geometric mean, as the pipeline's), its
 increase over strength 0, seconds per sample, the judge's peak extra memory, and the rank correlation of the
 two judges' per-sample perplexities.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -129,7 +130,9 @@ def main() -> None:
     print("| --- |" + " --- |" * len(strengths))
     table: dict[str, dict[str, float]] = {}
     for name, vals in ppl.items():
-        by_s = {s: statistics.fmean(v for v, x in zip(vals, samples) if x.strength == s) for s in strengths}
+        # the pipeline's aggregate: the geometric mean (exp of the mean log perplexity), so no single sample rules
+        by_s = {s: math.exp(statistics.fmean(math.log(v) for v, x in zip(vals, samples) if x.strength == s
+                                             and v == v and v > 0)) for s in strengths}
         table[name] = {f"{s:+g}": by_s[s] / by_s[0.0] - 1 for s in strengths}
         print(f"| {name} | " + " | ".join(f"{by_s[s]:.1f} ({by_s[s] / by_s[0.0] - 1:+.0%})" for s in strengths) + " |")
     names = list(ppl)

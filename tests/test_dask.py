@@ -57,6 +57,7 @@ def cluster():
             os.environ["PREFECT_API_URL"] = saved
 
 
+@pytest.mark.slow  # starts a 2-worker Dask cluster
 def test_local_cluster_workers_report_to_this_processs_prefect_api_and_keep_quiet(cluster) -> None:
     """Else each worker starts a temporary Prefect server of its own, which then competes for the CPU; and Dask's
     housekeeping is slowed down in the workers (flows.executors.QUIET_CLUSTER)."""
