@@ -248,3 +248,45 @@ def test_heldout_prompts_are_fixed_three_domain_sets():
     assert not any(a in p for p in product for a in ("@", "http", "united", "jetblue"))
     with pytest.raises(ValueError, match="unknown"):
         heldout_prompts(domains=["poetry"])
+
+
+# ------------------------------------------------------------------------------------------ the recommendation rule
+def _row(strength, control, ppl, d2=0.9):
+    return {"strength": strength, "control": control, "ppl": ppl, "distinct_2": d2, "toxicity_probability": 0.0}
+
+
+def test_prefer_gaining_replaces_a_strength_that_does_nothing():
+    from steer_core.evaluate import _prefer_gaining
+
+    table = [{"strength": 1.0, "swing": 0.0, "ppl": 10.0}, {"strength": 2.0, "swing": 0.2, "ppl": 12.0},
+             {"strength": 4.0, "swing": 0.5, "ppl": 30.0}]
+    s, note = _prefer_gaining(table, 1.0, "swing", 0.0, 12.5)
+    assert s == 2.0 and "recommended instead" in note  # 4 gains more but is over the budget
+    assert _prefer_gaining(table, 2.0, "swing", 0.0, 12.5) == (2.0, "")  # a gaining choice stays
+    assert _prefer_gaining(table, 1.0, "swing", 0.0, 11.0) == (1.0, "")  # nothing larger in budget gains
+
+
+def test_recommend_never_parks_on_a_strength_without_gain():
+    """Random tables: whenever a larger in-budget strength gains, the recommended one gains too (both controls)."""
+    import random
+
+    from steer_core.evaluate import recommend
+
+    rng = random.Random(0)
+    for _ in range(300):
+        base = _row(0.0, 0.3, 10.0)
+        mags = sorted(rng.sample([0.5, 1.0, 1.5, 2.0, 3.0, 4.0], 3))
+        rows = [base]
+        for m in mags:
+            rows += [_row(m, rng.choice([0.3, 0.3, 0.4, 0.6]), 10.0 + rng.random() * 4 * m),
+                     _row(-m, rng.choice([0.3, 0.2, 0.1]), 10.0 + rng.random() * 4 * m)]
+        by_s = {r["strength"]: r for r in rows}
+        for control in ("sentiment", "toxicity"):
+            rec = recommend(rows, base, control, budget=0.25)
+            gain = (lambda m: by_s[m]["control"] - by_s[-m]["control"]) if control == "sentiment" else (
+                lambda m: by_s[m]["control"] - base["control"])
+            ppl = (lambda m: max(by_s[m]["ppl"], by_s[-m]["ppl"])) if control == "sentiment" else (
+                lambda m: by_s[m]["ppl"])
+            s = rec["strength"]
+            if gain(s) <= 0:
+                assert not any(m > s and ppl(m) <= 12.5 and gain(m) > 0 for m in mags), (control, rows, rec)
