@@ -77,7 +77,6 @@ def _content_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, sink_po
     return mask
 
 
-@torch.no_grad()
 def fit_actadd(
     lm: LoadedLM, texts: Sequence[str], values: Sequence[float], layer: int | None = None, batch_size: int = 16,
     max_length: int = 64, *, sink_positions: int = 1, normalise: bool = True,
@@ -88,51 +87,68 @@ def fit_actadd(
     mean). ``normalise``: record the typical norm so strengths become multipliers of it (else raw scaling).
     Texts with no position left after the sinks (a one-token text) are skipped.
     """
+    n = len(decoder_layers(lm))
+    layer = n // 2 if layer is None else layer
+    return fit_actadd_layers(lm, texts, values, [layer], batch_size, max_length, sink_positions=sink_positions,
+                             normalise=normalise)[layer]
+
+
+@torch.no_grad()
+def fit_actadd_layers(
+    lm: LoadedLM, texts: Sequence[str], values: Sequence[float], layers: Sequence[int], batch_size: int = 16,
+    max_length: int = 64, *, sink_positions: int = 1, normalise: bool = True,
+) -> dict[int, ActAdd]:
+    """:func:`fit_actadd` at several layers from one pass over the texts (a layer sweep reads the body once)."""
     if sink_positions < 0:
         raise ValueError(f"sink_positions must be >= 0, got {sink_positions}")
-    layers = decoder_layers(lm)
-    layer = len(layers) // 2 if layer is None else layer
-    if not 0 <= layer < len(layers):
-        raise ValueError(f"actadd layer {layer} is out of range: the model has {len(layers)} layers")
+    blocks = decoder_layers(lm)
+    for layer in layers:
+        if not 0 <= layer < len(blocks):
+            raise ValueError(f"actadd layer {layer} is out of range: the model has {len(blocks)} layers")
     pos = [t for t, v in zip(texts, values) if v > 0]
     neg = [t for t, v in zip(texts, values) if v < 0]
     if not pos or not neg:
         raise ValueError("activation addition needs texts on both sides (value > 0 and value < 0)")
+    layers = list(dict.fromkeys(layers))
     tok = lm.tokenizer
     bos_id = getattr(tok, "bos_token_id", None)
     side = tok.padding_side
     tok.padding_side = "right"
-    captured: list[torch.Tensor] = []  # the layer's own output: where actadd_steering adds the vector
-    handle = layers[layer].register_forward_hook(
-        lambda _m, _a, out: captured.append(out[0] if isinstance(out, tuple) else out))
-    norm_sum, norm_count = 0.0, 0
+    captured: dict[int, torch.Tensor] = {}  # each layer's own output: where actadd_steering adds the vector
+    handles = [blocks[layer].register_forward_hook(
+        lambda _m, _a, out, layer=layer: captured.__setitem__(layer, out[0] if isinstance(out, tuple) else out))
+        for layer in layers]
+    norm_sum = dict.fromkeys(layers, 0.0)
+    norm_count = 0
     try:
-        means = []
+        means: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
         for group in (pos, neg):
-            acc, used = torch.zeros(lm.dim), 0
+            acc, used = {layer: torch.zeros(lm.dim) for layer in layers}, 0
             for i in range(0, len(group), batch_size):
                 enc = tok(group[i : i + batch_size], return_tensors="pt", padding=True, truncation=True,
                           max_length=max_length).to(lm.device)
                 captured.clear()
                 lm.body(**enc)
-                out = captured[0].float()
-                m = _content_mask(enc["input_ids"], enc["attention_mask"], sink_positions, bos_id).unsqueeze(-1)
-                m = m.to(out.dtype)
-                counts = m.sum(1)  # (batch, 1)
+                m = _content_mask(enc["input_ids"], enc["attention_mask"], sink_positions, bos_id).float()
+                counts = m.sum(1, keepdim=True)  # (batch, 1)
                 keep = counts.squeeze(-1) > 0
-                acc += ((out * m).sum(1)[keep] / counts[keep]).sum(0).cpu()
                 used += int(keep.sum())
-                norms = out.norm(dim=-1) * m.squeeze(-1)
-                norm_sum += float(norms.sum())
                 norm_count += int(m.sum())
+                for layer in layers:
+                    out = captured[layer].float()
+                    acc[layer] += ((out * m.unsqueeze(-1)).sum(1)[keep] / counts[keep]).sum(0).cpu()
+                    norm_sum[layer] += float((out.norm(dim=-1) * m).sum())
             if used == 0:
                 raise ValueError("activation addition: no text has a token past the sink positions")
-            means.append(acc / used)
+            for layer in layers:
+                means[layer].append(acc[layer] / used)
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
         tok.padding_side = side
-    typical = norm_sum / norm_count if normalise and norm_count else None
-    return ActAdd(means[0] - means[1], layer, typical, sink_positions)
+    return {layer: ActAdd(means[layer][0] - means[layer][1], layer,
+                          norm_sum[layer] / norm_count if normalise and norm_count else None, sink_positions)
+            for layer in layers}
 
 
 class _Positions:
@@ -245,9 +261,10 @@ def choose_layer(
         raise ValueError("choose_layer needs at least one candidate layer")
     best: tuple[float, ActAdd] | None = None
     table = []
+    fitted = fit_actadd_layers(lm, texts, values, cands, max_length=max_length, sink_positions=sink_positions,
+                               normalise=normalise)
     for layer in cands:
-        actadd = fit_actadd(lm, texts, values, layer, max_length=max_length, sink_positions=sink_positions,
-                            normalise=normalise)
+        actadd = fitted[layer]
         control, details = control_at_budget(actadd)
         table.append({"layer": layer, "control": control, "typical_norm": actadd.typical_norm, **details})
         score = control if math.isfinite(control) else -math.inf

@@ -154,6 +154,14 @@ def test_choose_layer_keeps_best_control_at_budget(tiny_lm):
     assert seen == [0, 1] and choice.actadd.layer == 1
     assert [r["layer"] for r in choice.table] == [0, 1] and choice.table[1]["strength"] == 0.5
     assert choice.actadd.meta["layer_sweep"] == choice.table
+    # one pass over the texts fits every candidate exactly as one fit per layer does
+    from steer_core.baselines import fit_actadd_layers
+
+    both = fit_actadd_layers(tiny_lm, POS + NEG, VALUES, [1, 0])
+    for layer in (0, 1):
+        one = fit_actadd(tiny_lm, POS + NEG, VALUES, layer=layer)
+        torch.testing.assert_close(both[layer].vector, one.vector)
+        assert both[layer].typical_norm == pytest.approx(one.typical_norm)
     assert default_layer_candidates(30) == [8, 10, 15, 20]
     assert default_layer_candidates(2) == [0, 1]
 
