@@ -28,7 +28,7 @@ from steer_core.frontier import Measurer
 from steer_core.heldout import heldout_prompts
 from steer_core.lm import load_lm
 from steer_core.steer import Steer
-from steer_core.strength_search import search_two_sided
+from steer_core.strength_search import Probe, isotonic_edge, search_two_sided
 
 
 def floats(text: str) -> list[float]:
@@ -144,6 +144,13 @@ def main() -> None:
         results.append(out)
         print(f"bisection: + side {res.plus.reason}; − side {res.minus.reason} "
               f"({res.evaluations} evaluations beyond the grid; {out['seconds']:.0f} s for this method)")
+        probes = [Probe(s, *m(s)) for s in m.rows]  # every probe of the run, memoised: no new sampling
+        ip, im = isotonic_edge(probes, args.budget, 1), isotonic_edge(probes, args.budget, -1)
+        out["isotonic"] = {"s_plus": ip.strength, "s_minus": im.strength, "swing": ip.control - im.control,
+                           "ppl_increase": max(ip.ppl_increase, im.ppl_increase)}
+        print(f"isotonic edge (Δppl fitted non-decreasing in |s| over all probes): s⁺ {ip.strength:+.3g}, "
+              f"s⁻ {im.strength:+.3g}, swing {ip.control - im.control:+.3f} at "
+              f"{max(ip.ppl_increase, im.ppl_increase):+.1%}")
 
     # 3. side by side at the budget
     print(f"\n## At the +{args.budget:.0%} budget (largest in-budget |s| per side, by bisection)")

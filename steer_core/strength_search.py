@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 #: s -> (control, relative judge-perplexity increase over the unsteered model at the same prompts and samples)
 EvaluateAt = Callable[[float], tuple[float, float]]
@@ -172,3 +172,32 @@ def search_two_sided(
     seen = {s: (p.control, p.ppl_increase) for s, p in memo.cache.items()}
     minus = search_side(memo, budget, sign=-1, zero=(zero.control, zero.ppl_increase), known=seen, **kw)
     return TwoSidedResult(plus, minus, zero, len(memo.new))
+
+
+def isotonic(values: Sequence[float]) -> list[float]:
+    """The non-decreasing least-squares fit of ``values`` (in their order): pool adjacent violators."""
+    blocks: list[list[float]] = []  # [mean, weight]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, w2), (m1, w1) = blocks[-2], blocks[-1]
+            blocks[-2:] = [[(m2 * w2 + m1 * w1) / (w2 + w1), w2 + w1]]
+    out: list[float] = []
+    for m, w in blocks:
+        out += [m] * int(w)
+    return out
+
+
+def isotonic_edge(probes: Sequence[Probe], budget: float, sign: int = 1) -> Probe:
+    """The largest-|s| probe on one side whose perplexity increase, *fitted as non-decreasing in |s|* over all of
+    that side's probes (and s = 0), is within ``budget``.
+
+    Bisection trusts each single measurement; at a few dozen samples per probe the judge perplexity is not monotone
+    in |s| (noise of ±5–10 points), so one lucky probe past the true edge can be returned. The isotonic fit uses
+    every probe of the side at once, so a lone low reading beyond higher ones is pooled with them."""
+    side = sorted((p for p in probes if p.strength * sign > 0 or p.strength == 0.0), key=lambda p: abs(p.strength))
+    if not side or side[0].strength != 0.0:
+        side = [Probe(0.0, math.nan, 0.0), *side]
+    fitted = isotonic([p.ppl_increase if math.isfinite(p.ppl_increase) else math.inf for p in side])
+    ok = [p for p, f in zip(side, fitted) if f <= budget]
+    return ok[-1] if ok else side[0]

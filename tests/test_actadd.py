@@ -298,3 +298,17 @@ def test_recommend_never_parks_on_a_strength_without_gain():
             s = rec["strength"]
             if gain(s) <= 0:
                 assert not any(m > s and ppl(m) <= 12.5 and gain(m) > 0 for m in mags), (control, rows, rec)
+
+
+def test_isotonic_edge_pools_a_lucky_probe():
+    from steer_core.strength_search import Probe, isotonic, isotonic_edge
+
+    assert isotonic([0.0, 0.3, 0.1, 0.5]) == pytest.approx([0.0, 0.2, 0.2, 0.5])
+    # ActAdd's − side as measured: −0.0438 reads +13.9 % between −0.0375 (+23.9 %) and −0.05 (+26.5 %)
+    probes = [Probe(-0.025, 0.28, 0.164), Probe(-0.0375, 0.21, 0.239), Probe(-0.04375, 0.32, 0.139),
+              Probe(-0.05, 0.29, 0.265), Probe(-0.1, 0.32, 0.206), Probe(-0.2, 0.29, 0.50), Probe(0.0, 0.31, 0.0)]
+    edge = isotonic_edge(probes, 0.25, sign=-1)
+    # fitted: 0.164, 0.189, 0.189 (−0.0375, −0.0438 pooled), 0.235, 0.235 (−0.05, −0.1 pooled), 0.50
+    assert edge.strength == -0.1
+    assert isotonic_edge(probes, 0.10, sign=-1).strength == 0.0
+    assert isotonic_edge([Probe(1.0, 0.5, 0.1), Probe(2.0, 0.6, 0.2)], 0.25).strength == 2.0
