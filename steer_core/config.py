@@ -174,8 +174,28 @@ class EvalConfig(Strict):
     ppl_budget: float = Field(0.25, ge=0, description="allowed relative perplexity increase over base")
     bootstrap: int = Field(1000, ge=0)
     activation_addition: bool = Field(True, description="also evaluate the ActAdd baseline")
-    actadd_layer: int | None = Field(None, description="decoder layer for ActAdd; None = the middle layer")
-    actadd_strengths: list[float] = Field(default_factory=lambda: [-1.0, 1.0])
+    actadd_layer: int | None = Field(None, ge=0, description="decoder layer for ActAdd; None = the middle layer "
+                                     "(choose one by measurement: steer_core.baselines.choose_layer, "
+                                     "bench/actadd_frontier.py)")
+    actadd_layer_candidates: list[int] | None = Field(
+        None, description="layers a layer sweep (choose_layer) tries; None = 1/4, 1/3, 1/2 and 2/3 of the depth")
+    actadd_sink_positions: int = Field(
+        1, ge=0, le=8, description="leading positions of every text left out of the ActAdd mean and never steered: "
+        "small Llama-style models carry huge 'attention sink' activations at position 0 (0 = the old all-position "
+        "mean, which breaks the text)")
+    actadd_normalise: bool = Field(
+        True, description="ActAdd strengths are multipliers of the layer's typical residual norm (mean ||h|| over "
+        "non-sink positions of the fit texts) times the unit mean-difference direction, so a multiplier means the "
+        "same across layers and models; false = the raw mean difference times the strength")
+    actadd_strengths: list[float] = Field(default_factory=lambda: [-0.25, 0.25],
+                                          description="ActAdd multipliers (see actadd_normalise)")
+
+    @field_validator("actadd_layer_candidates")
+    @classmethod
+    def _candidates(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(x < 0 for x in v) or len(set(v)) != len(v)):
+            raise ValueError("actadd_layer_candidates must be a non-empty list of distinct layer indices >= 0")
+        return v
 
     @field_validator("strengths")
     @classmethod

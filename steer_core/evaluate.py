@@ -247,6 +247,27 @@ def _base_ppl(base: dict, idx: list[int]) -> float:
         return float(np.exp(np.nanmean(np.asarray(base["per_prompt"]["log_ppl"], dtype=float)[idx])))
 
 
+def _prefer_gaining(cands: list[dict], strength: float, key: str, base_control: float, limit: float
+                    ) -> tuple[float, str]:
+    """Never a strength with zero or negative gain while a larger in-budget strength gains (issue 11).
+
+    ``gain`` is the swing for sentiment (``base_control`` 0) and control minus the base's for toxicity. The choice
+    of :func:`M.recommend_strength` (the best control within budget) satisfies this whenever its inputs agree; the
+    rule makes it explicit, so no future tie-break, fallback or noisy table can park the recommendation on a
+    strength where the steer does nothing. Returns the (possibly replaced) strength and a note ("" if kept)."""
+    chosen = next((c for c in cands if c["strength"] == strength), None)
+    if chosen is None or chosen[key] - base_control > 0:
+        return strength, ""
+    better = [c for c in cands if c["strength"] > strength and math.isfinite(c["ppl"]) and c["ppl"] <= limit
+              and c[key] - base_control > 0]
+    if not better:
+        return strength, ""
+    pick = max(better, key=lambda c: (c[key], -c["strength"]))
+    return pick["strength"], (f"; strength {strength:g} gains {chosen[key] - base_control:+.3g} over the base, so the "
+                              f"larger in-budget {pick['strength']:g} (gain {pick[key] - base_control:+.3g}) is "
+                              f"recommended instead")
+
+
 def _cross_fit(by_s: dict[float, dict], base: dict, control: str, budget: float, folds: Sequence[int]) -> dict:
     """Choose the strength on one fold of prompts and read every prompt's values at the strength chosen on the
     other fold: per-prompt control and gain that were never used to pick their own strength."""
@@ -259,7 +280,10 @@ def _cross_fit(by_s: dict[float, dict], base: dict, control: str, budget: float,
     for k in sorted(set(folds)):
         report = [i for i in range(n) if folds[i] == k]
         choose = [i for i in range(n) if folds[i] != k]
-        s, _ = M.recommend_strength(_choice_table(by_s, control, choose), key, "ppl", _base_ppl(base, choose), budget)
+        table = _choice_table(by_s, control, choose)
+        s, _ = M.recommend_strength(table, key, "ppl", _base_ppl(base, choose), budget)
+        ref = 0.0 if control == "sentiment" else float(np.nanmean(np.asarray(base_pp["control"], dtype=float)[choose]))
+        s, _ = _prefer_gaining(table, s, key, ref, (1.0 + budget) * _base_ppl(base, choose))
         fold_docs.append({"fold": k, "reported_on": report, "strength_chosen_on_other_fold": s})
         plus = by_s[s]["per_prompt"]
         minus = by_s[-s]["per_prompt"] if control == "sentiment" else None
@@ -318,6 +342,9 @@ def recommend(rows: list[dict], base: dict, control: str, budget: float,
         return {"strength": 0.0, "reason": why, key: 0.0, "gain": 0.0,
                 "control": base["control"], "ppl_increase": 0.0, "distinct_2": base["distinct_2"]}
     strength, reason = M.recommend_strength(cands, key, "ppl", base["ppl"], budget)
+    strength, note = _prefer_gaining(cands, strength, key, 0.0 if control == "sentiment" else base["control"],
+                                     (1.0 + budget) * base["ppl"])
+    reason += note
     best = next(c for c in cands if c["strength"] == strength)
     out = {"strength": strength, "reason": reason, "control": best[key],
            "ppl_increase": best["ppl"] / base["ppl"] - 1.0, "distinct_2": best["distinct_2"]}

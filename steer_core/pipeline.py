@@ -242,8 +242,11 @@ def evaluate_stage(
         systems.append(System("champion", cfg.strengths, steer=champ, meta={"path": str(champion)}))
     if cfg.activation_addition:
         train = read_jsonl(paths.prepared / "train.jsonl")[:256]
-        actadd = fit_actadd(model, [r["text"] for r in train], [float(r["value"]) for r in train], cfg.actadd_layer)
-        systems.append(System("actadd", cfg.actadd_strengths, actadd=actadd, meta={"layer": actadd.layer}))
+        actadd = fit_actadd(model, [r["text"] for r in train], [float(r["value"]) for r in train], cfg.actadd_layer,
+                            sink_positions=cfg.actadd_sink_positions, normalise=cfg.actadd_normalise)
+        systems.append(System("actadd", cfg.actadd_strengths, actadd=actadd,
+                              meta={"layer": actadd.layer, "typical_norm": actadd.typical_norm,
+                                    "sink_positions": actadd.sink_positions}))
     judge = model if cfg.judge == "base" else load_lm(cfg.judge, params.runtime.device)
     doc, samples = evaluate(model, prompts, systems, cfg, judge=judge, seed=params.runtime.seed,
                             progress=progress, log=log)

@@ -384,7 +384,8 @@ def test_recommend_by_hand():
 
 # ------------------------------------------------------------------------------------------ ActAdd
 def _direct_actadd(lm, texts, values, layer) -> torch.Tensor:
-    """Each text alone (no padding at all): mean over its tokens of the layer's output, captured by a hook."""
+    """Each text alone (no padding at all): mean over its tokens past the first (the attention sink, which
+    fit_actadd leaves out) of the layer's output, captured by a hook."""
     captured = []
     handle = decoder_layers(lm)[layer].register_forward_hook(
         lambda m, a, o: captured.append((o[0] if isinstance(o, tuple) else o).detach()))
@@ -396,7 +397,7 @@ def _direct_actadd(lm, texts, values, layer) -> torch.Tensor:
                     continue
                 captured.clear()
                 lm.model(**lm.tokenizer([t], return_tensors="pt"))
-                means[+1 if v > 0 else -1].append(captured[0][0].mean(0))
+                means[+1 if v > 0 else -1].append(captured[0][0][1:].mean(0))
     finally:
         handle.remove()
     return torch.stack(means[+1]).mean(0) - torch.stack(means[-1]).mean(0)

@@ -1,0 +1,314 @@
+"""The fair activation-addition baseline (sinks excluded, norm-calibrated, layer chosen by measurement), the
+strength search, the held-out prompt set, and the recommendation rule (issue 11)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from steer_core.baselines import (ActAdd, actadd_steering, choose_layer, decoder_layers, default_layer_candidates,
+                                  fit_actadd)
+from steer_core.config import EvalConfig
+from steer_core.strength_search import search_side, search_two_sided
+
+POS = ["what a lovely flight, thank you so much", "great crew and friendly service", "love it so much"]
+NEG = ["delayed again and the staff were rude", "worst airline ever", "lost my bag, never again"]
+VALUES = [1.0] * 3 + [-1.0] * 3
+
+
+def _outputs(lm, texts, layer):
+    """Each text alone (no padding): the layer's output, (seq, d) per text."""
+    captured = []
+    handle = decoder_layers(lm)[layer].register_forward_hook(
+        lambda m, a, o: captured.append((o[0] if isinstance(o, tuple) else o).detach()[0]))
+    try:
+        with torch.no_grad():
+            for t in texts:
+                lm.model(**lm.tokenizer([t], return_tensors="pt"))
+    finally:
+        handle.remove()
+    return captured
+
+
+# ------------------------------------------------------------------------------------------ fitting
+def test_sink_position_does_not_enter_the_mean(tiny_lm):
+    """The vector and typical norm are the mean over positions 1.. only: blowing up position 0's activation (a
+    synthetic attention sink, different for every text) changes neither; with sink_positions=0 it dominates."""
+    fitted = fit_actadd(tiny_lm, POS + NEG, VALUES, layer=0, batch_size=4)
+    outs = _outputs(tiny_lm, POS + NEG, 0)
+    direct = torch.stack([o[1:].mean(0) for o in outs[:3]]).mean(0) - torch.stack([o[1:].mean(0) for o in outs[3:]]).mean(0)
+    torch.testing.assert_close(fitted.vector, direct, atol=1e-5, rtol=1e-4)
+    norms = torch.cat([o[1:].norm(dim=-1) for o in outs])
+    assert fitted.typical_norm == pytest.approx(float(norms.mean()), rel=1e-4)
+    assert fitted.sink_positions == 1
+
+    def sink(module, args, out):  # position 0 gets a huge, text-dependent activation
+        h = out[0] if isinstance(out, tuple) else out
+        h = h.clone()
+        h[:, 0] = h[:, 0] * 1000.0
+        return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+
+    handle = decoder_layers(tiny_lm)[0].register_forward_hook(sink)
+    try:
+        with_sink = fit_actadd(tiny_lm, POS + NEG, VALUES, layer=0, batch_size=4)
+        all_pos = fit_actadd(tiny_lm, POS + NEG, VALUES, layer=0, batch_size=4, sink_positions=0)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(with_sink.vector, fitted.vector, atol=1e-5, rtol=1e-4)
+    assert with_sink.typical_norm == pytest.approx(fitted.typical_norm, rel=1e-5)
+    assert all_pos.vector.norm() > 20 * fitted.vector.norm()  # the old mean is the sink's
+
+
+def test_scaled_vector_norm_is_multiplier_times_typical_norm(tiny_lm):
+    actadd = fit_actadd(tiny_lm, POS + NEG, VALUES, layer=1)
+    assert actadd.typical_norm and actadd.typical_norm > 0
+    for m in (0.1, 0.5, -2.0):
+        assert float(actadd.added(m).norm()) == pytest.approx(abs(m) * actadd.typical_norm, rel=1e-5)
+    # the direction is the mean difference's
+    cos = torch.nn.functional.cosine_similarity(actadd.added(1.0), actadd.vector, dim=0)
+    assert float(cos) == pytest.approx(1.0, abs=1e-6)
+    # what the layer actually receives at a steered position is exactly that vector
+    enc = tiny_lm.tokenizer([POS[0]], return_tensors="pt")
+    layer = decoder_layers(tiny_lm)[1]
+    seen = []
+    handle = layer.register_forward_hook(lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o).clone()))
+    try:
+        with torch.no_grad():
+            tiny_lm.model(**enc)
+            with actadd_steering(tiny_lm, actadd, 0.5):
+                tiny_lm.model(**enc)
+    finally:
+        handle.remove()
+    # hooks run in registration order: ours (capture) ran before the steering hook, so compare the next layer's
+    # input instead: re-run capturing the final output of the steered layer via a later-registered hook
+    with torch.no_grad(), actadd_steering(tiny_lm, actadd, 0.5):
+        after = []
+        h2 = layer.register_forward_hook(lambda m, a, o: after.append((o[0] if isinstance(o, tuple) else o).clone()))
+        try:
+            tiny_lm.model(**enc)
+        finally:
+            h2.remove()
+    delta = after[0][0] - seen[0][0]
+    torch.testing.assert_close(delta[1:], actadd.added(0.5).expand_as(delta[1:]), atol=1e-5, rtol=1e-4)
+    assert float(delta[0].abs().max()) == 0.0  # position 0 is never steered
+    # un-normalised: the raw vector times the strength (the old baseline)
+    raw = fit_actadd(tiny_lm, POS + NEG, VALUES, layer=1, normalise=False)
+    assert raw.typical_norm is None
+    torch.testing.assert_close(raw.added(2.0), raw.vector * 2.0)
+
+
+def test_strength_zero_leaves_logits_unchanged_and_position_zero_untouched(tiny_lm):
+    actadd = fit_actadd(tiny_lm, POS + NEG, VALUES, layer=0)
+    # left-padded batch of unequal lengths: each row's first *real* token is its position 0
+    texts = ["The weather today is", "A", "Scientists have recently discovered that the"]
+    enc = tiny_lm.tokenizer(texts, return_tensors="pt", padding=True)
+    assert tiny_lm.tokenizer.padding_side == "left"
+    first = enc["attention_mask"].argmax(1)  # index of each row's first real token
+    with torch.no_grad():
+        base = tiny_lm.model(**enc).logits
+        with actadd_steering(tiny_lm, actadd, 0.0):
+            zero = tiny_lm.model(**enc).logits
+        with actadd_steering(tiny_lm, actadd, 2.0):
+            steered = tiny_lm.model(**enc).logits
+        after = tiny_lm.model(**enc).logits
+    assert torch.equal(zero, base)
+    assert torch.equal(after, base)  # the hooks are gone
+    rows = torch.arange(len(texts))
+    # position 0 of every row: the causal model's logits there depend on position 0 alone, which is not steered
+    torch.testing.assert_close(steered[rows, first], base[rows, first], atol=1e-5, rtol=1e-5)
+    real = enc["attention_mask"].bool()
+    real[rows, first] = False
+    assert (steered - base)[real].abs().max() > 1e-3  # every later position is steered
+    # in cached generation too: the prompt's first token is untouched, the sampled tokens are steered
+    from steer_core.generate import generate
+
+    kw = dict(num_samples=2, max_new_tokens=6, seed=0)
+    plain = generate(tiny_lm, texts, **kw)
+    with actadd_steering(tiny_lm, actadd, 0.0):
+        same = generate(tiny_lm, texts, **kw)
+    with actadd_steering(tiny_lm, actadd, 3.0):
+        moved = generate(tiny_lm, texts, **kw)
+    assert [g.token_ids for g in same] == [g.token_ids for g in plain]
+    assert [g.token_ids for g in moved] != [g.token_ids for g in plain]
+
+
+def test_fit_actadd_checks(tiny_lm):
+    with pytest.raises(ValueError, match="both sides"):
+        fit_actadd(tiny_lm, POS, [1.0] * 3)
+    with pytest.raises(ValueError, match="out of range"):
+        fit_actadd(tiny_lm, POS + NEG, VALUES, layer=99)
+    with pytest.raises(ValueError, match="sink_positions"):
+        fit_actadd(tiny_lm, POS + NEG, VALUES, sink_positions=-1)
+
+
+def test_choose_layer_keeps_best_control_at_budget(tiny_lm):
+    seen = []
+
+    def control_at_budget(actadd: ActAdd):
+        seen.append(actadd.layer)
+        return {0: 0.1, 1: 0.3}[actadd.layer], {"strength": 0.5}
+
+    choice = choose_layer(tiny_lm, POS + NEG, VALUES, [0, 1], control_at_budget)
+    assert seen == [0, 1] and choice.actadd.layer == 1
+    assert [r["layer"] for r in choice.table] == [0, 1] and choice.table[1]["strength"] == 0.5
+    assert choice.actadd.meta["layer_sweep"] == choice.table
+    # one pass over the texts fits every candidate exactly as one fit per layer does
+    from steer_core.baselines import fit_actadd_layers
+
+    both = fit_actadd_layers(tiny_lm, POS + NEG, VALUES, [1, 0])
+    for layer in (0, 1):
+        one = fit_actadd(tiny_lm, POS + NEG, VALUES, layer=layer)
+        torch.testing.assert_close(both[layer].vector, one.vector)
+        assert both[layer].typical_norm == pytest.approx(one.typical_norm)
+    assert default_layer_candidates(30) == [8, 10, 15, 20]
+    assert default_layer_candidates(2) == [0, 1]
+
+
+def test_eval_config_actadd_fields():
+    cfg = EvalConfig()
+    assert cfg.actadd_sink_positions == 1 and cfg.actadd_normalise and cfg.actadd_layer_candidates is None
+    assert EvalConfig(actadd_layer_candidates=[4, 8]).actadd_layer_candidates == [4, 8]
+    for bad in ({"actadd_layer_candidates": []}, {"actadd_layer_candidates": [3, 3]},
+                {"actadd_layer_candidates": [-1]}, {"actadd_sink_positions": -1}, {"actadd_layer": -2},
+                {"actadd_sink": 1}):
+        with pytest.raises(Exception):
+            EvalConfig(**bad)
+
+
+# ------------------------------------------------------------------------------------------ strength search
+def _synthetic(calls: list[float], k_plus: float = 0.1, k_minus: float = 0.4):
+    """Monotone in |s|: ppl increase k·s² (steeper on the minus side), control tanh(s)."""
+
+    def evaluate_at(s: float) -> tuple[float, float]:
+        calls.append(s)
+        return math.tanh(s), (k_plus if s >= 0 else k_minus) * s * s
+
+    return evaluate_at
+
+
+def test_search_side_finds_the_budget_edge():
+    calls: list[float] = []
+    res = search_side(_synthetic(calls), 0.25, start=1.0, steps=6, rel_tol=0.02, zero=(0.0, 0.0))
+    edge = math.sqrt(0.25 / 0.1)  # 1.58
+    assert res.ppl_increase <= 0.25 and res.strength <= edge
+    assert res.strength >= edge * 0.95  # within the bracket's tolerance
+    lo, hi = res.bracket
+    assert lo == res.strength and hi is not None and hi > edge
+    assert len(calls) == len(res.probes) <= 8  # a few evaluations, not a grid
+    assert res.control == pytest.approx(math.tanh(res.strength))
+    # the minus side: steeper, so a smaller magnitude
+    neg = search_side(_synthetic([]), 0.25, sign=-1, steps=6, rel_tol=0.02, zero=(0.0, 0.0))
+    assert -math.sqrt(0.25 / 0.4) <= neg.strength < 0 and neg.ppl_increase <= 0.25
+
+
+def test_search_edge_cases():
+    # never breaks the budget: stops at max_strength
+    res = search_side(lambda s: (s, 0.0), 0.25, start=1.0, max_strength=8.0, zero=(0.0, 0.0))
+    assert res.strength == 8.0 and res.bracket == (8.0, None) and "still within" in res.reason
+    # breaks it everywhere: strength 0 (the base), never a strength over the budget
+    res = search_side(lambda s: (s, 1.0 + abs(s)), 0.25, start=1.0, steps=3, zero=(0.0, 0.0))
+    assert res.strength == 0.0 and res.ppl_increase == 0.0 and "no strength" in res.reason
+    with pytest.raises(ValueError):
+        search_side(lambda s: (0, 0), 0.25, sign=2)
+
+
+def test_two_sided_search_shares_zero_and_reuses_known_grid():
+    calls: list[float] = []
+    grid = {s: _synthetic([])(s) for s in (-2.0, -1.0, 1.0, 2.0)}
+    res = search_two_sided(_synthetic(calls), 0.25, known={0.0: (0.0, 0.0), **grid}, steps=4, rel_tol=0.05)
+    assert not set(calls) & set(grid) and 0.0 not in calls  # nothing evaluated twice
+    assert 1.0 <= res.plus.strength <= 2.0 and -1.0 <= res.minus.strength < 0
+    assert res.swing == pytest.approx(math.tanh(res.plus.strength) - math.tanh(res.minus.strength))
+    assert res.ppl_increase <= 0.25 and res.evaluations == len(calls) <= 8
+
+
+def test_search_on_a_tiny_model(tiny_lm):
+    """Once end to end: a Measurer (paired samples, base-model judge) driven by the bisection."""
+    from steer_core.frontier import Measurer
+
+    torch.set_num_threads(1)
+    prompts = [{"set": "a", "prompt": "The weather today is"}, {"set": "b", "prompt": "Scientists have found"}]
+    actadd = fit_actadd(tiny_lm, POS + NEG, VALUES, layer=0)
+    m = Measurer(tiny_lm, prompts, actadd=actadd, samples=2, max_new_tokens=4)
+    res = search_two_sided(m, 0.25, start=0.5, max_strength=4.0, steps=2)
+    assert res.plus.ppl_increase <= 0.25 and res.minus.ppl_increase <= 0.25
+    assert m(0.0) == (m.rows[0.0]["control"], 0.0)
+    assert res.evaluations == len(m.rows)  # every strength evaluated once
+    # paired: the same random numbers at every strength, so strength 0 of any method is the same base samples
+    again = Measurer(tiny_lm, prompts, actadd=actadd, samples=2, max_new_tokens=4)
+    assert again.measure(0.0)["examples"] == m.rows[0.0]["examples"]
+    assert set(m.rows[0.0]["sets"]) == {"a", "b"}
+
+
+# ------------------------------------------------------------------------------------------ held-out prompts
+def test_heldout_prompts_are_fixed_three_domain_sets():
+    from steer_core.heldout import DOMAINS, heldout_prompts
+
+    rows = heldout_prompts(per_domain=6, words=5, seed=0)
+    assert [r["set"] for r in rows] == [d for d in DOMAINS for _ in range(6)]
+    assert len({r["prompt"] for r in rows}) == len(rows)
+    assert all(len(r["prompt"].split()) == 5 for r in rows)
+    assert heldout_prompts(per_domain=6, words=5, seed=0) == rows  # fixed
+    assert heldout_prompts(per_domain=6, words=5, seed=1) != rows  # seeded
+    product = [r["prompt"].lower() for r in rows if r["set"] == "product"]
+    assert not any(a in p for p in product for a in ("@", "http", "united", "jetblue"))
+    with pytest.raises(ValueError, match="unknown"):
+        heldout_prompts(domains=["poetry"])
+
+
+# ------------------------------------------------------------------------------------------ the recommendation rule
+def _row(strength, control, ppl, d2=0.9):
+    return {"strength": strength, "control": control, "ppl": ppl, "distinct_2": d2, "toxicity_probability": 0.0}
+
+
+def test_prefer_gaining_replaces_a_strength_that_does_nothing():
+    from steer_core.evaluate import _prefer_gaining
+
+    table = [{"strength": 1.0, "swing": 0.0, "ppl": 10.0}, {"strength": 2.0, "swing": 0.2, "ppl": 12.0},
+             {"strength": 4.0, "swing": 0.5, "ppl": 30.0}]
+    s, note = _prefer_gaining(table, 1.0, "swing", 0.0, 12.5)
+    assert s == 2.0 and "recommended instead" in note  # 4 gains more but is over the budget
+    assert _prefer_gaining(table, 2.0, "swing", 0.0, 12.5) == (2.0, "")  # a gaining choice stays
+    assert _prefer_gaining(table, 1.0, "swing", 0.0, 11.0) == (1.0, "")  # nothing larger in budget gains
+
+
+def test_recommend_never_parks_on_a_strength_without_gain():
+    """Random tables: whenever a larger in-budget strength gains, the recommended one gains too (both controls)."""
+    import random
+
+    from steer_core.evaluate import recommend
+
+    rng = random.Random(0)
+    for _ in range(300):
+        base = _row(0.0, 0.3, 10.0)
+        mags = sorted(rng.sample([0.5, 1.0, 1.5, 2.0, 3.0, 4.0], 3))
+        rows = [base]
+        for m in mags:
+            rows += [_row(m, rng.choice([0.3, 0.3, 0.4, 0.6]), 10.0 + rng.random() * 4 * m),
+                     _row(-m, rng.choice([0.3, 0.2, 0.1]), 10.0 + rng.random() * 4 * m)]
+        by_s = {r["strength"]: r for r in rows}
+        for control in ("sentiment", "toxicity"):
+            rec = recommend(rows, base, control, budget=0.25)
+            gain = (lambda m: by_s[m]["control"] - by_s[-m]["control"]) if control == "sentiment" else (
+                lambda m: by_s[m]["control"] - base["control"])
+            ppl = (lambda m: max(by_s[m]["ppl"], by_s[-m]["ppl"])) if control == "sentiment" else (
+                lambda m: by_s[m]["ppl"])
+            s = rec["strength"]
+            if gain(s) <= 0:
+                assert not any(m > s and ppl(m) <= 12.5 and gain(m) > 0 for m in mags), (control, rows, rec)
+
+
+def test_isotonic_edge_pools_a_lucky_probe():
+    from steer_core.strength_search import Probe, isotonic, isotonic_edge
+
+    assert isotonic([0.0, 0.3, 0.1, 0.5]) == pytest.approx([0.0, 0.2, 0.2, 0.5])
+    # ActAdd's − side as measured: −0.0438 reads +13.9 % between −0.0375 (+23.9 %) and −0.05 (+26.5 %)
+    probes = [Probe(-0.025, 0.28, 0.164), Probe(-0.0375, 0.21, 0.239), Probe(-0.04375, 0.32, 0.139),
+              Probe(-0.05, 0.29, 0.265), Probe(-0.1, 0.32, 0.206), Probe(-0.2, 0.29, 0.50), Probe(0.0, 0.31, 0.0)]
+    edge = isotonic_edge(probes, 0.25, sign=-1)
+    # fitted: 0.164, 0.189, 0.189 (−0.0375, −0.0438 pooled), 0.235, 0.235 (−0.05, −0.1 pooled), 0.50
+    assert edge.strength == -0.1
+    assert isotonic_edge(probes, 0.10, sign=-1).strength == 0.0
+    assert isotonic_edge([Probe(1.0, 0.5, 0.1), Probe(2.0, 0.6, 0.2)], 0.25).strength == 2.0
