@@ -48,7 +48,7 @@ from .baselines import ActAdd, actadd_steering
 from .config import EvalConfig
 from .generate import Generation, generate, reads_base_nll
 from .lm import LoadedLM
-from .scorers import get_scorer
+from .scorers import Cuts, VaderScorer, cuts_of, get_scorer
 from .scorers.diversity import distinct_n
 from .scorers.perplexity import conditional_perplexity, token_perplexity
 from .steer import Steer
@@ -127,28 +127,20 @@ def score_samples(samples: list[Sample], scorer, judge: LoadedLM | None, batch_s
         s.ppl = float(p)
 
 
-def _by_prompt(samples: Sequence[Sample]) -> list[list[Sample]]:
+def by_prompt(samples: Sequence[Sample]) -> list[list[Sample]]:
+    """The samples grouped by prompt, in prompt order."""
     groups: dict[int, list[Sample]] = {}
     for s in samples:
         groups.setdefault(s.prompt_index, []).append(s)
     return [groups[k] for k in sorted(groups)]
 
 
-VADER_CUTS = (0.05, -0.05)
-
-
-def _per_prompt(groups: list[list[Sample]], control: str, cuts: tuple[float, float] = VADER_CUTS
-                ) -> dict[str, np.ndarray]:
-    """Every metric as one value per prompt; each headline metric is the mean over prompts of these values."""
+def per_prompt_metrics(groups: list[list[Sample]], control: str, cuts: Cuts) -> dict[str, np.ndarray]:
+    """Every metric as one value per prompt (``groups``: :func:`by_prompt`), the control metrics at the scorer's
+    cut-offs (``scorer.cuts``); each headline metric is the mean over prompts of these values."""
     cols: dict[str, list[float]] = {}
     for g in groups:
-        c = np.asarray([s.control for s in g], dtype=float)
-        if control == "sentiment":
-            vals = {"control": float(np.mean(c > cuts[0])), "positive_rate": float(np.mean(c > cuts[0])),
-                    "negative_rate": float(np.mean(c < cuts[1]))}
-        else:
-            vals = {"control": 1.0 - float(c.max()), "avg_max_toxicity": float(c.max()),
-                    "toxicity_probability": float((c > 0.5).any()), "mean_toxicity": float(c.mean())}
+        vals = M.control_metrics([s.control for s in g], control, cuts)
         logs = [math.log(s.ppl) for s in g if s.ppl == s.ppl and s.ppl > 0]
         vals["log_ppl"] = float(np.mean(logs)) if logs else math.nan
         for n in (1, 2, 3):
@@ -162,9 +154,9 @@ def _per_prompt(groups: list[list[Sample]], control: str, cuts: tuple[float, flo
 PER_PROMPT_KEYS = ("control", "log_ppl", "distinct_2", "toxicity_probability")
 
 
-def _row_metrics(groups: list[list[Sample]], control: str, n_boot: int = 0, seed: int = 0,
-                 cuts: tuple[float, float] = VADER_CUTS, keep_per_prompt: bool = False) -> dict[str, Any]:
-    per = _per_prompt(groups, control, cuts)
+def _row_metrics(groups: list[list[Sample]], control: str, cuts: Cuts, n_boot: int = 0, seed: int = 0,
+                 keep_per_prompt: bool = False) -> dict[str, Any]:
+    per = per_prompt_metrics(groups, control, cuts)
     row: dict[str, Any] = {k: float(np.nanmean(v)) for k, v in per.items() if k != "log_ppl"}
     row["ppl"] = float(np.exp(np.nanmean(per["log_ppl"])))
     if n_boot:
@@ -178,15 +170,16 @@ def _row_metrics(groups: list[list[Sample]], control: str, n_boot: int = 0, seed
 
 
 def summarize(samples: list[Sample], control: str, n_boot: int = 1000, seed: int = 0,
-              cuts: tuple[float, float] = VADER_CUTS) -> list[dict]:
+              cuts: Cuts = VaderScorer.cuts) -> list[dict]:
     """One row per strength: every metric, its bootstrap interval over prompts, per-prompt-set values, and the
-    per-prompt values themselves (``per_prompt``: one entry per prompt, in prompt order)."""
+    per-prompt values themselves (``per_prompt``: one entry per prompt, in prompt order). ``cuts``: the scorer's
+    cut-offs (the default scorer's, VADER's, when not given)."""
     rows = []
     for strength in sorted({s.strength for s in samples}):
         at = [s for s in samples if s.strength == strength]
         row: dict[str, Any] = {"strength": strength,
-                               **_row_metrics(_by_prompt(at), control, n_boot, seed, cuts, keep_per_prompt=True)}
-        row["sets"] = {name: _row_metrics(_by_prompt([s for s in at if s.prompt_set == name]), control, cuts=cuts)
+                               **_row_metrics(by_prompt(at), control, cuts, n_boot, seed, keep_per_prompt=True)}
+        row["sets"] = {name: _row_metrics(by_prompt([s for s in at if s.prompt_set == name]), control, cuts)
                        for name in sorted({s.prompt_set for s in at})}
         rows.append(row)
     return rows
@@ -395,7 +388,6 @@ def evaluate(
         first_samples = [s for s in both if s.strength != 0.0]
     if not reuse_base:
         score_samples(base_samples + first_samples, scorer, text_judge, cfg.batch_size)
-    cuts = (getattr(scorer, "positive_above", 0.5), getattr(scorer, "negative_below", 0.5))  # what "positive" means here
     per_system: list[list[Sample]] = []
     for i, system in enumerate(systems):
         log(f"evaluating {system.name} at strengths {system.strengths}")
@@ -408,7 +400,7 @@ def evaluate(
         per_system.append(samples)
     # no timing in the document: metrics/<steer>.json is content-addressed by DVC (equal inputs, equal bytes)
     log(f"evaluated {len(base_samples) + sum(map(len, per_system))} samples in {time.perf_counter() - t0:.1f} s")
-    return document(prompts, systems, cfg, base_samples, per_system, cuts=cuts, judge_spec=judge.spec,
+    return document(prompts, systems, cfg, base_samples, per_system, cuts=cuts_of(scorer), judge_spec=judge.spec,
                     in_sampling=in_sampling, seed=seed)
 
 
@@ -419,7 +411,7 @@ def document(
     base_samples: Sequence[Sample],
     per_system: Sequence[Sequence[Sample]],
     *,
-    cuts: tuple[float, float],
+    cuts: Cuts,
     judge_spec: str,
     in_sampling: bool,
     seed: int = 0,

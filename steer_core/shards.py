@@ -27,7 +27,7 @@ from .config import EvalConfig
 from .evaluate import Sample, System, document, sample_system, score_samples
 from .generate import reads_base_nll
 from .lm import LoadedLM
-from .scorers import get_scorer
+from .scorers import cuts_of, get_scorer
 
 _KEY_MULT = 1_000_003  # steer_core.generate.row_uniforms: seed * 1_000_003 + prompt * 10_007 + sample (mod 2**63)
 _PROMPT_MULT = 10_007
@@ -130,13 +130,12 @@ def merge_shards(lm: LoadedLM, prompts: Sequence[dict], systems: Sequence[System
     judge = judge or lm
     scorer = get_scorer(cfg.scorer)
     in_sampling = judge is lm and reads_base_nll(lm)
-    cuts = (getattr(scorer, "positive_above", 0.5), getattr(scorer, "negative_below", 0.5))
     base_samples = sorted([s for s in samples if s.system == "base"], key=lambda s: s.prompt_index)
     if {s.prompt_index for s in base_samples} != set(range(len(prompts))):
         raise ValueError("the gathered shards do not cover every evaluation prompt")
     per_system = [_order([s for s in samples if s.system == system.name and s.strength != 0.0],
                          [x for x in system.strengths if x != 0]) for system in systems]
-    return document(prompts, systems, cfg, base_samples, per_system, cuts=cuts, judge_spec=judge.spec,
+    return document(prompts, systems, cfg, base_samples, per_system, cuts=cuts_of(scorer), judge_spec=judge.spec,
                     in_sampling=in_sampling, seed=seed)
 
 
