@@ -337,6 +337,76 @@ def recommend(rows: list[dict], base: dict, control: str, budget: float,
     return out
 
 
+def control_scorer(cfg: EvalConfig):
+    """The scorer of ``cfg.scorer``, checked to measure the control metric ``cfg.control``."""
+    scorer = get_scorer(cfg.scorer)
+    if cfg.control == "sentiment" and scorer.kind != "sentiment" or cfg.control == "toxicity" and scorer.kind != "toxicity":
+        raise ValueError(f"scorer {cfg.scorer!r} measures {scorer.kind}, but the control metric is {cfg.control!r}")
+    return scorer
+
+
+def reused_base(base_samples: Sequence[Sample] | None, prompts: Sequence[dict]) -> list[Sample] | None:
+    """Given base samples (``evaluate(base_samples=...)``) as the base model's, checked to cover every prompt."""
+    if base_samples is None:
+        return None
+    base = [replace(s, system="base", strength=0.0) for s in base_samples]
+    if {s.prompt_index for s in base} != set(range(len(prompts))):
+        raise ValueError("the given base samples do not cover the evaluation prompts: re-run the evaluate stage")
+    return base
+
+
+@dataclass
+class Call:
+    """One ``sample_system`` call of an evaluation: ``system`` at its strengths, for ``systems[index]`` (``None``:
+    the base model alone). Rows at strength 0 are the base model's samples."""
+
+    index: int | None
+    system: System
+
+
+def sampling_plan(systems: Sequence[System], sample_base: bool) -> list[Call]:
+    """The sampling calls of an evaluation, in order: each system at its non-zero strengths, and (``sample_base``)
+    strength 0, the base model, once.
+
+    Strength 0 rides in the first steer system's call: one generate call fills larger batches, and at strength 0
+    the steer hook adds exact zeros, so those rows are the base model's samples (and, rows drawing their random
+    numbers by prompt and sample, the very samples a separate call would give). Without a steer system the base
+    model is a call of its own. The calls fix the batches, hence the bits of every number: ``evaluate`` and a shard
+    (``shards.sample_shard``) both sample by this plan.
+    """
+    nonzero = [System(s.name, [x for x in s.strengths if x != 0], s.steer, s.actadd, s.meta) for s in systems]
+    first = next((i for i, s in enumerate(nonzero) if s.steer is not None), None) if sample_base else None
+    calls = []
+    if sample_base and first is None:
+        calls.append(Call(None, System("base", [0.0])))
+    for i, s in enumerate(nonzero):
+        if i == first:
+            calls.append(Call(i, System(s.name, [0.0, *s.strengths], s.steer)))
+        elif s.strengths:
+            calls.append(Call(i, s))
+    return calls
+
+
+def sample_and_score(
+    lm: LoadedLM, prompts: Sequence[dict], systems: Sequence[System], cfg: EvalConfig, scorer, *,
+    sample_base: bool, judge: LoadedLM | None, seed: int = 0, progress: bool = False,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> tuple[list[Sample], list[list[Sample]]]:
+    """Sample and score the calls of :func:`sampling_plan`, each call's samples scored together (``judge=None``:
+    the judge is ``lm``, read while sampling). Returns the base model's samples (empty unless ``sample_base``) and
+    each system's samples at its non-zero strengths."""
+    base: list[Sample] = []
+    per_system: list[list[Sample]] = [[] for _ in systems]
+    for call in sampling_plan(systems, sample_base):
+        log(f"evaluating {call.system.name} at strengths {call.system.strengths}")
+        samples = sample_system(lm, call.system, prompts, cfg, seed, progress, judge_in_sampling=judge is None)
+        score_samples(samples, scorer, judge, cfg.batch_size)
+        base += [replace(s, system="base") for s in samples if s.strength == 0.0]
+        if call.index is not None:
+            per_system[call.index] = [s for s in samples if s.strength != 0.0]
+    return base, per_system
+
+
 def evaluate(
     lm: LoadedLM,
     prompts: Sequence[dict],
@@ -361,43 +431,15 @@ def evaluate(
     if not prompts:
         raise ValueError("no evaluation prompts")
     judge = judge or lm
-    scorer = get_scorer(cfg.scorer)
-    if cfg.control == "sentiment" and scorer.kind != "sentiment" or cfg.control == "toxicity" and scorer.kind != "toxicity":
-        raise ValueError(f"scorer {cfg.scorer!r} measures {scorer.kind}, but the control metric is {cfg.control!r}")
+    scorer = control_scorer(cfg)
     t0 = time.perf_counter()
     # the judge is the generating model: score the sampled tokens themselves, read during sampling
     in_sampling = judge is lm and reads_base_nll(lm)
-    text_judge = None if in_sampling else judge
-    # strength 0 rides in the first steer system's batches: one generate call fills larger batches, and at
-    # strength 0 the steer hook adds exact zeros, so those rows are the base model's samples (and, rows drawing
-    # their random numbers by prompt and sample, the very samples a separate call would give)
-    nonzero = [System(s.name, [x for x in s.strengths if x != 0], s.steer, s.actadd, s.meta) for s in systems]
-    reuse_base = base_samples is not None
-    first = None if reuse_base else next((i for i, s in enumerate(nonzero) if s.steer is not None), None)
-    first_samples: list[Sample] = []  # the first steer system's non-zero strengths, sampled with the base
-    if reuse_base:
-        base_samples = [replace(s, system="base", strength=0.0) for s in base_samples]
-        if {s.prompt_index for s in base_samples} != set(range(len(prompts))):
-            raise ValueError("the given base samples do not cover the evaluation prompts: re-run the evaluate stage")
-    elif first is None:
-        base_samples = sample_system(lm, System("base", [0.0]), prompts, cfg, seed, progress, in_sampling)
-    else:
-        both = sample_system(lm, System(nonzero[first].name, [0.0, *nonzero[first].strengths], nonzero[first].steer),
-                             prompts, cfg, seed, progress, in_sampling)
-        base_samples = [replace(s, system="base") for s in both if s.strength == 0.0]
-        first_samples = [s for s in both if s.strength != 0.0]
-    if not reuse_base:
-        score_samples(base_samples + first_samples, scorer, text_judge, cfg.batch_size)
-    per_system: list[list[Sample]] = []
-    for i, system in enumerate(systems):
-        log(f"evaluating {system.name} at strengths {system.strengths}")
-        if i == first:
-            samples = first_samples
-        else:
-            samples = (sample_system(lm, nonzero[i], prompts, cfg, seed, progress, in_sampling)
-                       if nonzero[i].strengths else [])
-            score_samples(samples, scorer, text_judge, cfg.batch_size)
-        per_system.append(samples)
+    base_samples = reused_base(base_samples, prompts)
+    sampled_base, per_system = sample_and_score(lm, prompts, systems, cfg, scorer, sample_base=base_samples is None,
+                                                judge=None if in_sampling else judge, seed=seed, progress=progress,
+                                                log=log)
+    base_samples = sampled_base if base_samples is None else base_samples
     # no timing in the document: metrics/<steer>.json is content-addressed by DVC (equal inputs, equal bytes)
     log(f"evaluated {len(base_samples) + sum(map(len, per_system))} samples in {time.perf_counter() - t0:.1f} s")
     return document(prompts, systems, cfg, base_samples, per_system, cuts=cuts_of(scorer), judge_spec=judge.spec,

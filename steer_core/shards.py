@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from .config import EvalConfig
-from .evaluate import Sample, System, document, sample_system, score_samples
+from .evaluate import Sample, System, control_scorer, document, reused_base, sample_and_score
 from .generate import reads_base_nll
 from .lm import LoadedLM
 from .scorers import cuts_of, get_scorer
@@ -80,41 +80,16 @@ class ShardResult:
     load_seconds: float = 0.0  # time this shard's worker spent loading models for it (0 when already loaded)
 
 
-def _nonzero(systems: Sequence[System]) -> list[System]:
-    return [System(s.name, [x for x in s.strengths if x != 0], s.steer, s.actadd, s.meta) for s in systems]
-
-
 def sample_shard(lm: LoadedLM, shard: Shard, judge: LoadedLM | None = None) -> list[Sample]:
-    """Sample and score one shard exactly as ``evaluate`` does for those prompts: the base model's samples ride in
-    the first steer system's batches, every system's non-zero strengths are sampled, and the judge scores them.
+    """Sample and score one shard exactly as ``evaluate`` does for those prompts (``evaluate.sampling_plan``).
     Returned samples carry the prompts' indices in the whole run."""
     cfg, judge = shard.cfg, judge or lm
-    scorer = get_scorer(cfg.scorer)
     in_sampling = judge is lm and reads_base_nll(lm)
-    text_judge = None if in_sampling else judge
-    seed = keyed_seed(shard.seed, shard.start)
-    nonzero = _nonzero(shard.systems)
-    first = next((i for i, s in enumerate(nonzero) if s.steer is not None), None) if shard.sample_base else None
-    out: list[Sample] = []
-    if shard.sample_base:
-        if first is None:
-            base = sample_system(lm, System("base", [0.0]), shard.prompts, cfg, seed, False, in_sampling)
-            rest: list[Sample] = []
-        else:
-            f = nonzero[first]
-            both = sample_system(lm, System(f.name, [0.0, *f.strengths], f.steer), shard.prompts, cfg, seed, False,
-                                 in_sampling)
-            base = [replace(s, system="base") for s in both if s.strength == 0.0]
-            rest = [s for s in both if s.strength != 0.0]
-        score_samples(base + rest, scorer, text_judge, cfg.batch_size)
-        out += base + rest
-    for i, system in enumerate(nonzero):
-        if i == first or not system.strengths:
-            continue
-        samples = sample_system(lm, system, shard.prompts, cfg, seed, False, in_sampling)
-        score_samples(samples, scorer, text_judge, cfg.batch_size)
-        out += samples
-    return [replace(s, prompt_index=s.prompt_index + shard.start) for s in out]
+    base, per_system = sample_and_score(lm, shard.prompts, shard.systems, cfg, get_scorer(cfg.scorer),
+                                        sample_base=shard.sample_base, judge=None if in_sampling else judge,
+                                        seed=keyed_seed(shard.seed, shard.start))
+    samples = base + [s for part in per_system for s in part]
+    return [replace(s, prompt_index=s.prompt_index + shard.start) for s in samples]
 
 
 def _order(samples: list[Sample], strengths: Sequence[float]) -> list[Sample]:
@@ -155,14 +130,9 @@ def evaluate_in_shards(
     """Sample and score the shards of :func:`plan` through ``map_shards``, then compute the document from them all."""
     if not prompts:
         raise ValueError("no evaluation prompts")
-    scorer = get_scorer(cfg.scorer)
-    if cfg.control == "sentiment" and scorer.kind != "sentiment" or cfg.control == "toxicity" and scorer.kind != "toxicity":
-        raise ValueError(f"scorer {cfg.scorer!r} measures {scorer.kind}, but the control metric is {cfg.control!r}")
+    control_scorer(cfg)  # fail before sampling when the scorer does not measure the control metric
+    base_samples = reused_base(base_samples, prompts)
     reuse_base = base_samples is not None
-    if reuse_base:
-        base_samples = [replace(s, system="base", strength=0.0) for s in base_samples]
-        if {s.prompt_index for s in base_samples} != set(range(len(prompts))):
-            raise ValueError("the given base samples do not cover the evaluation prompts: re-run the evaluate stage")
     t0 = time.perf_counter()
     parts = [Shard(i, a, list(prompts[a:b]), list(systems), cfg, seed, sample_base=not reuse_base)
              for i, (a, b) in enumerate(plan(len(prompts), per_shard))]
