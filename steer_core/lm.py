@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import SteerError
-from .files import file_sha256
+from .files import dir_atomic, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -110,18 +110,12 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     model.hf_quantizer = None  # GGUF-loaded models refuse save_pretrained otherwise
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    (tmp / "steer_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": target.name}))
-    sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
-    (tmp / COMPLETE).write_text(json.dumps(sizes, indent=1))  # written last: the cache is whole
-    if target.exists():  # another process won the race
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    os.replace(tmp, target)
+    with dir_atomic(target, replace=False) as tmp:  # another process may win the race: its cache is kept
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        (tmp / "steer_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": target.name}))
+        sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / COMPLETE).write_text(json.dumps(sizes, indent=1))  # written last: the cache is whole
 
 
 COMPLETE = "steer_complete.json"  # file name -> size of every file of a finished conversion

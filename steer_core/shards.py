@@ -2,7 +2,7 @@
 workers, on other machines), then gathered; the metrics are computed only after gathering.
 
 Why a *fixed* plan: a sample's random numbers are keyed by (seed, prompt index, sample index)
-(``steer_core.generate.row_uniforms``), but its floating-point numbers are not quite independent of its batch: a
+(``steer_core.sampling.row_uniforms``), but its floating-point numbers are not quite independent of its batch: a
 batch is left-padded to its longest prompt, and a different padding changes logits in the last bits (measured:
 1.2e-7), which can flip a nucleus draw and always moves perplexities. So the shards are a function of the prompts
 alone (:func:`plan`: ``PROMPTS_PER_SHARD`` contiguous prompts each, never of the executor or its worker count),
@@ -29,7 +29,7 @@ from .generate import reads_base_nll
 from .lm import LoadedLM
 from .scorers import cuts_of, get_scorer
 
-_KEY_MULT = 1_000_003  # steer_core.generate.row_uniforms: seed * 1_000_003 + prompt * 10_007 + sample (mod 2**63)
+_KEY_MULT = 1_000_003  # steer_core.sampling.row_uniforms: seed * 1_000_003 + prompt * 10_007 + sample (mod 2**63)
 _PROMPT_MULT = 10_007
 _MOD = 2**63
 
@@ -114,20 +114,24 @@ def merge_shards(lm: LoadedLM, prompts: Sequence[dict], systems: Sequence[System
                     in_sampling=in_sampling, seed=seed)
 
 
-def evaluate_in_shards(
+def evaluate(
     lm: LoadedLM,
     prompts: Sequence[dict],
     systems: Sequence[System],
     cfg: EvalConfig,
     *,
-    map_shards: Callable[[list[Shard]], list[ShardResult]],
     judge: LoadedLM | None = None,
     seed: int = 0,
     log: Callable[[str], None] = lambda _msg: None,
     base_samples: Sequence[Sample] | None = None,
+    map_shards: Callable[[list[Shard]], list[ShardResult]] | None = None,
     per_shard: int = PROMPTS_PER_SHARD,
+    progress: bool = False,
 ) -> tuple[dict, list[Sample]]:
-    """Sample and score the shards of :func:`plan` through ``map_shards``, then compute the document from them all."""
+    """``steer_core.evaluate.evaluate`` (same arguments, same document) over the shards of :func:`plan`: sample and
+    score them through ``map_shards`` (default: the process's runner, :func:`use_runner`), then compute the document
+    from them all. ``base_samples`` (the champion comparison): only the systems are sampled, against these.
+    (``progress`` is accepted for the same signature; shards report per shard through ``log``.)"""
     if not prompts:
         raise ValueError("no evaluation prompts")
     control_scorer(cfg)  # fail before sampling when the scorer does not measure the control metric
@@ -138,7 +142,8 @@ def evaluate_in_shards(
              for i, (a, b) in enumerate(plan(len(prompts), per_shard))]
     log(f"evaluating {[s.name for s in systems]} at strengths {[s.strengths for s in systems]} in {len(parts)} "
         f"shard(s) of {'/'.join(str(len(p.prompts)) for p in parts)} prompts")
-    results = sorted(map_shards(parts), key=lambda r: r.index)
+    results = map_shards(parts) if map_shards is not None else (_RUNNER or run_here)(parts, lm, judge)
+    results = sorted(results, key=lambda r: r.index)
     if [r.index for r in results] != [p.index for p in parts]:
         raise RuntimeError(f"expected shards {[p.index for p in parts]}, got {[r.index for r in results]}")
     for r in results:
@@ -175,22 +180,3 @@ def use_runner(runner: Callable[..., list[ShardResult]] | None) -> None:
     """Run this process's evaluation shards with ``runner`` (None: in this process)."""
     global _RUNNER
     _RUNNER = runner
-
-
-def evaluate(
-    lm: LoadedLM,
-    prompts: Sequence[dict],
-    systems: Sequence[System],
-    cfg: EvalConfig,
-    *,
-    judge: LoadedLM | None = None,
-    seed: int = 0,
-    progress: bool = False,
-    log: Callable[[str], None] = lambda _msg: None,
-    base_samples: Sequence[Sample] | None = None,
-) -> tuple[dict, list[Sample]]:
-    """``steer_core.evaluate.evaluate`` (same arguments, same document) over the shards of :func:`plan`, run by the
-    process's runner. ``base_samples`` (the champion comparison): only the systems are sampled, against these."""
-    runner = _RUNNER or run_here
-    return evaluate_in_shards(lm, prompts, systems, cfg, map_shards=lambda parts: runner(parts, lm, judge),
-                              judge=judge, seed=seed, log=log, base_samples=base_samples)

@@ -212,6 +212,13 @@ class Steer(nn.Module):
                 f"(fingerprint {fingerprint[:12]}); use `steer transfer` to move a steer across models"
             )
 
+    def check_model(self, lm, model: str = "the model") -> None:
+        """Raise unless this steer fits ``lm`` (a ``LoadedLM``): trained on it (:meth:`check_base`) and of its
+        hidden size."""
+        self.check_base(lm.fingerprint)
+        if self.dim != lm.dim:
+            raise ValueError(f"steer dimension {self.dim} does not match {model}'s hidden size {lm.dim}")
+
 
 def parse_strengths(spec: str | float | None, steer: Steer, default_name: str | None = None) -> torch.Tensor:
     """Turn a CLI strength ("3", "-2.5", "sentiment=2,detox=1") into steer values; dummy stays 0 unless named."""

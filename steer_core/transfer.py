@@ -113,9 +113,7 @@ def fit_maps(src_lm: LoadedLM, dst_lm: LoadedLM, ridge: float = 0.0, min_shared:
 @torch.no_grad()
 def transfer(steer: Steer, src_lm: LoadedLM, dst_lm: LoadedLM, ridge: float = 0.0) -> tuple[Steer, dict[str, Any]]:
     """The steer carried to ``dst_lm`` (W' = A W C, see the module docstring) and a fit report."""
-    steer.check_base(src_lm.fingerprint)
-    if steer.dim != src_lm.dim:
-        raise ValueError(f"steer dimension {steer.dim} does not match the source model's hidden size {src_lm.dim}")
+    steer.check_model(src_lm, "the source model")
     fit = fit_maps(src_lm, dst_lm, ridge)
     A, C = fit["A"], fit["C"]  # A: (d_d, d_s) maps h_s → h_d; C: (d_s, d_d) maps h_d → h_s
     dd = dst_lm.dim
