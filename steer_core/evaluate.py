@@ -185,9 +185,13 @@ def summarize(samples: list[Sample], control: str, n_boot: int = 1000, seed: int
     return rows
 
 
+def _prompt_sha256(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
 def prompt_id(prompt: str) -> str:
     """A prompt's stable identity: the first 12 hex digits of the SHA-256 of its text."""
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:12]
+    return _prompt_sha256(prompt)[:12]
 
 
 def split_folds(prompts: Sequence[str]) -> list[int]:
@@ -197,7 +201,7 @@ def split_folds(prompts: Sequence[str]) -> list[int]:
     prompts. Only when that leaves a fold empty (a handful of prompts), the prompts sorted by hash alternate
     between the folds instead (still the same folds for the same prompts).
     """
-    ids = [hashlib.sha256(p.encode("utf-8")).hexdigest() for p in prompts]
+    ids = [_prompt_sha256(p) for p in prompts]
     folds = [int(h, 16) & 1 for h in ids]
     if len(prompts) >= 2 and len(set(folds)) < 2:
         order = sorted(range(len(prompts)), key=lambda i: (ids[i], i))
