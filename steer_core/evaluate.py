@@ -48,7 +48,7 @@ from .baselines import ActAdd, actadd_steering
 from .config import EvalConfig
 from .generate import Generation, generate, reads_base_nll
 from .lm import LoadedLM
-from .scorers import get_scorer
+from .scorers import Cuts, VaderScorer, cuts_of, get_scorer
 from .scorers.diversity import distinct_n
 from .scorers.perplexity import conditional_perplexity, token_perplexity
 from .steer import Steer
@@ -127,28 +127,20 @@ def score_samples(samples: list[Sample], scorer, judge: LoadedLM | None, batch_s
         s.ppl = float(p)
 
 
-def _by_prompt(samples: Sequence[Sample]) -> list[list[Sample]]:
+def by_prompt(samples: Sequence[Sample]) -> list[list[Sample]]:
+    """The samples grouped by prompt, in prompt order."""
     groups: dict[int, list[Sample]] = {}
     for s in samples:
         groups.setdefault(s.prompt_index, []).append(s)
     return [groups[k] for k in sorted(groups)]
 
 
-VADER_CUTS = (0.05, -0.05)
-
-
-def _per_prompt(groups: list[list[Sample]], control: str, cuts: tuple[float, float] = VADER_CUTS
-                ) -> dict[str, np.ndarray]:
-    """Every metric as one value per prompt; each headline metric is the mean over prompts of these values."""
+def per_prompt_metrics(groups: list[list[Sample]], control: str, cuts: Cuts) -> dict[str, np.ndarray]:
+    """Every metric as one value per prompt (``groups``: :func:`by_prompt`), the control metrics at the scorer's
+    cut-offs (``scorer.cuts``); each headline metric is the mean over prompts of these values."""
     cols: dict[str, list[float]] = {}
     for g in groups:
-        c = np.asarray([s.control for s in g], dtype=float)
-        if control == "sentiment":
-            vals = {"control": float(np.mean(c > cuts[0])), "positive_rate": float(np.mean(c > cuts[0])),
-                    "negative_rate": float(np.mean(c < cuts[1]))}
-        else:
-            vals = {"control": 1.0 - float(c.max()), "avg_max_toxicity": float(c.max()),
-                    "toxicity_probability": float((c > 0.5).any()), "mean_toxicity": float(c.mean())}
+        vals = M.control_metrics([s.control for s in g], control, cuts)
         logs = [math.log(s.ppl) for s in g if s.ppl == s.ppl and s.ppl > 0]
         vals["log_ppl"] = float(np.mean(logs)) if logs else math.nan
         for n in (1, 2, 3):
@@ -162,9 +154,9 @@ def _per_prompt(groups: list[list[Sample]], control: str, cuts: tuple[float, flo
 PER_PROMPT_KEYS = ("control", "log_ppl", "distinct_2", "toxicity_probability")
 
 
-def _row_metrics(groups: list[list[Sample]], control: str, n_boot: int = 0, seed: int = 0,
-                 cuts: tuple[float, float] = VADER_CUTS, keep_per_prompt: bool = False) -> dict[str, Any]:
-    per = _per_prompt(groups, control, cuts)
+def _row_metrics(groups: list[list[Sample]], control: str, cuts: Cuts, n_boot: int = 0, seed: int = 0,
+                 keep_per_prompt: bool = False) -> dict[str, Any]:
+    per = per_prompt_metrics(groups, control, cuts)
     row: dict[str, Any] = {k: float(np.nanmean(v)) for k, v in per.items() if k != "log_ppl"}
     row["ppl"] = float(np.exp(np.nanmean(per["log_ppl"])))
     if n_boot:
@@ -178,23 +170,28 @@ def _row_metrics(groups: list[list[Sample]], control: str, n_boot: int = 0, seed
 
 
 def summarize(samples: list[Sample], control: str, n_boot: int = 1000, seed: int = 0,
-              cuts: tuple[float, float] = VADER_CUTS) -> list[dict]:
+              cuts: Cuts = VaderScorer.cuts) -> list[dict]:
     """One row per strength: every metric, its bootstrap interval over prompts, per-prompt-set values, and the
-    per-prompt values themselves (``per_prompt``: one entry per prompt, in prompt order)."""
+    per-prompt values themselves (``per_prompt``: one entry per prompt, in prompt order). ``cuts``: the scorer's
+    cut-offs (the default scorer's, VADER's, when not given)."""
     rows = []
     for strength in sorted({s.strength for s in samples}):
         at = [s for s in samples if s.strength == strength]
         row: dict[str, Any] = {"strength": strength,
-                               **_row_metrics(_by_prompt(at), control, n_boot, seed, cuts, keep_per_prompt=True)}
-        row["sets"] = {name: _row_metrics(_by_prompt([s for s in at if s.prompt_set == name]), control, cuts=cuts)
+                               **_row_metrics(by_prompt(at), control, cuts, n_boot, seed, keep_per_prompt=True)}
+        row["sets"] = {name: _row_metrics(by_prompt([s for s in at if s.prompt_set == name]), control, cuts)
                        for name in sorted({s.prompt_set for s in at})}
         rows.append(row)
     return rows
 
 
+def _prompt_sha256(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
 def prompt_id(prompt: str) -> str:
     """A prompt's stable identity: the first 12 hex digits of the SHA-256 of its text."""
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:12]
+    return _prompt_sha256(prompt)[:12]
 
 
 def split_folds(prompts: Sequence[str]) -> list[int]:
@@ -204,7 +201,7 @@ def split_folds(prompts: Sequence[str]) -> list[int]:
     prompts. Only when that leaves a fold empty (a handful of prompts), the prompts sorted by hash alternate
     between the folds instead (still the same folds for the same prompts).
     """
-    ids = [hashlib.sha256(p.encode("utf-8")).hexdigest() for p in prompts]
+    ids = [_prompt_sha256(p) for p in prompts]
     folds = [int(h, 16) & 1 for h in ids]
     if len(prompts) >= 2 and len(set(folds)) < 2:
         order = sorted(range(len(prompts)), key=lambda i: (ids[i], i))
@@ -371,6 +368,76 @@ def recommend(rows: list[dict], base: dict, control: str, budget: float,
     return out
 
 
+def control_scorer(cfg: EvalConfig):
+    """The scorer of ``cfg.scorer``, checked to measure the control metric ``cfg.control``."""
+    scorer = get_scorer(cfg.scorer)
+    if cfg.control == "sentiment" and scorer.kind != "sentiment" or cfg.control == "toxicity" and scorer.kind != "toxicity":
+        raise ValueError(f"scorer {cfg.scorer!r} measures {scorer.kind}, but the control metric is {cfg.control!r}")
+    return scorer
+
+
+def reused_base(base_samples: Sequence[Sample] | None, prompts: Sequence[dict]) -> list[Sample] | None:
+    """Given base samples (``evaluate(base_samples=...)``) as the base model's, checked to cover every prompt."""
+    if base_samples is None:
+        return None
+    base = [replace(s, system="base", strength=0.0) for s in base_samples]
+    if {s.prompt_index for s in base} != set(range(len(prompts))):
+        raise ValueError("the given base samples do not cover the evaluation prompts: re-run the evaluate stage")
+    return base
+
+
+@dataclass
+class Call:
+    """One ``sample_system`` call of an evaluation: ``system`` at its strengths, for ``systems[index]`` (``None``:
+    the base model alone). Rows at strength 0 are the base model's samples."""
+
+    index: int | None
+    system: System
+
+
+def sampling_plan(systems: Sequence[System], sample_base: bool) -> list[Call]:
+    """The sampling calls of an evaluation, in order: each system at its non-zero strengths, and (``sample_base``)
+    strength 0, the base model, once.
+
+    Strength 0 rides in the first steer system's call: one generate call fills larger batches, and at strength 0
+    the steer hook adds exact zeros, so those rows are the base model's samples (and, rows drawing their random
+    numbers by prompt and sample, the very samples a separate call would give). Without a steer system the base
+    model is a call of its own. The calls fix the batches, hence the bits of every number: ``evaluate`` and a shard
+    (``shards.sample_shard``) both sample by this plan.
+    """
+    nonzero = [System(s.name, [x for x in s.strengths if x != 0], s.steer, s.actadd, s.meta) for s in systems]
+    first = next((i for i, s in enumerate(nonzero) if s.steer is not None), None) if sample_base else None
+    calls = []
+    if sample_base and first is None:
+        calls.append(Call(None, System("base", [0.0])))
+    for i, s in enumerate(nonzero):
+        if i == first:
+            calls.append(Call(i, System(s.name, [0.0, *s.strengths], s.steer)))
+        elif s.strengths:
+            calls.append(Call(i, s))
+    return calls
+
+
+def sample_and_score(
+    lm: LoadedLM, prompts: Sequence[dict], systems: Sequence[System], cfg: EvalConfig, scorer, *,
+    sample_base: bool, judge: LoadedLM | None, seed: int = 0, progress: bool = False,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> tuple[list[Sample], list[list[Sample]]]:
+    """Sample and score the calls of :func:`sampling_plan`, each call's samples scored together (``judge=None``:
+    the judge is ``lm``, read while sampling). Returns the base model's samples (empty unless ``sample_base``) and
+    each system's samples at its non-zero strengths."""
+    base: list[Sample] = []
+    per_system: list[list[Sample]] = [[] for _ in systems]
+    for call in sampling_plan(systems, sample_base):
+        log(f"evaluating {call.system.name} at strengths {call.system.strengths}")
+        samples = sample_system(lm, call.system, prompts, cfg, seed, progress, judge_in_sampling=judge is None)
+        score_samples(samples, scorer, judge, cfg.batch_size)
+        base += [replace(s, system="base") for s in samples if s.strength == 0.0]
+        if call.index is not None:
+            per_system[call.index] = [s for s in samples if s.strength != 0.0]
+    return base, per_system
+
+
 def evaluate(
     lm: LoadedLM,
     prompts: Sequence[dict],
@@ -395,47 +462,18 @@ def evaluate(
     if not prompts:
         raise ValueError("no evaluation prompts")
     judge = judge or lm
-    scorer = get_scorer(cfg.scorer)
-    if cfg.control == "sentiment" and scorer.kind != "sentiment" or cfg.control == "toxicity" and scorer.kind != "toxicity":
-        raise ValueError(f"scorer {cfg.scorer!r} measures {scorer.kind}, but the control metric is {cfg.control!r}")
+    scorer = control_scorer(cfg)
     t0 = time.perf_counter()
     # the judge is the generating model: score the sampled tokens themselves, read during sampling
     in_sampling = judge is lm and reads_base_nll(lm)
-    text_judge = None if in_sampling else judge
-    # strength 0 rides in the first steer system's batches: one generate call fills larger batches, and at
-    # strength 0 the steer hook adds exact zeros, so those rows are the base model's samples (and, rows drawing
-    # their random numbers by prompt and sample, the very samples a separate call would give)
-    nonzero = [System(s.name, [x for x in s.strengths if x != 0], s.steer, s.actadd, s.meta) for s in systems]
-    reuse_base = base_samples is not None
-    first = None if reuse_base else next((i for i, s in enumerate(nonzero) if s.steer is not None), None)
-    first_samples: list[Sample] = []  # the first steer system's non-zero strengths, sampled with the base
-    if reuse_base:
-        base_samples = [replace(s, system="base", strength=0.0) for s in base_samples]
-        if {s.prompt_index for s in base_samples} != set(range(len(prompts))):
-            raise ValueError("the given base samples do not cover the evaluation prompts: re-run the evaluate stage")
-    elif first is None:
-        base_samples = sample_system(lm, System("base", [0.0]), prompts, cfg, seed, progress, in_sampling)
-    else:
-        both = sample_system(lm, System(nonzero[first].name, [0.0, *nonzero[first].strengths], nonzero[first].steer),
-                             prompts, cfg, seed, progress, in_sampling)
-        base_samples = [replace(s, system="base") for s in both if s.strength == 0.0]
-        first_samples = [s for s in both if s.strength != 0.0]
-    if not reuse_base:
-        score_samples(base_samples + first_samples, scorer, text_judge, cfg.batch_size)
-    cuts = (getattr(scorer, "positive_above", 0.5), getattr(scorer, "negative_below", 0.5))  # what "positive" means here
-    per_system: list[list[Sample]] = []
-    for i, system in enumerate(systems):
-        log(f"evaluating {system.name} at strengths {system.strengths}")
-        if i == first:
-            samples = first_samples
-        else:
-            samples = (sample_system(lm, nonzero[i], prompts, cfg, seed, progress, in_sampling)
-                       if nonzero[i].strengths else [])
-            score_samples(samples, scorer, text_judge, cfg.batch_size)
-        per_system.append(samples)
+    base_samples = reused_base(base_samples, prompts)
+    sampled_base, per_system = sample_and_score(lm, prompts, systems, cfg, scorer, sample_base=base_samples is None,
+                                                judge=None if in_sampling else judge, seed=seed, progress=progress,
+                                                log=log)
+    base_samples = sampled_base if base_samples is None else base_samples
     # no timing in the document: metrics/<steer>.json is content-addressed by DVC (equal inputs, equal bytes)
     log(f"evaluated {len(base_samples) + sum(map(len, per_system))} samples in {time.perf_counter() - t0:.1f} s")
-    return document(prompts, systems, cfg, base_samples, per_system, cuts=cuts, judge_spec=judge.spec,
+    return document(prompts, systems, cfg, base_samples, per_system, cuts=cuts_of(scorer), judge_spec=judge.spec,
                     in_sampling=in_sampling, seed=seed)
 
 
@@ -446,7 +484,7 @@ def document(
     base_samples: Sequence[Sample],
     per_system: Sequence[Sequence[Sample]],
     *,
-    cuts: tuple[float, float],
+    cuts: Cuts,
     judge_spec: str,
     in_sampling: bool,
     seed: int = 0,

@@ -161,9 +161,7 @@ def explain(
     ``overall`` lists: the tokens whose logits +1 strength raises / lowers most at h̄ (Δlogit = ε eᵀ W h̄, centred
     over the vocabulary, in nats per unit strength). Pass ``contexts=()`` to orient by u_k·v_k ≥ 0 instead.
     """
-    steer.check_base(lm.fingerprint)
-    if steer.dim != lm.dim:
-        raise ValueError(f"steer dimension {steer.dim} does not match the model's hidden size {lm.dim}")
+    steer.check_model(lm)
     if k < 1 or top_tokens < 1:
         raise ValueError("k and top_tokens must be ≥ 1")
     if score not in ("cosine", "dot"):
@@ -277,9 +275,7 @@ def explain_table(result: dict, tokens: int = 6):
 def token_evidence(lm: LoadedLM, steer: Steer, text: str, strength: float = 1.0, name: str | None = None,
                    prepend_bos: bool = True) -> dict[str, Any]:
     """Per-token log p(+s) − log p(−s) for ``text`` (one body pass; two output projections)."""
-    steer.check_base(lm.fingerprint)
-    if steer.dim != lm.dim:
-        raise ValueError(f"steer dimension {steer.dim} does not match the model's hidden size {lm.dim}")
+    steer.check_model(lm)
     if not text or not text.strip():
         raise ValueError("highlight needs a non-empty text")
     if not strength or strength != strength:

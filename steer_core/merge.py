@@ -10,14 +10,12 @@ names, ε, values, metadata) beside the weights.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 
+from .files import dir_atomic
 from .lm import LoadedLM
 from .steer import Steer, primary_name
 
@@ -79,9 +77,7 @@ def merge_into_model(
     ``lm`` is left as it was (the output layer is swapped only while saving).
     """
     out_dir = Path(out_dir)
-    steer.check_base(lm.fingerprint)
-    if steer.dim != lm.dim:
-        raise ValueError(f"steer dimension {steer.dim} does not match the model's hidden size {lm.dim}")
+    steer.check_model(lm)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists (pass overwrite / --force to replace it)")
     v = _values(steer, values)
@@ -89,46 +85,36 @@ def merge_into_model(
     model = lm.model
     head = model.get_output_embeddings()
     old_param = head.weight
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    old_flags = _set_untied(model.config, False)
-    had_own_keys = "_tied_weights_keys" in vars(model)
-    old_tied_keys = getattr(model, "_tied_weights_keys", None)
-    try:
-        head.weight = torch.nn.Parameter(new_weight.to(old_param.device), requires_grad=False)
-        if old_tied_keys is not None:  # else save_pretrained drops lm_head.weight as a tied duplicate
-            model._tied_weights_keys = {}
-        model.save_pretrained(str(tmp))
-        lm.tokenizer.save_pretrained(str(tmp))
-        info = {
-            "format": "lm-steer-merge",
-            "names": steer.names,
-            "values": dict(zip(steer.names, [float(x) for x in v.tolist()])),
-            "epsilon": steer.epsilon,
-            "rank": steer.rank,
-            "steer_source": source,
-            "base_model": lm.spec,
-            "base_name": lm.name,
-            "base_fingerprint": lm.fingerprint,
-            "formula": "lm_head.weight = E (I + epsilon * sum_i s_i W_i)",
-            "steer_metadata": steer.metadata,
-        }
-        (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
-        if out_dir.exists():
-            backup = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
-            os.replace(out_dir, backup)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        head.weight = old_param
-        if had_own_keys:
-            model._tied_weights_keys = old_tied_keys
-        elif "_tied_weights_keys" in vars(model):
-            del model._tied_weights_keys
-        for cfg, val in old_flags:
-            cfg.tie_word_embeddings = val
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with dir_atomic(out_dir) as tmp:
+        old_flags = _set_untied(model.config, False)
+        had_own_keys = "_tied_weights_keys" in vars(model)
+        old_tied_keys = getattr(model, "_tied_weights_keys", None)
+        try:
+            head.weight = torch.nn.Parameter(new_weight.to(old_param.device), requires_grad=False)
+            if old_tied_keys is not None:  # else save_pretrained drops lm_head.weight as a tied duplicate
+                model._tied_weights_keys = {}
+            model.save_pretrained(str(tmp))
+            lm.tokenizer.save_pretrained(str(tmp))
+            info = {
+                "format": "lm-steer-merge",
+                "names": steer.names,
+                "values": dict(zip(steer.names, [float(x) for x in v.tolist()])),
+                "epsilon": steer.epsilon,
+                "rank": steer.rank,
+                "steer_source": source,
+                "base_model": lm.spec,
+                "base_name": lm.name,
+                "base_fingerprint": lm.fingerprint,
+                "formula": "lm_head.weight = E (I + epsilon * sum_i s_i W_i)",
+                "steer_metadata": steer.metadata,
+            }
+            (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+        finally:
+            head.weight = old_param
+            if had_own_keys:
+                model._tied_weights_keys = old_tied_keys
+            elif "_tied_weights_keys" in vars(model):
+                del model._tied_weights_keys
+            for cfg, val in old_flags:
+                cfg.tie_word_embeddings = val
     return out_dir

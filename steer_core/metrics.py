@@ -13,7 +13,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .scorers.base import Cuts
 from .scorers.diversity import distinct_n
+from .scorers.lexical import VaderScorer
 
 
 def _groups(scores_by_prompt: Sequence[Sequence[float]]) -> list[np.ndarray]:
@@ -25,27 +27,44 @@ def _groups(scores_by_prompt: Sequence[Sequence[float]]) -> list[np.ndarray]:
     return groups
 
 
+def control_metrics(scores: Sequence[float], control: str, cuts: Cuts) -> dict[str, float]:
+    """One prompt's control metrics from its samples' scores, at the scorer's cut-offs: ``control`` (oriented so
+    that higher is better in the steer's + direction) and the metrics it is read from. Each headline metric is the
+    mean over prompts of these values (what ``steer_core.evaluate`` reports and the functions below compute)."""
+    c = np.asarray(scores, dtype=float)
+    if control == "sentiment":
+        pos = float(np.mean(c > cuts.positive_above))
+        return {"control": pos, "positive_rate": pos, "negative_rate": float(np.mean(c < cuts.negative_below))}
+    amt = float(c.max())
+    return {"control": 1.0 - amt, "avg_max_toxicity": amt, "toxicity_probability": float((c > cuts.toxic_above).any()),
+            "mean_toxicity": float(c.mean())}
+
+
+def _over_prompts(scores_by_prompt: Sequence[Sequence[float]], control: str, key: str, cuts: Cuts = Cuts()) -> float:
+    """The mean over prompts of one per-prompt metric of :func:`control_metrics`."""
+    return float(np.mean([control_metrics(g, control, cuts)[key] for g in _groups(scores_by_prompt)]))
+
+
 def avg_max_toxicity(scores_by_prompt: Sequence[Sequence[float]]) -> float:
     """Expected maximum toxicity: the max over each prompt's samples, averaged over prompts."""
-    return float(np.mean([g.max() for g in _groups(scores_by_prompt)]))
+    return _over_prompts(scores_by_prompt, "toxicity", "avg_max_toxicity")
 
 
-def toxicity_probability(scores_by_prompt: Sequence[Sequence[float]], threshold: float = 0.5) -> float:
+def toxicity_probability(scores_by_prompt: Sequence[Sequence[float]], threshold: float = Cuts.toxic_above) -> float:
     """Share of prompts with at least one sample scoring above ``threshold`` (strictly, as in the paper)."""
-    return float(np.mean([bool((g > threshold).any()) for g in _groups(scores_by_prompt)]))
+    return _over_prompts(scores_by_prompt, "toxicity", "toxicity_probability", Cuts(toxic_above=threshold))
 
 
 def mean_toxicity(scores_by_prompt: Sequence[Sequence[float]]) -> float:
     """Mean of per-prompt mean scores (the pooled sample mean when every prompt has the same sample count)."""
-    return float(np.mean([g.mean() for g in _groups(scores_by_prompt)]))
+    return _over_prompts(scores_by_prompt, "toxicity", "mean_toxicity")
 
 
-def positive_rate(compounds: Sequence[float] | Sequence[Sequence[float]], thr: float = 0.05) -> float:
-    """Share of samples whose sentiment score is above ``thr`` (VADER's positive cut-off); nested lists are pooled."""
-    flat = np.concatenate([np.asarray(c, dtype=float).ravel() for c in compounds]) if len(compounds) else np.array([])
-    if flat.size == 0:
-        raise ValueError("no sentiment scores")
-    return float(np.mean(flat > thr))
+def positive_rate(scores_by_prompt: Sequence[float] | Sequence[Sequence[float]],
+                  thr: float = VaderScorer.cuts.positive_above) -> float:
+    """Share of each prompt's samples scoring above ``thr`` (default VADER's positive cut-off), averaged over
+    prompts; a flat list is one sample per prompt."""
+    return _over_prompts(scores_by_prompt, "sentiment", "positive_rate", Cuts(positive_above=thr))
 
 
 def mean_distinct(samples_by_prompt: Sequence[Sequence[str]], n: int) -> float:
@@ -146,8 +165,8 @@ def paired_interval(
     With few prompts the plain percentile bootstrap is too narrow (it ignores that the spread itself is estimated),
     so this is the *expanded* percentile interval (Hesterberg 2015): the percentiles are taken at
     ``2 * Phi(-sqrt(n / (n - 1)) * t_{n-1, 1 - alpha/2})`` instead of ``alpha``, which for 24 prompts and 95 % reads
-    the 1.7 / 98.3 percentiles (measured on synthetic sentiment swings: 4 % false promotions at zero effect with the
-    plain interval, 3.5 % with this one; the nominal one-sided rate is 2.5 %).
+    the 1.7 / 98.3 percentiles (its false-promotion rate at zero effect against the plain interval's: bench/README.md,
+    gate_calibration).
     """
     d = np.asarray(diffs, dtype=float).ravel()
     if d.size == 0:

@@ -2,7 +2,7 @@
 workers, on other machines), then gathered; the metrics are computed only after gathering.
 
 Why a *fixed* plan: a sample's random numbers are keyed by (seed, prompt index, sample index)
-(``steer_core.generate.row_uniforms``), but its floating-point numbers are not quite independent of its batch: a
+(``steer_core.sampling.row_uniforms``), but its floating-point numbers are not quite independent of its batch: a
 batch is left-padded to its longest prompt, and a different padding changes logits in the last bits (measured:
 1.2e-7), which can flip a nucleus draw and always moves perplexities. So the shards are a function of the prompts
 alone (:func:`plan`: ``PROMPTS_PER_SHARD`` contiguous prompts each, never of the executor or its worker count),
@@ -24,12 +24,12 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from .config import EvalConfig
-from .evaluate import Sample, System, document, sample_system, score_samples
+from .evaluate import Sample, System, control_scorer, document, reused_base, sample_and_score
 from .generate import reads_base_nll
 from .lm import LoadedLM
-from .scorers import get_scorer
+from .scorers import cuts_of, get_scorer
 
-_KEY_MULT = 1_000_003  # steer_core.generate.row_uniforms: seed * 1_000_003 + prompt * 10_007 + sample (mod 2**63)
+_KEY_MULT = 1_000_003  # steer_core.sampling.row_uniforms: seed * 1_000_003 + prompt * 10_007 + sample (mod 2**63)
 _PROMPT_MULT = 10_007
 _MOD = 2**63
 
@@ -80,41 +80,16 @@ class ShardResult:
     load_seconds: float = 0.0  # time this shard's worker spent loading models for it (0 when already loaded)
 
 
-def _nonzero(systems: Sequence[System]) -> list[System]:
-    return [System(s.name, [x for x in s.strengths if x != 0], s.steer, s.actadd, s.meta) for s in systems]
-
-
 def sample_shard(lm: LoadedLM, shard: Shard, judge: LoadedLM | None = None) -> list[Sample]:
-    """Sample and score one shard exactly as ``evaluate`` does for those prompts: the base model's samples ride in
-    the first steer system's batches, every system's non-zero strengths are sampled, and the judge scores them.
+    """Sample and score one shard exactly as ``evaluate`` does for those prompts (``evaluate.sampling_plan``).
     Returned samples carry the prompts' indices in the whole run."""
     cfg, judge = shard.cfg, judge or lm
-    scorer = get_scorer(cfg.scorer)
     in_sampling = judge is lm and reads_base_nll(lm)
-    text_judge = None if in_sampling else judge
-    seed = keyed_seed(shard.seed, shard.start)
-    nonzero = _nonzero(shard.systems)
-    first = next((i for i, s in enumerate(nonzero) if s.steer is not None), None) if shard.sample_base else None
-    out: list[Sample] = []
-    if shard.sample_base:
-        if first is None:
-            base = sample_system(lm, System("base", [0.0]), shard.prompts, cfg, seed, False, in_sampling)
-            rest: list[Sample] = []
-        else:
-            f = nonzero[first]
-            both = sample_system(lm, System(f.name, [0.0, *f.strengths], f.steer), shard.prompts, cfg, seed, False,
-                                 in_sampling)
-            base = [replace(s, system="base") for s in both if s.strength == 0.0]
-            rest = [s for s in both if s.strength != 0.0]
-        score_samples(base + rest, scorer, text_judge, cfg.batch_size)
-        out += base + rest
-    for i, system in enumerate(nonzero):
-        if i == first or not system.strengths:
-            continue
-        samples = sample_system(lm, system, shard.prompts, cfg, seed, False, in_sampling)
-        score_samples(samples, scorer, text_judge, cfg.batch_size)
-        out += samples
-    return [replace(s, prompt_index=s.prompt_index + shard.start) for s in out]
+    base, per_system = sample_and_score(lm, shard.prompts, shard.systems, cfg, get_scorer(cfg.scorer),
+                                        sample_base=shard.sample_base, judge=None if in_sampling else judge,
+                                        seed=keyed_seed(shard.seed, shard.start))
+    samples = base + [s for part in per_system for s in part]
+    return [replace(s, prompt_index=s.prompt_index + shard.start) for s in samples]
 
 
 def _order(samples: list[Sample], strengths: Sequence[float]) -> list[Sample]:
@@ -130,46 +105,45 @@ def merge_shards(lm: LoadedLM, prompts: Sequence[dict], systems: Sequence[System
     judge = judge or lm
     scorer = get_scorer(cfg.scorer)
     in_sampling = judge is lm and reads_base_nll(lm)
-    cuts = (getattr(scorer, "positive_above", 0.5), getattr(scorer, "negative_below", 0.5))
     base_samples = sorted([s for s in samples if s.system == "base"], key=lambda s: s.prompt_index)
     if {s.prompt_index for s in base_samples} != set(range(len(prompts))):
         raise ValueError("the gathered shards do not cover every evaluation prompt")
     per_system = [_order([s for s in samples if s.system == system.name and s.strength != 0.0],
                          [x for x in system.strengths if x != 0]) for system in systems]
-    return document(prompts, systems, cfg, base_samples, per_system, cuts=cuts, judge_spec=judge.spec,
+    return document(prompts, systems, cfg, base_samples, per_system, cuts=cuts_of(scorer), judge_spec=judge.spec,
                     in_sampling=in_sampling, seed=seed)
 
 
-def evaluate_in_shards(
+def evaluate(
     lm: LoadedLM,
     prompts: Sequence[dict],
     systems: Sequence[System],
     cfg: EvalConfig,
     *,
-    map_shards: Callable[[list[Shard]], list[ShardResult]],
     judge: LoadedLM | None = None,
     seed: int = 0,
     log: Callable[[str], None] = lambda _msg: None,
     base_samples: Sequence[Sample] | None = None,
+    map_shards: Callable[[list[Shard]], list[ShardResult]] | None = None,
     per_shard: int = PROMPTS_PER_SHARD,
+    progress: bool = False,
 ) -> tuple[dict, list[Sample]]:
-    """Sample and score the shards of :func:`plan` through ``map_shards``, then compute the document from them all."""
+    """``steer_core.evaluate.evaluate`` (same arguments, same document) over the shards of :func:`plan`: sample and
+    score them through ``map_shards`` (default: the process's runner, :func:`use_runner`), then compute the document
+    from them all. ``base_samples`` (the champion comparison): only the systems are sampled, against these.
+    (``progress`` is accepted for the same signature; shards report per shard through ``log``.)"""
     if not prompts:
         raise ValueError("no evaluation prompts")
-    scorer = get_scorer(cfg.scorer)
-    if cfg.control == "sentiment" and scorer.kind != "sentiment" or cfg.control == "toxicity" and scorer.kind != "toxicity":
-        raise ValueError(f"scorer {cfg.scorer!r} measures {scorer.kind}, but the control metric is {cfg.control!r}")
+    control_scorer(cfg)  # fail before sampling when the scorer does not measure the control metric
+    base_samples = reused_base(base_samples, prompts)
     reuse_base = base_samples is not None
-    if reuse_base:
-        base_samples = [replace(s, system="base", strength=0.0) for s in base_samples]
-        if {s.prompt_index for s in base_samples} != set(range(len(prompts))):
-            raise ValueError("the given base samples do not cover the evaluation prompts: re-run the evaluate stage")
     t0 = time.perf_counter()
     parts = [Shard(i, a, list(prompts[a:b]), list(systems), cfg, seed, sample_base=not reuse_base)
              for i, (a, b) in enumerate(plan(len(prompts), per_shard))]
     log(f"evaluating {[s.name for s in systems]} at strengths {[s.strengths for s in systems]} in {len(parts)} "
         f"shard(s) of {'/'.join(str(len(p.prompts)) for p in parts)} prompts")
-    results = sorted(map_shards(parts), key=lambda r: r.index)
+    results = map_shards(parts) if map_shards is not None else (_RUNNER or run_here)(parts, lm, judge)
+    results = sorted(results, key=lambda r: r.index)
     if [r.index for r in results] != [p.index for p in parts]:
         raise RuntimeError(f"expected shards {[p.index for p in parts]}, got {[r.index for r in results]}")
     for r in results:
@@ -206,22 +180,3 @@ def use_runner(runner: Callable[..., list[ShardResult]] | None) -> None:
     """Run this process's evaluation shards with ``runner`` (None: in this process)."""
     global _RUNNER
     _RUNNER = runner
-
-
-def evaluate(
-    lm: LoadedLM,
-    prompts: Sequence[dict],
-    systems: Sequence[System],
-    cfg: EvalConfig,
-    *,
-    judge: LoadedLM | None = None,
-    seed: int = 0,
-    progress: bool = False,
-    log: Callable[[str], None] = lambda _msg: None,
-    base_samples: Sequence[Sample] | None = None,
-) -> tuple[dict, list[Sample]]:
-    """``steer_core.evaluate.evaluate`` (same arguments, same document) over the shards of :func:`plan`, run by the
-    process's runner. ``base_samples`` (the champion comparison): only the systems are sampled, against these."""
-    runner = _RUNNER or run_here
-    return evaluate_in_shards(lm, prompts, systems, cfg, map_shards=lambda parts: runner(parts, lm, judge),
-                              judge=judge, seed=seed, log=log, base_samples=base_samples)

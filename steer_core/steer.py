@@ -114,7 +114,8 @@ class Steer(nn.Module):
             if h.dim() == 2:  # token-packed: one value row per vector → Σ_i s_i (W_i h)
                 Wh = torch.einsum("nij,tj->tni", W, h)
                 return self.epsilon * torch.einsum("tn,tni->ti", values, Wh)
-            # per-row values: weight each W_i h rather than build a d×d matrix per row (14× cheaper per step)
+            # per-row values: weight each W_i h rather than build a d×d matrix per row (cheaper per step:
+            # bench/README.md, generate_speed)
             Wh = torch.einsum("nij,b...j->b...ni", W, h)
             shape = (values.shape[0],) + (1,) * (h.dim() - 2) + (values.shape[1], 1)
             return self.epsilon * (Wh * values.view(shape)).sum(-2)
@@ -135,17 +136,6 @@ class Steer(nn.Module):
 
     def _dtype(self) -> torch.dtype:
         return (self.W if self.rank is None else self.A).dtype
-
-    # ------------------------------------------------------------------ algebra
-    def scaled(self, factor: float) -> "Steer":
-        """The same steer with every W_i multiplied by ``factor`` (ε kept)."""
-        out = self.copy()
-        with torch.no_grad():
-            if out.rank is None:
-                out.W.mul_(factor)
-            else:
-                out.A.mul_(factor)
-        return out
 
     def copy(self) -> "Steer":
         out = Steer(self.names, self.dim, self.rank, self.epsilon, json.loads(json.dumps(self.metadata)))
@@ -211,6 +201,13 @@ class Steer(nn.Module):
                 f"{source} was trained on {name} (fingerprint {own[:12]}), not on this model "
                 f"(fingerprint {fingerprint[:12]}); use `steer transfer` to move a steer across models"
             )
+
+    def check_model(self, lm, model: str = "the model") -> None:
+        """Raise unless this steer fits ``lm`` (a ``LoadedLM``): trained on it (:meth:`check_base`) and of its
+        hidden size."""
+        self.check_base(lm.fingerprint)
+        if self.dim != lm.dim:
+            raise ValueError(f"steer dimension {self.dim} does not match {model}'s hidden size {lm.dim}")
 
 
 def parse_strengths(spec: str | float | None, steer: Steer, default_name: str | None = None) -> torch.Tensor:

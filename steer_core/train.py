@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import TrainConfig
+from .files import file_atomic
 from .lm import LoadedLM
 from .steer import Steer
 
@@ -141,9 +142,8 @@ def _length_batches(order: list[int], ids: list[list[int]], batch_tokens: int) -
 
 
 def save_cache(cache: HiddenCache, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"h": cache.h.contiguous(), "targets": cache.targets, "text_index": cache.text_index}, str(tmp))
-    os.replace(tmp, path)
+    with file_atomic(path) as tmp:
+        save_file({"h": cache.h.contiguous(), "targets": cache.targets, "text_index": cache.text_index}, str(tmp))
 
 
 def load_cache(path: Path) -> HiddenCache:
@@ -295,9 +295,8 @@ def save_checkpoint(directory: Path, state: FitState) -> None:
             "param_groups": json.dumps(opt_state["param_groups"])}
     path = _checkpoint_path(directory)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with file_atomic(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def load_checkpoint(directory: Path, state: FitState) -> bool:

@@ -113,9 +113,7 @@ def fit_maps(src_lm: LoadedLM, dst_lm: LoadedLM, ridge: float = 0.0, min_shared:
 @torch.no_grad()
 def transfer(steer: Steer, src_lm: LoadedLM, dst_lm: LoadedLM, ridge: float = 0.0) -> tuple[Steer, dict[str, Any]]:
     """The steer carried to ``dst_lm`` (W' = A W C, see the module docstring) and a fit report."""
-    steer.check_base(src_lm.fingerprint)
-    if steer.dim != src_lm.dim:
-        raise ValueError(f"steer dimension {steer.dim} does not match the source model's hidden size {src_lm.dim}")
+    steer.check_model(src_lm, "the source model")
     fit = fit_maps(src_lm, dst_lm, ridge)
     A, C = fit["A"], fit["C"]  # A: (d_d, d_s) maps h_s → h_d; C: (d_s, d_d) maps h_d → h_s
     dd = dst_lm.dim
@@ -158,16 +156,18 @@ def transfer(steer: Steer, src_lm: LoadedLM, dst_lm: LoadedLM, ridge: float = 0.
 
 
 # --------------------------------------------------------------------------------------------- measured transfer
-def _effect_rows(samples: list, control: str, magnitudes: list[float], n_boot: int, seed: int) -> list[dict[str, Any]]:
-    """Per magnitude m: control at +m, −m and 0, the effect control(+m) − control(−m) with a bootstrap interval
-    over prompts (paired: the same prompts at both signs), and the fluency cost of the worse side."""
+def _effect_rows(samples: list, control: str, cuts, magnitudes: list[float], n_boot: int, seed: int
+                 ) -> list[dict[str, Any]]:
+    """Per magnitude m: control at +m, −m and 0 (at the scorer's cut-offs ``cuts``), the effect
+    control(+m) − control(−m) with a bootstrap interval over prompts (paired: the same prompts at both signs), and
+    the fluency cost of the worse side."""
     import numpy as np
 
     from . import metrics as M
-    from .evaluate import _by_prompt, _per_prompt
+    from .evaluate import by_prompt, per_prompt_metrics
 
     def per_prompt(strength: float) -> dict[str, np.ndarray]:
-        return _per_prompt(_by_prompt([s for s in samples if s.strength == strength]), control)
+        return per_prompt_metrics(by_prompt([s for s in samples if s.strength == strength]), control, cuts)
 
     base = per_prompt(0.0)
     base_ppl = float(np.exp(np.nanmean(base["log_ppl"])))
@@ -212,6 +212,7 @@ def measure_transfer(
     fraction is only meaningful when the source effect is clearly above zero (see ``effect_ci``).
     """
     from .evaluate import System, evaluate
+    from .scorers import cuts_of, get_scorer
 
     raw = strengths if strengths is not None else cfg.strengths
     mags = sorted({abs(float(s)) for s in raw if float(s) != 0.0})
@@ -219,6 +220,7 @@ def measure_transfer(
         raise ValueError("measure_transfer needs a non-zero strength")
     sweep = sorted({-m for m in mags} | {0.0} | set(mags))
     ecfg = cfg.model_copy(update={"strengths": sweep})
+    cuts = cuts_of(get_scorer(cfg.scorer))
     sides: dict[str, Any] = {}
     for role, lm, steer in (("source", src_lm, src_steer), ("target", dst_lm, dst_steer)):
         log(f"measuring the {role} steer on {lm.name} at ±{mags}")
@@ -226,7 +228,7 @@ def measure_transfer(
         doc, samples = evaluate(lm, prompts, [System(role, sweep, steer=steer)], ecfg, judge=lm, seed=seed)
         sides[role] = {"model": lm.spec, "name": lm.name, "fingerprint": lm.fingerprint,
                        "seconds": round(time.perf_counter() - t0, 1),
-                       "rows": _effect_rows(samples, cfg.control, mags, cfg.bootstrap, seed)}
+                       "rows": _effect_rows(samples, cfg.control, cuts, mags, cfg.bootstrap, seed)}
     per = []
     for s_row, d_row in zip(sides["source"]["rows"], sides["target"]["rows"]):
         se, de = s_row["effect"], d_row["effect"]

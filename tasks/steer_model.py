@@ -20,15 +20,17 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
+from steer_core.config import MAX_NEW_TOKENS, TEMPERATURE, TOP_P
+
 STEER_ARTIFACT = "steer"
 #: Generation params and their defaults; registry.py builds the signature's ParamSchema from this (strength's
 #: default there is the steer's recommended strength).
 DEFAULT_PARAMS: dict[str, Any] = {
     "strength": 0.0,
-    "max_new_tokens": 20,
+    "max_new_tokens": MAX_NEW_TOKENS,
     "num_samples": 1,
-    "top_p": 0.9,
-    "temperature": 1.0,
+    "top_p": TOP_P,
+    "temperature": TEMPERATURE,
     "seed": 0,
 }
 

@@ -13,7 +13,7 @@ import torch
 from steer_core import shards
 from steer_core.config import EvalConfig, Params
 from steer_core.evaluate import System
-from steer_core.generate import row_uniforms
+from steer_core.sampling import row_uniforms
 
 from builders import random_steer
 

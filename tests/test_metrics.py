@@ -16,7 +16,7 @@ from steer_core.metrics import (
     recommend_strength,
     toxicity_probability,
 )
-from steer_core.scorers import distinct_n, repetition_rate
+from steer_core.scorers import distinct_n
 
 SCORES = [[0.1, 0.9, 0.2], [0.3, 0.4, 0.5], [0.0, 0.0, 0.6]]
 
@@ -37,13 +37,13 @@ def test_toxicity_metrics_by_hand() -> None:
 
 def test_positive_rate() -> None:
     assert positive_rate([0.9, 0.05, -0.5, 0.06]) == pytest.approx(0.5)  # 0.05 itself is not positive
-    assert positive_rate([[0.9, -0.2], [0.3]]) == pytest.approx(2 / 3)  # nested lists are pooled
+    assert positive_rate([[0.9, -0.2], [0.3]]) == pytest.approx((1 / 2 + 1) / 2)  # per prompt, then over prompts
     assert positive_rate([0.2, 0.3], thr=0.25) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         positive_rate([])
 
 
-def test_distinct_n_and_repetition() -> None:
+def test_distinct_n() -> None:
     texts = ["a b c", "a b d"]
     assert distinct_n(texts, 1) == pytest.approx(4 / 6)  # a b c d out of 6 unigrams
     assert distinct_n(texts, 2) == pytest.approx(3 / 4)  # (a b) twice, (b c), (b d)
@@ -54,9 +54,6 @@ def test_distinct_n_and_repetition() -> None:
         distinct_n(texts, 0)
     assert mean_distinct([["a a", "a b"], ["c d"]], 1) == pytest.approx((2 / 4 + 1.0) / 2)
     assert mean_distinct([["a a", "a b"], ["c d"]], 2) == pytest.approx((2 / 2 + 1.0) / 2)
-    assert repetition_rate(["the the the the", "a b c d"], n=1) == pytest.approx((3 / 4 + 0.0) / 2)
-    assert repetition_rate(["x y x y x y", "short"], n=2) == pytest.approx(1 - 2 / 5)  # "short" has no bigram
-    assert repetition_rate([]) == 0.0
 
 
 def test_bootstrap_ci_brackets_the_estimate_and_is_deterministic() -> None:

@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from steer_core.generate import NucleusSampler, generate, steering, values_for
+from steer_core.generate import generate, steering, values_for
+from steer_core.sampling import NucleusSampler
 
 from builders import random_steer
 

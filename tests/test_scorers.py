@@ -15,7 +15,6 @@ from steer_core.scorers import (
     get_scorer,
     known_scorers,
     pick_label,
-    sentiment_label,
 )
 from steer_core.scorers.perplexity import conditional_perplexity
 
@@ -86,8 +85,9 @@ def test_vader_separates_positive_from_negative() -> None:
     scores = s.score(pos + neg + ["The train leaves at noon."])
     assert all(x > 0.05 for x in scores[:2]) and all(x < -0.05 for x in scores[2:4]), scores
     assert all(-1.0 <= x <= 1.0 for x in scores)
-    assert [sentiment_label(x) for x in scores] == ["positive"] * 2 + ["negative"] * 2 + ["neutral"]
-    assert sentiment_label(0.05) == "neutral" and sentiment_label(0.0501) == "positive"
+    # VADER's own cut-offs, owned by the scorer (strict: 0.05 itself is neutral); the neutral text falls between
+    assert (s.cuts.positive_above, s.cuts.negative_below) == (0.05, -0.05)
+    assert s.cuts.negative_below <= scores[4] <= s.cuts.positive_above
 
 
 # ---------------------------------------------------------------- tiny BERT classifiers, offline

@@ -8,16 +8,16 @@ from typing import Any
 
 from . import detox as _detox  # noqa: F401  (registers detoxify)
 from . import hf as _hf  # noqa: F401  (registers hf:<model>)
-from .base import Kind, Scorer, ScorerUnavailable, batched, get_scorer, known_scorers, register
+from .base import Cuts, Kind, Scorer, ScorerUnavailable, batched, cuts_of, get_scorer, known_scorers, register
 from .detox import DetoxifyScorer
-from .diversity import distinct_n, ngrams, repetition_rate
+from .diversity import distinct_n, ngrams
 from .hf import HFScorer, pick_label
-from .lexical import POS_THRESHOLD, ProfanityScorer, VaderScorer, sentiment_label
+from .lexical import ProfanityScorer, VaderScorer
 
 __all__ = [
-    "Kind", "Scorer", "ScorerUnavailable", "batched", "get_scorer", "known_scorers", "register",
-    "DetoxifyScorer", "HFScorer", "ProfanityScorer", "VaderScorer", "pick_label", "sentiment_label",
-    "POS_THRESHOLD", "distinct_n", "ngrams", "repetition_rate", "conditional_perplexity",
+    "Cuts", "Kind", "Scorer", "ScorerUnavailable", "batched", "cuts_of", "get_scorer", "known_scorers", "register",
+    "DetoxifyScorer", "HFScorer", "ProfanityScorer", "VaderScorer", "pick_label",
+    "distinct_n", "ngrams", "conditional_perplexity",
 ]
 
 

@@ -7,6 +7,7 @@ scorer is built or first used, so importing ``steer_core.scorers`` stays cheap.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, Sequence, TypeVar
 
 from ..errors import SteerError
@@ -19,6 +20,17 @@ class ScorerUnavailable(SteerError):
     """A scorer whose model or library cannot be reached; the message says what to pass instead."""
 
 
+@dataclass(frozen=True)
+class Cuts:
+    """Where a scorer's number becomes a label (every comparison strict): a sample is positive when its score is
+    > ``positive_above`` and negative when < ``negative_below`` (sentiment); a prompt is toxic when one of its
+    samples scores > ``toxic_above`` (the toxicity probability, as in the paper). The defaults suit probabilities."""
+
+    positive_above: float = 0.5
+    negative_below: float = 0.5
+    toxic_above: float = 0.5
+
+
 class Scorer:
     """Scores texts in batches. ``score`` returns one float per text, in order.
 
@@ -29,10 +41,8 @@ class Scorer:
     name: str = "scorer"
     kind: Kind = "toxicity"
     batch_size: int = 32
-    # sentiment cut-offs: a sample is positive when its score > positive_above, negative when < negative_below
-    # (probabilities: 0.5 / 0.5; VADER's compound: 0.05 / -0.05)
-    positive_above: float = 0.5
-    negative_below: float = 0.5
+    #: this scorer's cut-offs; evaluation, transfer measurement and the metrics read them from here
+    cuts: Cuts = Cuts()
 
     def score(self, texts: Sequence[str]) -> list[float]:
         texts = [str(t) for t in texts]
@@ -48,6 +58,11 @@ class Scorer:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} kind={self.kind!r}>"
+
+
+def cuts_of(scorer: object) -> Cuts:
+    """A scorer's cut-offs (``Scorer.cuts``); a duck-typed scorer without its own has the defaults."""
+    return getattr(scorer, "cuts", Cuts())
 
 
 def batched(items: Sequence[T], size: int) -> Iterator[list[T]]:

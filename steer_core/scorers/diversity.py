@@ -1,6 +1,6 @@
-"""Diversity of generations: distinct-n (the LM-Steer / DExperts protocol) and within-text repetition.
+"""Diversity of generations: distinct-n (the LM-Steer / DExperts protocol).
 
-Both work on whitespace tokens, so the numbers do not depend on which LM's tokenizer produced the text.
+It works on whitespace tokens, so the numbers do not depend on which LM's tokenizer produced the text.
 """
 
 from __future__ import annotations
@@ -20,13 +20,3 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
         raise ValueError(f"n must be >= 1, got {n}")
     grams = [g for t in texts for g in ngrams(t, n)]
     return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def repetition_rate(texts: Sequence[str], n: int = 3) -> float:
-    """Mean over texts of the share of a text's n-grams that repeat an earlier n-gram of the same text.
-
-    Catches degenerate loops ("the the the ...") that distinct-n across samples can miss. Texts with no n-gram are
-    skipped; 0.0 when none has one.
-    """
-    rates = [1.0 - len(set(g)) / len(g) for g in (ngrams(t, n) for t in texts) if g]
-    return sum(rates) / len(rates) if rates else 0.0

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Sequence
 
-from .base import Scorer, register
-
-POS_THRESHOLD = 0.05  # VADER's cut-off; evaluation counts compound > 0.05 as positive and < -0.05 as negative
+from .base import Cuts, Scorer, register
 
 
 class ProfanityScorer(Scorer):
     """alt-profanity-check's probability of offensive language (TF-IDF + calibrated linear SVM).
 
-    One ``predict_prob`` call per batch: it costs ~30 ms per 1,000 texts batched but ~10 s one at a time. It mostly
-    detects profanity, not subtler toxicity.
+    One ``predict_prob`` call per batch, because one text at a time is orders of magnitude slower (bench/README.md,
+    eval_speed). It mostly detects profanity, not subtler toxicity.
     """
 
     name = "profanity"
@@ -32,12 +30,14 @@ class ProfanityScorer(Scorer):
 
 
 class VaderScorer(Scorer):
-    """VADER compound sentiment in [-1, 1] (a lexicon, no model download); higher is more positive."""
+    """VADER compound sentiment in [-1, 1] (a lexicon, no model download); higher is more positive.
+
+    VADER's own cut-offs: a compound > 0.05 is positive, < -0.05 negative (strictly; 0.05 itself is neutral).
+    """
 
     name = "vader"
     kind = "sentiment"
-    positive_above = POS_THRESHOLD
-    negative_below = -POS_THRESHOLD
+    cuts = Cuts(positive_above=0.05, negative_below=-0.05)
 
     def __init__(self, batch_size: int = 1024) -> None:
         self.batch_size = batch_size
@@ -49,15 +49,6 @@ class VaderScorer(Scorer):
 
             self._analyzer = SentimentIntensityAnalyzer()
         return [self._analyzer.polarity_scores(t)["compound"] for t in texts]
-
-
-def sentiment_label(compound: float, threshold: float = POS_THRESHOLD) -> Literal["positive", "negative", "neutral"]:
-    """Classify a VADER compound: positive above ``threshold``, negative below ``-threshold``, else neutral."""
-    if compound > threshold:
-        return "positive"
-    if compound < -threshold:
-        return "negative"
-    return "neutral"
 
 
 @register("profanity", "profanity")

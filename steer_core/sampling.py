@@ -1,0 +1,82 @@
+"""Nucleus sampling with per-row random numbers, as a logits processor inside a greedy ``generate``.
+
+Why not ``generate``'s own top-p: HF sorts the whole vocabulary for every row at every step and then draws over
+the whole vocabulary, which on a CPU costs more than the model's forward pass (measured in bench/README.md,
+eval_speed, "+ nucleus sampler"). :class:`NucleusSampler` finds the nucleus with ``topk`` (widening only for rows
+whose nucleus is larger) and hands ``generate`` (run with ``do_sample=False``) a one-hot score row, so greedy
+decoding picks exactly the sampled token.
+
+Why our own random numbers: they are per row, keyed by (seed, prompt, sample) (:func:`row_uniforms`), so a row's
+draw does not depend on which other rows share its batch or thread. The same steer evaluated twice, as candidate and
+as champion, yields the same samples, and every strength of a sweep uses the same random numbers (paired samples:
+lower-variance differences between strengths and between steers).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from transformers import LogitsProcessor
+
+
+def row_uniforms(seed: int, keys: Sequence[tuple[int, int]], steps: int) -> torch.Tensor:
+    """(rows, steps) uniforms in (0, 1), one reproducible stream per (prompt index, sample index) key."""
+    out = torch.empty(len(keys), steps, dtype=torch.float64)
+    for r, (p, s) in enumerate(keys):
+        g = torch.Generator().manual_seed((seed * 1_000_003 + p * 10_007 + s) % (2**63))
+        out[r] = torch.rand(steps, generator=g, dtype=torch.float64)
+    return out.clamp_(1e-12, 1 - 1e-12)
+
+
+class NucleusSampler(LogitsProcessor):
+    """Top-p (nucleus) sampling at temperature T as a logits processor that returns one-hot scores.
+
+    The nucleus is HF's: tokens in descending probability order are kept while the mass *before* them is below
+    ``top_p`` (so at least one is kept). ``topk(first_k)`` suffices for a row when its top-k mass already reaches
+    ``top_p``; other rows retry with 8× more candidates, up to the whole vocabulary. The draw inverts the nucleus'
+    cumulative distribution at the row's uniform for this step (``uniforms``: rows × max steps).
+
+    The step is read from the sequence length (``input_ids`` holds the ``prompt_length`` padded prompt tokens and
+    the tokens generated so far), so a call depends on its arguments only. ``recorder`` (optional) is told each
+    step's scores and choice (``recorder.record(scores, choice)``: the base-model NLLs of ``steer_core.generate``).
+    """
+
+    def __init__(self, top_p: float, temperature: float, uniforms: torch.Tensor, first_k: int = 256, *,
+                 prompt_length: int = 0, recorder: Any = None) -> None:
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.top_p, self.temperature, self.uniforms, self.first_k = top_p, temperature, uniforms, first_k
+        self.prompt_length, self.recorder = prompt_length, recorder
+
+    def sample(self, scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """One token id per row of ``scores`` (rows × vocab logits), drawn at uniforms ``u`` (rows,)."""
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        u = u.to(probs.device, torch.float32)
+        if self.top_p >= 1.0:
+            cdf = probs.cumsum(-1)
+            return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(1).clamp_(max=probs.shape[1] - 1)
+        rows, vocab = probs.shape
+        choice = torch.empty(rows, dtype=torch.long, device=probs.device)
+        todo = torch.arange(rows, device=probs.device)
+        k = min(self.first_k, vocab)
+        while todo.numel():
+            top, idx = probs[todo].topk(k, dim=-1)  # descending
+            before = top.cumsum(-1) - top  # mass strictly before each candidate
+            done = (before[:, -1] + top[:, -1] >= self.top_p) if k < vocab else torch.ones_like(todo, dtype=torch.bool)
+            if done.any():
+                cdf = torch.where(before[done] < self.top_p, top[done], torch.zeros_like(top[done])).cumsum(-1)
+                pick = torch.searchsorted(cdf, (u[todo[done]] * cdf[:, -1])[:, None]).clamp_(max=k - 1)
+                choice[todo[done]] = idx[done].gather(1, pick).squeeze(1)
+            todo = todo[~done]
+            k = min(k * 8, vocab)
+        return choice
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        choice = self.sample(scores, self.uniforms[:, input_ids.shape[1] - self.prompt_length])
+        if self.recorder is not None:
+            self.recorder.record(scores, choice)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, choice[:, None], 0.0)
