@@ -106,9 +106,14 @@ def test_parse_strengths():
         parse_strengths("detox=1", st)
 
 
-def test_scaled_and_copy_are_independent():
-    st = random_steer(6)
-    doubled = st.scaled(2.0)
-    torch.testing.assert_close(doubled.matrices(), 2 * st.matrices())
-    low = random_steer(6, rank=2)
-    torch.testing.assert_close(low.scaled(-1.0).matrices(), -low.matrices())
+def test_a_copy_is_independent_of_its_original():
+    for st in (random_steer(6), random_steer(6, rank=2)):
+        twin = st.copy()
+        torch.testing.assert_close(twin.matrices(), st.matrices())
+        before = st.matrices().clone()
+        with torch.no_grad():
+            for p in twin.parameters():
+                p.mul_(-1.0)
+        twin.metadata["note"] = "changed"
+        torch.testing.assert_close(st.matrices(), before)
+        assert "note" not in st.metadata
