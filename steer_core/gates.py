@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 from steer_core import metrics as M
 from steer_core.config import GateConfig
 
-Direction = Literal["higher", "lower"]
 REQUIRED = ("control", "ppl_increase", "distinct_2", "gain")
 
 
@@ -73,18 +72,14 @@ def decide(
     candidate: Mapping[str, Any],
     champion: Mapping[str, Any] | None,
     gate: GateConfig,
-    direction: Direction = "higher",
 ) -> GateDecision:
     """Pass only when every floor holds, the candidate beats the unsteered base model (``gain`` above
     ``gate.min_gain``: the base model is the champion every steer must beat first) and, if a champion exists, the
     candidate's control beats it by the margin.
 
-    ``direction`` says which way ``control`` improves; summaries are normally already oriented ("higher"). A
-    champion whose control is unusable fails the gate rather than being replaced blindly: the registry stays as it
+    ``control`` is oriented (higher is better, toxicity included). A champion whose control is unusable fails the gate rather than being replaced blindly: the registry stays as it
     was and the reason says so.
     """
-    if direction not in ("higher", "lower"):
-        raise ValueError(f"direction must be 'higher' or 'lower', got {direction!r}")
     checks: list[Check] = []
     failures: list[str] = []
     vals: dict[str, float | None] = {k: _number(candidate, k) for k in REQUIRED}
@@ -117,23 +112,17 @@ def decide(
             checks.append(Check("champion_control_present", None, None, False))
             failures.append(_why_unusable(champion, "control", "champion") + " The two cannot be compared.")
         elif ctrl is not None:
-            if direction == "higher":
-                threshold = champ_ctrl + gate.min_margin
-                ok = ctrl > threshold
-            else:
-                threshold = champ_ctrl - gate.min_margin
-                ok = ctrl < threshold
+            threshold = champ_ctrl + gate.min_margin
+            ok = ctrl > threshold
             checks.append(Check("control_vs_champion", ctrl, threshold, ok))
-            word = "above" if direction == "higher" else "below"
             if ok:
                 passes.append(
                     f"Control {ctrl:.4f} beats the champion's {champ_ctrl:.4f} by more than {gate.min_margin:g}."
                 )
             else:
                 failures.append(
-                    f"Control {ctrl:.4f} does not beat the champion's {champ_ctrl:.4f}: it must be strictly {word} "
-                    f"{threshold:.4f} (champion {'+' if direction == 'higher' else '-'} gate.min_margin "
-                    f"{gate.min_margin:g})."
+                    f"Control {ctrl:.4f} does not beat the champion's {champ_ctrl:.4f}: it must be strictly above "
+                    f"{threshold:.4f} (champion + gate.min_margin {gate.min_margin:g})."
                 )
     if failures:
         return GateDecision(False, failures, checks)

@@ -114,19 +114,16 @@ def recommend_strength(
     ppl_key: str,
     base_ppl: float,
     budget: float,
-    direction: int = +1,
     strength_key: str = "strength",
 ) -> tuple[float, str]:
     """The strength with the strongest control whose perplexity stays within ``(1 + budget) * base_ppl``.
 
-    ``rows`` are per-strength metric rows (e.g. from evaluate); ``direction`` +1 when a higher ``control_key`` is
-    better (positive rate), -1 when lower is better (toxicity). Ties go to the milder strength (smaller |strength|).
+    ``rows`` are per-strength metric rows (e.g. from evaluate) whose ``control_key`` is oriented: higher is better
+    (evaluate's control and gain are, for toxicity too). Ties go to the milder strength (smaller |strength|).
     When no strength fits the budget the mildest strength is returned, and the reason says so.
     """
     if not rows:
         raise ValueError("no rows to choose a strength from")
-    if direction not in (1, -1):
-        raise ValueError(f"direction must be +1 or -1, got {direction}")
     if not (math.isfinite(base_ppl) and base_ppl > 0):
         raise ValueError(f"base perplexity must be a positive number, got {base_ppl}")
     limit = (1.0 + budget) * base_ppl
@@ -143,7 +140,7 @@ def recommend_strength(
             f"no strength keeps {ppl_key} within {limit:.4g} = (1+{budget:g}) x base {base_ppl:.4g}; "
             f"falling back to the mildest strength {s:g}"
         )
-    best = max(feasible, key=lambda r: (direction * float(r[control_key]), -abs(float(r[strength_key]))))
+    best = max(feasible, key=lambda r: (float(r[control_key]), -abs(float(r[strength_key]))))
     s = float(best[strength_key])
     return s, (
         f"strength {s:g}: {control_key}={float(best[control_key]):.4g} is the strongest control with {ppl_key}="

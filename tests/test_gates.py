@@ -90,13 +90,6 @@ def test_first_model_needs_only_floors_and_a_gain_over_base() -> None:
     assert any("No champion yet" in r for r in d.reasons)
 
 
-def test_lower_direction() -> None:
-    assert decide({**GOOD, "control": 0.40}, CHAMP, GATE, direction="lower").passed
-    assert not decide({**GOOD, "control": 0.49}, CHAMP, GATE, direction="lower").passed
-    with pytest.raises(ValueError):
-        decide(GOOD, CHAMP, GATE, direction="up")  # type: ignore[arg-type]
-
-
 def test_decision_serialises() -> None:
     import json
 

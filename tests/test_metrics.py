@@ -91,33 +91,34 @@ def test_bootstrap_any_grouped_metric_resamples_prompts() -> None:
     assert bootstrap_ci(texts, statistic=lambda g: mean_distinct(g, 1), n_boot=200) == pytest.approx((0.5, 1.0))
 
 
-ROWS = [
-    {"strength": 0.0, "tox": 0.30, "ppl": 20.0},
-    {"strength": 1.0, "tox": 0.20, "ppl": 21.0},
-    {"strength": 2.0, "tox": 0.10, "ppl": 23.5},
-    {"strength": 3.0, "tox": 0.05, "ppl": 40.0},
-    {"strength": 4.0, "tox": 0.01, "ppl": math.nan},
+ROWS = [  # a detox steer's rows, oriented as evaluate writes them: control = 1 - toxicity (higher is better)
+    {"strength": 0.0, "clean": 0.70, "ppl": 20.0},
+    {"strength": 1.0, "clean": 0.80, "ppl": 21.0},
+    {"strength": 2.0, "clean": 0.90, "ppl": 23.5},
+    {"strength": 3.0, "clean": 0.95, "ppl": 40.0},
+    {"strength": 4.0, "clean": 0.99, "ppl": math.nan},
 ]
 
 
 def test_recommend_strength() -> None:
-    s, why = recommend_strength(ROWS, "tox", "ppl", base_ppl=20.0, budget=0.2, direction=-1)
-    assert s == 2.0 and "tox=0.1" in why and "24" in why  # 23.5 <= 1.2 * 20
-    s, _ = recommend_strength(ROWS, "tox", "ppl", base_ppl=20.0, budget=0.1, direction=-1)
+    s, why = recommend_strength(ROWS, "clean", "ppl", base_ppl=20.0, budget=0.2)
+    assert s == 2.0 and "clean=0.9" in why and "24" in why  # 23.5 <= 1.2 * 20
+    s, _ = recommend_strength(ROWS, "clean", "ppl", base_ppl=20.0, budget=0.1)
     assert s == 1.0
-    s, _ = recommend_strength(ROWS, "tox", "ppl", base_ppl=20.0, budget=1.0, direction=-1)
+    s, _ = recommend_strength(ROWS, "clean", "ppl", base_ppl=20.0, budget=1.0)
     assert s == 3.0  # NaN perplexity never qualifies
-    s, _ = recommend_strength(ROWS, "tox", "ppl", base_ppl=20.0, budget=0.2, direction=+1)
+    dirty = [{**r, "dirty": 1.0 - r["clean"]} for r in ROWS]  # the strongest control is the highest value
+    s, _ = recommend_strength(dirty, "dirty", "ppl", base_ppl=20.0, budget=0.2)
     assert s == 0.0
     rows = [{"strength": -2.0, "pos": 0.8, "ppl": 10.0}, {"strength": 2.0, "pos": 0.8, "ppl": 10.0},
             {"strength": 1.0, "pos": 0.8, "ppl": 10.0}]
     assert recommend_strength(rows, "pos", "ppl", 10.0, 0.0)[0] == 1.0  # ties go to the milder strength
-    s, why = recommend_strength(ROWS[1:], "tox", "ppl", base_ppl=10.0, budget=0.1, direction=-1)
+    s, why = recommend_strength(ROWS[1:], "clean", "ppl", base_ppl=10.0, budget=0.1)
     assert s == 1.0 and "no strength" in why
     with pytest.raises(ValueError):
-        recommend_strength([], "tox", "ppl", 20.0, 0.2)
+        recommend_strength([], "clean", "ppl", 20.0, 0.2)
     with pytest.raises(ValueError):
-        recommend_strength(ROWS, "tox", "ppl", 20.0, 0.2, direction=0)
+        recommend_strength(ROWS, "clean", "ppl", 0.0, 0.2)  # no base perplexity to budget against
 
 
 def test_paired_interval() -> None:
