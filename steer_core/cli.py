@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import typer
 from rich.console import Console
 
-from .config import TrainConfig
+from .config import MAX_NEW_TOKENS, TEMPERATURE, TEXT_MAX_NEW_TOKENS, TOP_P, TrainConfig
 from .errors import USER_ERRORS, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and ship LM-Steer steers.")
@@ -176,9 +176,9 @@ def generate(
     steer_path: Optional[Path] = typer.Option(None, "--steer", help="a .safetensors steer"),
     strength: Optional[str] = typer.Option(None, "--strength", help="e.g. 3, -2 or name=2,other=-1"),
     num_samples: int = typer.Option(1, "--num-samples", min=1),
-    max_new_tokens: int = typer.Option(30, "--max-new-tokens", min=1),
-    top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0),
-    temperature: float = typer.Option(1.0, "--temperature", min=1e-4),
+    max_new_tokens: int = typer.Option(TEXT_MAX_NEW_TOKENS, "--max-new-tokens", min=1),
+    top_p: float = typer.Option(TOP_P, "--top-p", min=0.0, max=1.0),
+    temperature: float = typer.Option(TEMPERATURE, "--temperature", min=1e-4),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
@@ -404,7 +404,8 @@ def transfer(
     samples: int = typer.Option(3, "--samples", min=1, help="--measure: continuations per prompt and strength"),
     strength: str = typer.Option("8", "--strength", help="--measure: strength(s) S, evaluated at ±S on both "
                                  "models, e.g. 8 or 4,8,16 (the largest is the headline)"),
-    max_new_tokens: int = typer.Option(20, "--max-new-tokens", min=1, help="--measure: tokens per continuation"),
+    max_new_tokens: int = typer.Option(MAX_NEW_TOKENS, "--max-new-tokens", min=1,
+                                       help="--measure: tokens per continuation"),
     control: str = typer.Option("sentiment", "--control", help="--measure: sentiment (vader) | toxicity (profanity)"),
     seed: int = typer.Option(0, "--seed", help="--measure: sampling seed"),
 ) -> None:
