@@ -88,38 +88,24 @@ class Crash(RuntimeError):
     pass
 
 
-def test_resume_after_interruption_gives_the_same_steer(tiny_lm, tmp_path):
+@pytest.mark.parametrize("cfg, crash_at, resumes_from", [
+    (TrainConfig(epochs=3, lr=0.05, epsilon=0.1, tokens_per_batch=16, checkpoint_every=2, patience=0), 5, 4),
+    # L-BFGS keeps lists of tensors in its state: they go into the checkpoint one tensor each (no pickle)
+    (TrainConfig(optimizer="lbfgs", epochs=3, epsilon=0.1, patience=0), 2, 1),
+], ids=["adam", "lbfgs"])
+def test_resume_after_interruption_gives_the_same_steer(tiny_lm, tmp_path, cfg, crash_at, resumes_from):
     texts, values = _data()
-    cfg = TrainConfig(epochs=3, lr=0.05, epsilon=0.1, tokens_per_batch=16, checkpoint_every=2, patience=0)
     args = (tiny_lm, texts, values, texts[:4], values[:4], ["style", "dummy"], cfg)
     whole, _ = fit_steer(*args, seed=1, work_dir=tmp_path / "a")
 
     def crash(step, loss):
-        if step == 5:
+        if step == crash_at:
             raise Crash()
 
     with pytest.raises(Crash):
         fit_steer(*args, seed=1, work_dir=tmp_path / "b", on_step=crash)
     resumed, summary = fit_steer(*args, seed=1, work_dir=tmp_path / "b")
-    assert summary.resumed_from_step == 4
-    torch.testing.assert_close(resumed.matrices(), whole.matrices(), rtol=0, atol=0)
-
-
-def test_lbfgs_checkpoints_its_history_and_resumes_to_the_same_steer(tiny_lm, tmp_path):
-    """L-BFGS keeps lists of tensors in its state: they go into the checkpoint one tensor each (no pickle)."""
-    texts, values = _data()
-    cfg = TrainConfig(optimizer="lbfgs", epochs=3, epsilon=0.1, patience=0)
-    args = (tiny_lm, texts, values, texts[:4], values[:4], ["style", "dummy"], cfg)
-    whole, _ = fit_steer(*args, seed=1, work_dir=tmp_path / "a")
-
-    def crash(step, loss):
-        if step == 2:
-            raise Crash()
-
-    with pytest.raises(Crash):
-        fit_steer(*args, seed=1, work_dir=tmp_path / "b", on_step=crash)
-    resumed, summary = fit_steer(*args, seed=1, work_dir=tmp_path / "b")
-    assert summary.resumed_from_step == 1
+    assert summary.resumed_from_step == resumes_from
     torch.testing.assert_close(resumed.matrices(), whole.matrices(), rtol=0, atol=0)
 
 
