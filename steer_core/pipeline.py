@@ -255,7 +255,7 @@ def evaluate_stage(
         paths.steer)
     doc["base_model"] = model.spec
     doc["base_fingerprint"] = model.fingerprint
-    pngs = png_figures(doc)
+    pngs = png_figures(doc, spec.evaluate.ppl_budget)
     outputs: dict[Path, str | bytes] = {paths.plots / f: text for f, text in plot_data(doc).items()}
     outputs.update({paths.plots / f: data for f, data in pngs.items()})
     outputs[paths.samples] = "".join(json.dumps(s.__dict__, ensure_ascii=False) + "\n" for s in samples)

@@ -65,11 +65,47 @@ def _figure_png(doc: dict, x: str, y: str, title: str) -> bytes:
     return buf.getvalue()
 
 
-def png_figures(doc: dict) -> dict[str, bytes]:
-    """strength → control, and control ↔ perplexity, as PNGs."""
+def frontier_points(doc: dict, system: str) -> list[tuple[float, float]]:
+    """A system's (perplexity increase, control gained) per strength magnitude, starting at (0, 0): the gain is the
+    ±s swing where −s was evaluated too (two-sided sentiment), else control at +s minus the base's; the perplexity
+    increase is the worse of the two sides. Methods compare by these curves at equal perplexity, whatever their
+    strength units (an LM-Steer s and an ActAdd multiplier mean different things)."""
+    rows = {float(r["strength"]): r for r in doc["systems"][system]["rows"]}
+    base = doc["base"]["control"]
+    out = [(0.0, 0.0)]
+    for s in sorted(x for x in rows if x > 0):
+        plus, minus = rows[s], rows.get(-s)
+        gain = plus["control"] - (minus["control"] if minus else base)
+        out.append((max(plus["ppl_increase"], minus["ppl_increase"] if minus else -1.0), gain))
+    return out
+
+
+def _frontier_png(doc: dict, budget: float | None) -> bytes:
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
+    for name in doc["systems"]:
+        pts = frontier_points(doc, name)
+        if len(pts) > 1:
+            ax.plot([100 * x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
+    if budget is not None:
+        ax.axvline(100 * budget, color="grey", ls="--", lw=1, label=f"budget +{budget:.0%}")
+    ax.set_xlabel("judge perplexity increase (%)")
+    ax.set_ylabel("swing (+s − −s)" if doc["control"] == "sentiment" else "control gained over base")
+    ax.set_title("control vs perplexity: each method's frontier")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def png_figures(doc: dict, budget: float | None = None) -> dict[str, bytes]:
+    """strength → control, control ↔ perplexity, and each method's frontier (control gained vs perplexity
+    increase, with the budget) as PNGs."""
     return {
         "control.png": _figure_png(doc, "strength", "control", "control by strength"),
         "fluency.png": _figure_png(doc, "control", "ppl", "control vs judge perplexity"),
+        "frontier.png": _frontier_png(doc, budget),
     }
 
 

@@ -76,6 +76,7 @@ OUTPUTS = [
     f"data/prepared/{NAME}/train.jsonl", f"data/prepared/{NAME}/val.jsonl", f"data/prepared/{NAME}/card.json",
     f"data/prompts/{NAME}.jsonl", f"artifacts/steers/{NAME}.safetensors", f"artifacts/steers/{NAME}.json",
     f"reports/{NAME}.html", f"reports/{NAME}.samples.jsonl", f"plots/{NAME}/control.png", f"plots/{NAME}/fluency.png",
+    f"plots/{NAME}/frontier.png",
     f"metrics/{NAME}.json", f"plots/{NAME}/control.csv", f"plots/{NAME}/fluency.csv",
 ]
 CACHED = [o for o in OUTPUTS if not (o.startswith("metrics/") or o.endswith(".csv"))]  # cache: false ones aside

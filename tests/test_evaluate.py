@@ -620,3 +620,21 @@ def test_a_resaved_champion_is_never_promoted_default_model(default_lm, tmp_path
     torch.set_num_threads(1)
     doc, d = _evaluate_resaved(default_lm, tmp_path, 0, scale=0.02)
     assert not d.passed and not next(c for c in d.checks if c.name == "control_vs_champion").ok
+
+
+def test_frontier_points_compare_methods_by_gain_at_equal_perplexity():
+    """Each method's curve: (worse side's perplexity increase, ±s swing) per magnitude, from (0, 0); a one-sided
+    sweep gains against the base. The report plots them on one figure with the budget."""
+    from steer_core.report import frontier_points, png_figures
+
+    def row(s, control, incr):
+        return {"strength": s, "control": control, "ppl": 10 * (1 + incr), "ppl_increase": incr, "distinct_2": 0.9}
+
+    doc = {"control": "sentiment", "base": row(0.0, 0.30, 0.0), "systems": {
+        "candidate": {"rows": [row(-2, 0.20, 0.30), row(-1, 0.25, 0.05), row(0, 0.30, 0.0), row(1, 0.40, 0.10),
+                               row(2, 0.50, 0.20)]},
+        "actadd": {"rows": [row(0.05, 0.35, 0.12), row(0.1, 0.38, 0.40)]}}}
+    assert frontier_points(doc, "candidate") == [(0.0, 0.0), (0.10, pytest.approx(0.15)), (0.30, pytest.approx(0.30))]
+    assert frontier_points(doc, "actadd") == [(0.0, 0.0), (0.12, pytest.approx(0.05)), (0.40, pytest.approx(0.08))]
+    png = png_figures(doc, budget=0.25)["frontier.png"]
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == png_figures(doc, budget=0.25)["frontier.png"]  # same bytes
