@@ -23,7 +23,8 @@ import numpy as np
 from .baselines import ActAdd, actadd_steering
 from .generate import Generation, generate
 from .lm import LoadedLM
-from .scorers import get_scorer
+from .metrics import control_metrics
+from .scorers import cuts_of, get_scorer
 from .scorers.diversity import distinct_n
 from .scorers.perplexity import token_perplexity
 from .steer import Steer
@@ -83,7 +84,7 @@ class Measurer:
             return self.rows[s]
         gens, log_ppl = self._generate(s)
         scores = self._scorer.score([g.text for g in gens])
-        cut = getattr(self._scorer, "positive_above", 0.5)
+        cuts = cuts_of(self._scorer)
         by_prompt: dict[int, list[tuple[Generation, float, float]]] = {}
         for g, c, lp in zip(gens, scores, log_ppl):
             by_prompt.setdefault(g.prompt_index, []).append((g, float(c), lp))
@@ -93,7 +94,7 @@ class Measurer:
             for i in idx:
                 group = by_prompt[i]
                 cs = np.asarray([c for _, c, _ in group])
-                ctrl.append(float(np.mean(cs > cut)) if self.control == "sentiment" else 1.0 - float(cs.max()))
+                ctrl.append(control_metrics(cs, self.control, cuts)["control"])
                 finite = [lp for _, _, lp in group if lp == lp]
                 lps.append(float(np.mean(finite)) if finite else math.nan)
                 d2.append(distinct_n([g.text for g, _, _ in group], 2))
