@@ -1,4 +1,5 @@
-"""Norm-preserving steering vs plain LM-Steer, side by side on the same held-out prompts (issue 11, item 4).
+"""Generation-time variants of a trained LM-Steer (norm-preserving steering; the dummy steer held at +1) vs plain
+LM-Steer, side by side on the same held-out prompts (issue 11, item 4).
 
 Plain LM-Steer feeds the output layer ``h + ε·s·W h``; norm-preserving steering rescales that back to ``‖h‖``
 (the direction turns, the length stays), an idea from the activation-steering literature: a logit's scale grows
@@ -8,7 +9,8 @@ judged by the unsteered base model (``steer_core.frontier.Measurer``). For each:
 minus at −s) and the worse side's perplexity increase per |s|, then the largest in-budget |s| per side by an
 isotonic fit over every probe (``strength_search.isotonic_edge``) and the swing there.
 
-    source env.sh && python bench/norm_preserving.py --steer artifacts/steers/sentiment.safetensors
+    source env.sh && python bench/norm_preserving.py --steer artifacts/steers/sentiment.safetensors \
+        [--variants plain,norm-preserving,dummy at +1]
 """
 
 from __future__ import annotations
@@ -38,6 +40,22 @@ def norm_preserving(steer: Steer) -> Steer:
     return steer
 
 
+def dummy_on(steer: Steer) -> Steer:
+    """The same steer with its dummy (the training corpus' domain shift) held at +1 at generation, as in training."""
+    plain, i = steer.apply, steer.names.index("dummy")
+
+    def apply(h, values):
+        values = values.clone()
+        values[..., i] = 1.0
+        return plain(h, values)
+
+    steer.apply = apply  # type: ignore[method-assign]
+    return steer
+
+
+VARIANTS = {"plain": lambda st: st, "norm-preserving": norm_preserving, "dummy at +1": dummy_on}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steer", type=Path, default=ROOT / "artifacts" / "steers" / "sentiment.safetensors")
@@ -46,6 +64,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--budget", type=float, default=0.25)
     ap.add_argument("--grid", default="1,1.5,2,3")
+    ap.add_argument("--variants", default="plain,norm-preserving", help=f"of {list(VARIANTS)}")
     args = ap.parse_args()
 
     pin_threads()
@@ -57,10 +76,9 @@ def main() -> None:
     print(f"# {len(prompts)} held-out prompts (news, encyclopedia, product) × {args.samples} samples × "
           f"{args.new_tokens} tokens; budget +{args.budget:.0%}; |s| in {grid}")
     base = None
-    for name, make in (("plain", lambda: Steer.load(args.steer, expect_fingerprint=lm.fingerprint)),
-                       ("norm-preserving", lambda: norm_preserving(Steer.load(args.steer,
-                                                                              expect_fingerprint=lm.fingerprint)))):
-        m = Measurer(lm, prompts, steer=make(), samples=args.samples, max_new_tokens=args.new_tokens, base=base)
+    for name in args.variants.split(","):
+        steer = VARIANTS[name](Steer.load(args.steer, expect_fingerprint=lm.fingerprint))
+        m = Measurer(lm, prompts, steer=steer, samples=args.samples, max_new_tokens=args.new_tokens, base=base)
         base = m.measure(0.0)
         print(f"\n## {name}")
         print("| s | pos at −s | pos at +s | swing | Δppl (worse side) | distinct-2 (worse side) |")
