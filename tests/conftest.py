@@ -63,3 +63,18 @@ def harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_this_processs_prefect_server():
+    """Stop the temporary Prefect server a test started in this process (flows.executors.share_prefect_api) while
+    pytest's output streams are still open; at interpreter exit Prefect would log its stop to a closed stream."""
+    yield
+    import sys
+
+    if "prefect.server.api.server" in sys.modules:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        if server.running:
+            server.stop()
