@@ -25,7 +25,7 @@ from servers import free_port, start_server, stop_server, wait_http
 
 pytestmark = pytest.mark.slow
 
-SAMPLED = random.Random(13).sample(KILL_POINTS, 3)  # the full sweep: bench/fault_sweep.py
+SAMPLED = random.Random(13).sample(KILL_POINTS, 2)  # keeps CI under 30 min; the full sweep: bench/fault_sweep.py
 
 
 @pytest.fixture(scope="module")
