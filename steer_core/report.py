@@ -43,6 +43,16 @@ def plot_data(doc: dict) -> dict[str, str]:
     return out
 
 
+def _png(fig, ax) -> bytes:
+    """The figure with its legend, as PNG bytes (and closed: pyplot keeps every open figure)."""
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def _figure_png(doc: dict, x: str, y: str, title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
     for name, sysdoc in doc["systems"].items():
@@ -57,12 +67,7 @@ def _figure_png(doc: dict, x: str, y: str, title: str) -> bytes:
     ax.set_xlabel(x)
     ax.set_ylabel(f"{y} ({doc['control']})" if y == "control" else y)
     ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig, ax)
 
 
 def frontier_points(doc: dict, system: str) -> list[tuple[float, float]]:
@@ -75,8 +80,10 @@ def frontier_points(doc: dict, system: str) -> list[tuple[float, float]]:
     out = [(0.0, 0.0)]
     for s in sorted(x for x in rows if x > 0):
         plus, minus = rows[s], rows.get(-s)
-        gain = plus["control"] - (minus["control"] if minus else base)
-        out.append((max(plus["ppl_increase"], minus["ppl_increase"] if minus else -1.0), gain))
+        if minus is None:
+            out.append((plus["ppl_increase"], plus["control"] - base))
+        else:
+            out.append((max(plus["ppl_increase"], minus["ppl_increase"]), plus["control"] - minus["control"]))
     return out
 
 
@@ -91,12 +98,7 @@ def _frontier_png(doc: dict, budget: float | None) -> bytes:
     ax.set_xlabel("judge perplexity increase (%)")
     ax.set_ylabel("swing (+s − −s)" if doc["control"] == "sentiment" else "control gained over base")
     ax.set_title("control vs perplexity: each method's frontier")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig, ax)
 
 
 def png_figures(doc: dict, budget: float | None = None) -> dict[str, bytes]:
