@@ -184,6 +184,11 @@ class EvalConfig(Strict):
     temperature: float = Field(TEMPERATURE, gt=0)
     batch_size: int = Field(64, ge=1, description="rows per generation and judge batch")
     ppl_budget: float = Field(0.25, ge=0, description="allowed relative perplexity increase over base")
+    search_steps: int = Field(2, ge=0, description="rounds of strength search after the grid: each evaluates the "
+                              "midpoint of the budget edge's bracket (steer_core.strength_search.next_magnitude), as "
+                              "chosen on all prompts and on each cross-fitting fold; 0 = the grid only")
+    search_tolerance: float = Field(0.1, gt=0, lt=1, description="the search stops once the budget edge's bracket is "
+                                    "narrower than this fraction of its upper end")
     bootstrap: int = Field(1000, ge=0)
     activation_addition: bool = Field(True, description="also evaluate the ActAdd baseline")
     actadd_layer: int | None = Field(None, ge=0, description="decoder layer for ActAdd; None = the middle layer "

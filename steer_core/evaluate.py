@@ -52,6 +52,7 @@ from .scorers import Cuts, VaderScorer, cuts_of, get_scorer
 from .scorers.diversity import distinct_n
 from .scorers.perplexity import conditional_perplexity, token_perplexity
 from .steer import Steer
+from .strength_search import next_magnitude
 
 
 @dataclass
@@ -368,6 +369,67 @@ def recommend(rows: list[dict], base: dict, control: str, budget: float,
     return out
 
 
+def search_probes(doc: dict, systems: Sequence[System], cfg: EvalConfig, folds: Sequence[int]) -> list[list[float]]:
+    """The strengths one round of the strength search adds for each system (issue 11: found by search, not
+    picked from a grid): the next magnitude towards the budget edge (``strength_search.next_magnitude``) as seen by
+    every chooser :func:`recommend` uses (all prompts; with cross-fitting, each fold's choosing prompts), at both
+    signs for sentiment. Only strengths not evaluated yet; an empty list: that system's edge is located."""
+    choosers: list[list[int] | None] = [None]
+    if len(set(folds)) > 1:
+        choosers += [[i for i, f in enumerate(folds) if f != k] for k in sorted(set(folds))]
+    out = []
+    for system in systems:
+        by_s = {r["strength"]: r for r in doc["systems"][system.name]["rows"]}
+        mags = set()
+        for idx in choosers:
+            base_ppl = doc["base"]["ppl"] if idx is None else _base_ppl(doc["base"], idx)
+            m = next_magnitude(_choice_table(by_s, cfg.control, idx), (1.0 + cfg.ppl_budget) * base_ppl,
+                               rel_tol=cfg.search_tolerance)
+            if m is not None:
+                mags.add(m)
+        signs = (-1.0, 1.0) if cfg.control == "sentiment" else (1.0,)
+        out.append([sign * m for m in sorted(mags) for sign in signs if sign * m not in by_s])
+    return out
+
+
+def search_strengths(
+    systems: Sequence[System],
+    cfg: EvalConfig,
+    prompts: Sequence[dict],
+    doc: dict,
+    sample_more: Callable[[list[System]], None],
+    redo: Callable[[list[System]], dict],
+    log: Callable[[str], None] = lambda _msg: None,
+) -> tuple[list[System], dict]:
+    """Up to ``cfg.search_steps`` rounds of strength search after the grid: each round samples the systems at
+    :func:`search_probes` (``sample_more(systems at the new strengths only)``), then recomputes the document over
+    every strength evaluated so far (``redo(systems with all their strengths)``). The recommendation is then
+    chosen among grid and probes alike, and cross-fitted as before: each fold's probes were placed by the other
+    fold's prompts, so no reported number picked its own strength. Returns the systems (grid + probes) and the
+    document, each system's ``search`` saying what was added. The grid stays, for the plots."""
+    systems = list(systems)
+    folds = split_folds([p["prompt"] for p in prompts])
+    added: list[list[float]] = [[] for _ in systems]
+    rounds = 0
+    for _ in range(cfg.search_steps):
+        more = search_probes(doc, systems, cfg, folds)
+        if not any(more):
+            break
+        rounds += 1
+        log(f"strength search, round {rounds}: " + "; ".join(f"{s.name} at {m}" for s, m in zip(systems, more) if m))
+        sample_more([replace(s, strengths=m) for s, m in zip(systems, more) if m])
+        systems = [replace(s, strengths=[*s.strengths, *m]) for s, m in zip(systems, more)]
+        added = [a + m for a, m in zip(added, more)]
+        doc = redo(systems)
+    for system, probes in zip(systems, added):
+        doc["systems"][system.name]["search"] = {
+            "method": "bisection of the budget edge between evaluated strengths (perplexity fitted non-decreasing in "
+                      "|s|), per chooser (all prompts, each fold's choosing prompts)",
+            "rounds": rounds, "max_rounds": cfg.search_steps, "tolerance": cfg.search_tolerance,
+            "probes": probes}
+    return systems, doc
+
+
 def control_scorer(cfg: EvalConfig):
     """The scorer of ``cfg.scorer``, checked to measure the control metric ``cfg.control``."""
     scorer = get_scorer(cfg.scorer)
@@ -471,10 +533,26 @@ def evaluate(
                                                 judge=None if in_sampling else judge, seed=seed, progress=progress,
                                                 log=log)
     base_samples = sampled_base if base_samples is None else base_samples
+    kw = dict(cuts=cuts_of(scorer), judge_spec=judge.spec, in_sampling=in_sampling, seed=seed)
+    result = document(prompts, systems, cfg, base_samples, per_system, **kw)
+
+    def sample_more(probes: list[System]) -> None:
+        _, extra = sample_and_score(lm, prompts, probes, cfg, scorer, sample_base=False,
+                                    judge=None if in_sampling else judge, seed=seed, progress=progress, log=log)
+        by_name = {p.name: part for p, part in zip(probes, extra)}
+        for i, system in enumerate(systems_now):
+            per_system[i] = per_system[i] + by_name.get(system.name, [])
+
+    def redo(new_systems: list[System]) -> dict:
+        nonlocal result
+        result = document(prompts, new_systems, cfg, base_samples, per_system, **kw)
+        return result[0]
+
+    systems_now = list(systems)
+    _, doc = search_strengths(systems_now, cfg, prompts, result[0], sample_more, redo, log)
     # no timing in the document: metrics/<steer>.json is content-addressed by DVC (equal inputs, equal bytes)
-    log(f"evaluated {len(base_samples) + sum(map(len, per_system))} samples in {time.perf_counter() - t0:.1f} s")
-    return document(prompts, systems, cfg, base_samples, per_system, cuts=cuts_of(scorer), judge_spec=judge.spec,
-                    in_sampling=in_sampling, seed=seed)
+    log(f"evaluated {len(result[1])} samples in {time.perf_counter() - t0:.1f} s")
+    return doc, result[1]
 
 
 def document(

@@ -50,6 +50,7 @@ class Measurer:
     temperature: float = 1.0
     seed: int = 0
     batch_size: int = 64
+    base_nucleus: bool = False  # sample within the base model's top-p nucleus, reweighted by the steer
     base: dict[str, Any] | None = None  # another measurer's row at s = 0 (same prompts and settings)
     rows: dict[float, dict[str, Any]] = field(default_factory=dict)
 
@@ -67,7 +68,7 @@ class Measurer:
         kw = dict(num_samples=self.samples, max_new_tokens=self.max_new_tokens, top_p=self.top_p,
                   temperature=self.temperature, seed=self.seed, batch_size=self.batch_size)
         if self.steer is not None or s == 0.0:
-            gens = generate(self.lm, texts, self.steer, float(s), base_nll=True, **kw)
+            gens = generate(self.lm, texts, self.steer, float(s), base_nll=True, base_nucleus=self.base_nucleus, **kw)
             nll = [sum(g.base_nll) / len(g.base_nll) if g.base_nll else math.nan for g in gens]
             return gens, nll
         with actadd_steering(self.lm, self.actadd, s):

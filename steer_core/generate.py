@@ -83,6 +83,14 @@ class _BaseNLL:
         if self.any_steered and threading.get_ident() == self.thread:
             self.base_logits = module.forward(args[0][self.steered, -1]).float()
 
+    def base_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """This step's unsteered logits for every row: ``scores`` with the steered rows' replaced."""
+        if self.base_logits is None:
+            return scores
+        out = scores.float().clone()
+        out[self.steered] = self.base_logits
+        return out
+
     def record(self, scores: torch.Tensor, choice: torch.Tensor) -> None:
         logp = torch.log_softmax(scores.float(), dim=-1)
         if self.base_logits is not None:
@@ -137,6 +145,7 @@ def generate(
     batch_size: int = 32,
     progress: bool = False,
     base_nll: bool = False,
+    base_nucleus: bool = False,
 ) -> list[Generation]:
     """Sample ``num_samples`` continuations per prompt, in batches across prompts, samples and strengths.
 
@@ -156,14 +165,16 @@ def generate(
         chunk = rows[start : start + batch_size]
         vals = None if steer is None else torch.stack([r[3] for r in chunk])
         recorder = None
-        if base_nll:
+        if base_nll or base_nucleus:
             steered = torch.zeros(len(chunk), dtype=torch.bool) if vals is None else (vals != 0).any(1)
             recorder = _BaseNLL(steered.to(lm.device))
         uniforms = row_uniforms(seed, [(r[0], r[1]) for r in chunk], max_new_tokens)
         outs = _sample_batch(lm, [prompts[r[0]] for r in chunk], steer, vals, max_new_tokens=max_new_tokens,
-                             top_p=top_p, temperature=temperature, uniforms=uniforms, recorder=recorder)
+                             top_p=top_p, temperature=temperature, uniforms=uniforms, recorder=recorder,
+                             base_nucleus=base_nucleus)
         for (pi, si, strength, vec), (text, ids, nll) in zip(chunk, outs):
-            gens.append(Generation(prompts[pi], pi, si, strength, text, None if vec is None else vec.tolist(), ids, nll))
+            gens.append(Generation(prompts[pi], pi, si, strength, text, None if vec is None else vec.tolist(), ids,
+                                   nll if base_nll else None))
     return gens
 
 
@@ -192,14 +203,16 @@ def _plan_rows(prompts, steer, values, num_samples) -> list[tuple[int, int, floa
 
 @torch.no_grad()
 def _sample_batch(lm, prompts, steer, values, *, max_new_tokens, top_p, temperature, uniforms: torch.Tensor,
-                  recorder: _BaseNLL | None) -> list[tuple[str, list[int], list[float] | None]]:
+                  recorder: _BaseNLL | None, base_nucleus: bool = False
+                  ) -> list[tuple[str, list[int], list[float] | None]]:
     """(text, sampled token ids up to EOS, their base NLLs or None) per prompt row, drawn at ``uniforms``
     (rows × max_new_tokens, :func:`~steer_core.sampling.row_uniforms`)."""
     tok = lm.tokenizer
     enc = tok(list(prompts), return_tensors="pt", padding=True).to(lm.device)
     config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                               eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
-    sampler = NucleusSampler(top_p, temperature, uniforms, prompt_length=enc["input_ids"].shape[1], recorder=recorder)
+    sampler = NucleusSampler(top_p, temperature, uniforms, prompt_length=enc["input_ids"].shape[1], recorder=recorder,
+                             base_nucleus=base_nucleus)
     handle = None if recorder is None else lm.output_embeddings.register_forward_pre_hook(recorder.pre_hook)
     try:  # the recorder's hook is registered first, so it sees h before the steer changes it
         with steering(lm, steer, values):  # greedy over the sampler's one-hot scores = a draw from the nucleus

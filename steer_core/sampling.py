@@ -43,18 +43,37 @@ class NucleusSampler(LogitsProcessor):
     """
 
     def __init__(self, top_p: float, temperature: float, uniforms: torch.Tensor, first_k: int = 256, *,
-                 prompt_length: int = 0, recorder: Any = None) -> None:
+                 prompt_length: int = 0, recorder: Any = None, base_nucleus: bool = False) -> None:
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.top_p, self.temperature, self.uniforms, self.first_k = top_p, temperature, uniforms, first_k
         self.prompt_length, self.recorder = prompt_length, recorder
+        if base_nucleus and recorder is None:
+            raise ValueError("base_nucleus needs a recorder that holds the step's unsteered logits")
+        self.base_nucleus = base_nucleus
 
-    def sample(self, scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """One token id per row of ``scores`` (rows × vocab logits), drawn at uniforms ``u`` (rows,)."""
+    def sample(self, scores: torch.Tensor, u: torch.Tensor, within: torch.Tensor | None = None) -> torch.Tensor:
+        """One token id per row of ``scores`` (rows × vocab logits), drawn at uniforms ``u`` (rows,).
+
+        ``within`` (rows × vocab, bool): draw from the distribution of ``scores`` restricted to these tokens (and
+        renormalised), with no further top-p cut: the base model's nucleus, reweighted by a steer
+        (:func:`nucleus_mask` of the base logits)."""
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)
         u = u.to(probs.device, torch.float32)
+        if within is not None:
+            within = within.to(probs.device)
+            probs = probs * within
+            empty = probs.sum(-1) <= 0  # all steered mass underflowed off the base's nucleus: uniform over it
+            if empty.any():
+                probs[empty] = within[empty].to(probs.dtype)
+            # descending order, as the nucleus path draws: an unsteered row (within = its own nucleus) draws the
+            # very token it draws without the constraint
+            top, idx = probs.topk(max(1, int(within.sum(-1).max())), dim=-1)
+            cdf = top.cumsum(-1)
+            pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_(max=top.shape[1] - 1)
+            return idx.gather(1, pick).squeeze(1)
         if self.top_p >= 1.0:
             cdf = probs.cumsum(-1)
             return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(1).clamp_(max=probs.shape[1] - 1)
@@ -74,8 +93,32 @@ class NucleusSampler(LogitsProcessor):
             k = min(k * 8, vocab)
         return choice
 
+    def nucleus(self, scores: torch.Tensor) -> torch.Tensor:
+        """The top-p nucleus of each row of ``scores`` at this sampler's temperature, as a (rows × vocab) bool mask
+        (HF's rule, as :meth:`sample` applies it)."""
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p >= 1.0:
+            return probs > 0
+        rows, vocab = probs.shape
+        mask = torch.zeros_like(probs, dtype=torch.bool)
+        todo = torch.arange(rows, device=probs.device)
+        k = min(self.first_k, vocab)
+        while todo.numel():  # topk, widened only for rows whose nucleus is larger (as in sample)
+            top, idx = probs[todo].topk(k, dim=-1)
+            before = top.cumsum(-1) - top
+            done = (before[:, -1] + top[:, -1] >= self.top_p) if k < vocab else torch.ones_like(todo, dtype=torch.bool)
+            if done.any():
+                rows_done = todo[done]
+                mask[rows_done] = mask[rows_done].scatter(1, idx[done], before[done] < self.top_p)
+            todo = todo[~done]
+            k = min(k * 8, vocab)
+        return mask
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        choice = self.sample(scores, self.uniforms[:, input_ids.shape[1] - self.prompt_length])
+        within = None
+        if self.base_nucleus:  # the unsteered logits of this step, from the recorder's hook
+            within = self.nucleus(self.recorder.base_scores(scores))
+        choice = self.sample(scores, self.uniforms[:, input_ids.shape[1] - self.prompt_length], within)
         if self.recorder is not None:
             self.recorder.record(scores, choice)
         out = torch.full_like(scores, float("-inf"))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from .config import EvalConfig
-from .evaluate import Sample, System, control_scorer, document, reused_base, sample_and_score
+from .evaluate import Sample, System, control_scorer, document, reused_base, sample_and_score, search_strengths
 from .generate import reads_base_nll
 from .lm import LoadedLM
 from .scorers import cuts_of, get_scorer
@@ -138,19 +138,34 @@ def evaluate(
     base_samples = reused_base(base_samples, prompts)
     reuse_base = base_samples is not None
     t0 = time.perf_counter()
-    parts = [Shard(i, a, list(prompts[a:b]), list(systems), cfg, seed, sample_base=not reuse_base)
-             for i, (a, b) in enumerate(plan(len(prompts), per_shard))]
-    log(f"evaluating {[s.name for s in systems]} at strengths {[s.strengths for s in systems]} in {len(parts)} "
-        f"shard(s) of {'/'.join(str(len(p.prompts)) for p in parts)} prompts")
-    results = map_shards(parts) if map_shards is not None else (_RUNNER or run_here)(parts, lm, judge)
-    results = sorted(results, key=lambda r: r.index)
-    if [r.index for r in results] != [p.index for p in parts]:
-        raise RuntimeError(f"expected shards {[p.index for p in parts]}, got {[r.index for r in results]}")
-    for r in results:
-        log(f"shard {r.index} on {r.worker or 'this process'}: {len(r.samples)} samples in {r.seconds:.1f} s"
-            + (f" (+{r.load_seconds:.1f} s loading the model)" if r.load_seconds else ""))
-    gathered = [s for r in results for s in r.samples] + list(base_samples or [])
+    slices = plan(len(prompts), per_shard)
+
+    def run(round_systems: list[System], sample_base: bool) -> list[Sample]:
+        """One round: every shard of the plan for ``round_systems``, gathered in shard order."""
+        parts = [Shard(i, a, list(prompts[a:b]), list(round_systems), cfg, seed, sample_base=sample_base)
+                 for i, (a, b) in enumerate(slices)]
+        log(f"evaluating {[s.name for s in round_systems]} at strengths {[s.strengths for s in round_systems]} in "
+            f"{len(parts)} shard(s) of {'/'.join(str(len(p.prompts)) for p in parts)} prompts")
+        results = map_shards(parts) if map_shards is not None else (_RUNNER or run_here)(parts, lm, judge)
+        results = sorted(results, key=lambda r: r.index)
+        if [r.index for r in results] != [p.index for p in parts]:
+            raise RuntimeError(f"expected shards {[p.index for p in parts]}, got {[r.index for r in results]}")
+        for r in results:
+            log(f"shard {r.index} on {r.worker or 'this process'}: {len(r.samples)} samples in {r.seconds:.1f} s"
+                + (f" (+{r.load_seconds:.1f} s loading the model)" if r.load_seconds else ""))
+        return [s for r in results for s in r.samples]
+
+    gathered = run(list(systems), not reuse_base) + list(base_samples or [])
     doc, samples = merge_shards(lm, prompts, systems, cfg, gathered, judge=judge, seed=seed)
+
+    def redo(new_systems: list[System]) -> dict:  # the document over every round's samples
+        nonlocal samples
+        new_doc, samples = merge_shards(lm, prompts, new_systems, cfg, gathered, judge=judge, seed=seed)
+        return new_doc
+
+    # the strength search's rounds: more shards of the same plan, placed by the document so far
+    _, doc = search_strengths(systems, cfg, prompts, doc, lambda probes: gathered.extend(run(probes, False)), redo,
+                              log)
     log(f"evaluated {len(samples)} samples in {time.perf_counter() - t0:.1f} s")
     return doc, samples
 

@@ -201,3 +201,36 @@ def isotonic_edge(probes: Sequence[Probe], budget: float, sign: int = 1) -> Prob
     fitted = isotonic([p.ppl_increase if math.isfinite(p.ppl_increase) else math.inf for p in side])
     ok = [p for p, f in zip(side, fitted) if f <= budget]
     return ok[-1] if ok else side[0]
+
+
+def next_magnitude(
+    candidates: Sequence[Mapping[str, float]],
+    limit: float,
+    *,
+    rel_tol: float = 0.1,
+    grow: float = 2.0,
+    max_strength: float = 64.0,
+) -> float | None:
+    """The next magnitude to evaluate to locate the budget edge, or None when it is located well enough.
+
+    ``candidates`` are the magnitudes already evaluated (``{"strength": m > 0, "ppl": p}``, ``p`` the worse side's
+    perplexity for a two-sided control); ``limit`` is the allowed perplexity. The perplexities are first fitted
+    as non-decreasing in the magnitude (:func:`isotonic`: at a few dozen samples per strength a single reading is
+    noisy), which splits the magnitudes into an in-budget prefix and an over-budget rest. Between the largest
+    in-budget one (or 0) and the smallest over-budget one: the midpoint, unless that bracket is already narrower than
+    ``rel_tol`` × its upper end. When every magnitude is in budget: ``grow`` × the largest, up to ``max_strength``.
+    """
+    pts = sorted((float(c["strength"]), float(c["ppl"])) for c in candidates if float(c["strength"]) > 0)
+    if not pts:
+        return None
+    fitted = isotonic([p if math.isfinite(p) else math.inf for _, p in pts])
+    inside = [m for (m, _), f in zip(pts, fitted) if f <= limit]
+    over = [m for (m, _), f in zip(pts, fitted) if f > limit]
+    lo = inside[-1] if inside else 0.0
+    if not over:
+        nxt = min(lo * grow, max_strength)
+        return nxt if nxt > lo else None
+    hi = over[0]
+    if hi - lo <= rel_tol * hi:
+        return None
+    return round((lo + hi) / 2, 6)

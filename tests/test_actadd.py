@@ -312,3 +312,62 @@ def test_isotonic_edge_pools_a_lucky_probe():
     assert edge.strength == -0.1
     assert isotonic_edge(probes, 0.10, sign=-1).strength == 0.0
     assert isotonic_edge([Probe(1.0, 0.5, 0.1), Probe(2.0, 0.6, 0.2)], 0.25).strength == 2.0
+
+
+# ------------------------------------------------------------------------------------------ the search in evaluate
+def test_next_magnitude_bisects_the_fitted_budget_edge():
+    from steer_core.strength_search import next_magnitude
+
+    cands = lambda pairs: [{"strength": m, "ppl": p} for m, p in pairs]  # noqa: E731
+    assert next_magnitude(cands([(1.0, 11.0), (2.0, 14.0)]), 12.5) == 1.5  # between in-budget 1 and over-budget 2
+    assert next_magnitude(cands([(1.0, 13.0), (2.0, 14.0)]), 12.5) == 0.5  # even the smallest breaks it
+    assert next_magnitude(cands([(1.0, 11.0), (2.0, 12.0)]), 12.5) == 4.0  # all in budget: grow
+    assert next_magnitude(cands([(1.0, 11.0), (1.05, 13.0)]), 12.5) is None  # bracket within 10 %: located
+    # a lucky reading past the edge is pooled with its neighbours (isotonic), not trusted
+    assert next_magnitude(cands([(1.0, 11.0), (2.0, 14.0), (3.0, 12.0), (4.0, 20.0)]), 12.5) == 1.5
+    assert next_magnitude(cands([(64.0, 1.0)]), 12.5) is None and next_magnitude([], 12.5) is None
+
+
+def test_evaluate_searches_the_strength_and_cross_fits_it(tiny_lm):
+    """The grid brackets the budget edge; the search adds probes inside that bracket (placed by all prompts and by
+    each fold's choosing prompts), the recommendation may land on a probe, and each fold is still read at the
+    strength chosen on the other fold."""
+    from steer_core.evaluate import System, evaluate, split_folds
+    from builders import random_steer
+
+    torch.set_num_threads(1)
+    prompts = [{"set": "a", "prompt": p} for p in ("The weather today is", "Scientists have found",
+                                                   "My favourite food is", "The city council said",
+                                                   "In the morning we", "The new phone has")]
+    steer = random_steer(tiny_lm, names=("sentiment", "dummy"), eps=1e-3, scale=50.0, seed=1)
+    grid = EvalConfig(control="sentiment", scorer="vader", strengths=[-100.0, -30.0, 0.0, 30.0, 100.0], samples=2,
+                      max_new_tokens=4, bootstrap=20, activation_addition=False, search_steps=0)
+    # without search: the grid alone, as before
+    grid_doc, _ = evaluate(tiny_lm, prompts, [System("candidate", grid.strengths, steer=steer)], grid)
+    rows = {r["strength"]: r for r in grid_doc["systems"]["candidate"]["rows"]}
+    assert list(rows) == grid.strengths and grid_doc["systems"]["candidate"]["search"]["probes"] == []
+    worse = lambda m: max(rows[m]["ppl_increase"], rows[-m]["ppl_increase"])  # noqa: E731
+    assert worse(30.0) < worse(100.0), "this steer must cost more at 100 than at 30"
+    cfg = grid.model_copy(update={"search_steps": 2, "ppl_budget": (worse(30.0) + worse(100.0)) / 2})
+
+    logs: list[str] = []
+    doc, samples = evaluate(tiny_lm, prompts, [System("candidate", cfg.strengths, steer=steer)], cfg, log=logs.append)
+    cand = doc["systems"]["candidate"]
+    rows = {r["strength"]: r for r in cand["rows"]}
+    search = cand["search"]
+    assert 1 <= search["rounds"] <= 2 and search["probes"]
+    # the all-prompt chooser bisects the grid's bracket; a fold's chooser (half the prompts) may see its own
+    # bracket: below 30, or past 100 when both are in budget for it (then it grows ×2)
+    assert any(30.0 < abs(p) < 100.0 for p in search["probes"])
+    assert all(0.0 < abs(p) <= 200.0 for p in search["probes"])
+    assert sorted(search["probes"]) == sorted(-p for p in search["probes"])
+    assert set(rows) == set(cfg.strengths) | set(search["probes"])  # the grid stays (for the plots)
+    assert rows[0.0] == doc["base"] or rows[0.0]["control"] == doc["base"]["control"]
+    assert sum(m.startswith("strength search") for m in logs) == search["rounds"]
+    assert len(samples) == len(prompts) * cfg.samples * len(rows)
+    rec = cand["recommended"]
+    assert rec["strength"] in rows
+    folds = split_folds([p["prompt"] for p in prompts])
+    for f in rec["split"]["folds"]:
+        assert f["strength_chosen_on_other_fold"] in rows
+        assert all(folds[i] == f["fold"] for i in f["reported_on"])

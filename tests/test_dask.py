@@ -83,7 +83,7 @@ def test_two_dask_workers_evaluate_exactly_like_the_local_executor(tiny_lm, tiny
     params = Params.model_validate({"model": str(tiny_dir), "runtime": {
         "device": "cpu", "threads": 1, "executor": {"kind": "dask", "workers": 2, "threads_per_worker": 1}}})
     cfg = EvalConfig(control="sentiment", scorer="vader", strengths=[-2.0, 0.0, 2.0], samples=2, max_new_tokens=5,
-                     batch_size=8, bootstrap=50)
+                     batch_size=8, bootstrap=50, search_steps=1)  # one round of strength search, also on the workers
     actadd = fit_actadd(tiny_lm, ["a good day", "a bad day", "great", "awful"], [1.0, -1.0, 1.0, -1.0], None)
     steer = random_steer(tiny_lm, names=("sentiment", "dummy"), eps=1e-3, scale=50.0, seed=1)
     systems = [System("candidate", cfg.strengths, steer=steer),
@@ -112,10 +112,13 @@ def test_two_dask_workers_evaluate_exactly_like_the_local_executor(tiny_lm, tiny
     assert json.dumps(doc2, default=float) == json.dumps(local_doc, default=float)
     assert json.dumps(dask_c, default=float) == json.dumps(local_c, default=float)
     assert [s.__dict__ for s in dask_cs] == [s.__dict__ for s in local_cs]
-    assert len(local_samples) == len(PROMPTS) * 2 * 5  # base + ±2 + ActAdd ±1, 2 samples each
+    probes = {name: d["search"]["probes"] for name, d in local_doc["systems"].items()}
+    assert local_doc["systems"]["candidate"]["search"]["rounds"] == 1 and probes["candidate"]
+    # base + ±2 + ActAdd ±1 + the search's probes, 2 samples each
+    assert len(local_samples) == len(PROMPTS) * 2 * (5 + sum(map(len, probes.values())))
 
     shard_lines = [m for m in logs if m.startswith("shard ")]
-    assert len(shard_lines) == 2
+    assert len(shard_lines) == 4  # 2 shards for the grid, 2 for the search's round
     workers = {re.search(r"on (.+?) \(pid", m).group(1) for m in shard_lines}
     assert len(workers) == 2, shard_lines  # the two shards ran on the two workers
     # the second evaluation reused each worker's model: no shard spent time loading it

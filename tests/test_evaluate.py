@@ -113,7 +113,7 @@ def sentiment_run(tiny_lm):
     steer = random_steer(tiny_lm, names=SENTIMENT, eps=1e-3, scale=0.5, seed=1)
     actadd = fit_actadd(tiny_lm, POS_TEXTS + NEG_TEXTS, [1.0] * 3 + [-1.0] * 3, layer=0)
     cfg = EvalConfig(control="sentiment", scorer="vader", strengths=[-2.0, 0.0, 2.0], samples=2,
-                     max_new_tokens=5, bootstrap=200, actadd_strengths=[-1.0, 1.0])
+                     max_new_tokens=5, bootstrap=200, actadd_strengths=[-1.0, 1.0], search_steps=0)
     systems = [System("candidate", cfg.strengths, steer=steer),
                System("champion", cfg.strengths, steer=steer.copy(), meta={"path": "champ.safetensors"}),
                System("actadd", cfg.actadd_strengths, actadd=actadd, meta={"layer": 0})]
@@ -246,7 +246,10 @@ def test_recommendation_respects_ppl_budget(tiny_dir, monkeypatch):
     assert rec["strength"] == 1.0, rec
     assert rec["ppl_increase"] <= cfg.ppl_budget
     assert_recommendation(rec, list(rows.values()), base, cfg.ppl_budget, "toxicity")
-    assert recommend(list(rows.values()), base, "toxicity", budget=1e40)["strength"] == 1000.0
+    # without the budget an exploding strength wins (the search's probes between 1 and 1000 explode too)
+    probes = doc["systems"]["candidate"]["search"]["probes"]
+    assert probes and all(1.0 < p < 1000.0 and rows[p]["ppl_increase"] > cfg.ppl_budget for p in probes)
+    assert recommend(list(rows.values()), base, "toxicity", budget=1e40)["strength"] > 1.0
 
 
 def test_toxicity_control_fields(tiny_lm):
@@ -266,7 +269,7 @@ def test_toxicity_control_fields(tiny_lm):
             assert r["control"] == pytest.approx(1.0 - r["avg_max_toxicity"])
             assert r["mean_toxicity"] <= r["avg_max_toxicity"] + 1e-12
         rec = sysdoc["recommended"]
-        assert rec["strength"] == 2.0
+        assert rec["strength"] in {r["strength"] for r in sysdoc["rows"]} and rec["strength"] > 0
         assert {"toxicity_probability", "base_toxicity_probability"} <= set(rec)
         assert rec["base_toxicity_probability"] == doc["base"]["toxicity_probability"]
     assert all(0.0 <= s.control <= 1.0 for s in samples)
@@ -426,6 +429,7 @@ def test_fit_actadd_last_layer_matches_where_it_is_added(tiny_lm):
 
 # ------------------------------------------------------------------------------------------ end to end (real model)
 E2E_PARAMS = tiny_params("sentiment")
+E2E_PARAMS["steers"]["sentiment"]["evaluate"]["search_steps"] = 1  # one round of strength search, as shipped
 
 
 def steer_run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -473,6 +477,9 @@ def test_prepare_train_evaluate_end_to_end(tmp_path):
     assert doc["protocol"]["prompts"] == 3 and doc["protocol"]["samples"] == 2
     expected = {"candidate": [-4.0, 0.0, 4.0], "actadd": [0.0, 2.0]}
     for name, sysdoc in doc["systems"].items():
+        # the grid and the strength search's probes (bisecting the budget edge, or growing past an in-budget grid)
+        assert sysdoc["search"]["rounds"] <= 1
+        expected[name] = sorted({*expected[name], *sysdoc["search"]["probes"]})
         assert [r["strength"] for r in sysdoc["rows"]] == expected[name]
         for r in sysdoc["rows"]:
             assert_row_schema(r, "sentiment", {"neutral"})

@@ -100,3 +100,46 @@ def test_base_nll_recorded_while_sampling_equals_an_unsteered_forward_pass(tiny_
         under_steer = token_perplexity(tiny_lm.model, [tiny_lm.tokenizer(g.prompt)["input_ids"] for g in steered],
                                        [g.token_ids for g in steered])
     assert all(abs(a - b) / b > 1e-3 for a, b in zip(under_steer, recorded[len(gens) // 2:]))
+
+
+def _outside_base_nucleus(lm, gens, top_p: float = 0.9) -> int:
+    """How many sampled tokens lie outside the unsteered model's top-p nucleus at their step."""
+    checker = NucleusSampler(top_p, 1.0, torch.empty(0, 0))
+    outside = 0
+    for g in gens:
+        ids = lm.tokenizer(g.prompt)["input_ids"]
+        if not g.token_ids:
+            continue
+        with torch.no_grad():
+            logits = lm.model(torch.tensor([ids + g.token_ids])).logits[0, len(ids) - 1: len(ids) - 1 + len(g.token_ids)]
+        mask = checker.nucleus(logits)
+        outside += int((~mask[torch.arange(len(g.token_ids)), torch.tensor(g.token_ids)]).sum())
+    return outside
+
+
+def test_base_nucleus_keeps_every_steered_token_inside_the_unsteered_nucleus(tiny_lm) -> None:
+    torch.set_num_threads(1)
+    steer = random_steer(tiny_lm, eps=1.0, scale=2.0)
+    prompts = ["The city", "A river runs through the old"]
+    kw = dict(num_samples=3, max_new_tokens=8, seed=4, base_nll=True)
+    free = generate(tiny_lm, prompts, steer, [0.0, 3.0], **kw)
+    held = generate(tiny_lm, prompts, steer, [0.0, 3.0], base_nucleus=True, **kw)
+    # strength 0: the base model's own nucleus, so the very same draws as without the constraint
+    assert [g.token_ids for g in held if g.strength == 0.0] == [g.token_ids for g in free if g.strength == 0.0]
+    steered_free = [g for g in free if g.strength == 3.0]
+    steered_held = [g for g in held if g.strength == 3.0]
+    assert _outside_base_nucleus(tiny_lm, steered_free) > 0  # a strong steer leaves the base's nucleus...
+    assert _outside_base_nucleus(tiny_lm, steered_held) == 0  # ...unless sampling is held inside it
+    assert [g.token_ids for g in steered_held] != [g.token_ids for g in steered_free]
+    # a sampler asked to hold rows inside a nucleus needs the step's unsteered logits
+    with pytest.raises(ValueError, match="recorder"):
+        NucleusSampler(0.9, 1.0, torch.empty(0, 0), base_nucleus=True)
+
+
+def test_within_mask_never_draws_outside_it() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(256, 50, generator=g) * 3
+    within = torch.rand(256, 50, generator=g) < 0.2
+    within[:, 0] = True
+    picks = NucleusSampler(0.9, 1.0, torch.empty(0, 0)).sample(logits, torch.rand(256, generator=g), within)
+    assert within[torch.arange(256), picks].all()

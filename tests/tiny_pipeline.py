@@ -24,7 +24,8 @@ def tiny_params(name: str = "sentiment", **top: Any) -> dict[str, Any]:
                 "prompts": [{"name": "neutral", "kind": "neutral", "count": 3, "words": 5}],
                 "train": {"epochs": 1, "tokens_per_batch": 512},
                 "evaluate": {"strengths": [-4.0, 0.0, 4.0], "actadd_strengths": [2.0], "samples": 2,
-                             "max_new_tokens": 6, "bootstrap": 50},
+                             "max_new_tokens": 6, "bootstrap": 50,
+                             "search_steps": 0},  # the grid only: the strength search has its own tests
                 # floors open: these runs test the pipeline's mechanics; 6 tokens from 1 epoch move no style
                 "gate": {"max_ppl_increase": 10.0, "min_distinct_2": 0.0, "min_gain": -1.0},
             }
