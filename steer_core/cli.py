@@ -183,6 +183,8 @@ def generate(
     device: str = typer.Option("auto", "--device"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document on stdout"),
+    base_nucleus: bool = typer.Option(False, "--base-nucleus", help="sample within the unsteered model's top-p "
+                                      "nucleus, reweighted by the steer (evaluate.base_nucleus)"),
 ) -> None:
     """Sample continuations, optionally steered at a strength."""
     from .generate import generate as run_generate
@@ -198,7 +200,7 @@ def generate(
     if steer is not None:
         steer.check_base(lm.fingerprint, source=str(steer_path))
     gens = run_generate(lm, prompt, steer, values, num_samples=num_samples, max_new_tokens=max_new_tokens,
-                        top_p=top_p, temperature=temperature, seed=seed)
+                        top_p=top_p, temperature=temperature, seed=seed, base_nucleus=base_nucleus)
     if as_json:
         doc = {
             "model": model, "steer": str(steer_path) if steer_path else None,

@@ -184,6 +184,10 @@ class EvalConfig(Strict):
     temperature: float = Field(TEMPERATURE, gt=0)
     batch_size: int = Field(64, ge=1, description="rows per generation and judge batch")
     ppl_budget: float = Field(0.25, ge=0, description="allowed relative perplexity increase over base")
+    base_nucleus: bool = Field(False, description="sample a steer's text within the unsteered model's top-p nucleus, "
+                               "reweighted by the steer (the unsteered logits come free at the output layer; ActAdd, "
+                               "which changes the body, keeps plain top-p); the registered model samples the same way "
+                               "by default. false = top-p of the steered distribution")
     search_steps: int = Field(2, ge=0, description="rounds of strength search after the grid: each evaluates the "
                               "midpoint of the budget edge's bracket (steer_core.strength_search.next_magnitude), as "
                               "chosen on all prompts and on each cross-fitting fold; 0 = the grid only")

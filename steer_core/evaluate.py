@@ -106,7 +106,8 @@ def sample_system(
                if judge_in_sampling else [math.nan] * len(gens))
     else:
         values = None if system.steer is None else [float(s) for s in system.strengths]
-        gens = generate(lm, texts, system.steer, values, base_nll=judge_in_sampling, **kw)
+        gens = generate(lm, texts, system.steer, values, base_nll=judge_in_sampling, base_nucleus=cfg.base_nucleus,
+                        **kw)
         ppl = [math.exp(sum(g.base_nll) / len(g.base_nll)) if g.base_nll else math.nan for g in gens]
     samples = [Sample(system.name, prompts[g.prompt_index]["set"], g.prompt_index, g.prompt, g.strength, g.text,
                       ppl=v) for g, v in zip(gens, ppl)]
@@ -577,6 +578,7 @@ def document(
         "control": cfg.control, "scorer": cfg.scorer, "judge": judge_spec,
         "protocol": {"prompts": len(prompts), "samples": cfg.samples, "max_new_tokens": cfg.max_new_tokens,
                      "top_p": cfg.top_p, "temperature": cfg.temperature, "seed": seed,
+                     "base_nucleus": cfg.base_nucleus,
                      "judge_scores": "sampled tokens" if in_sampling else "re-tokenised text",
                      "prompt_sets": sorted({p["set"] for p in prompts})},
         "base": base_row, "systems": {},

@@ -114,6 +114,7 @@ def promote_task(params_path: str, name: str, root: str, doc: dict, run_id: str,
         mv = registry.find_version(name, file_sha256(paths.steer))  # same file: same version
         if mv is None:
             mv = registry.log_steer_model(paths.steer, name, default_strength=float(cand["strength"]),
+                                          base_nucleus=bool(doc.get("protocol", {}).get("base_nucleus", False)),
                                           metrics={f"recommended_{k}": v for k, v in cand.items()
                                                    if isinstance(v, (int, float))},
                                           tags=tags, device=params.runtime.device)

@@ -32,7 +32,7 @@ MODEL_CODE = Path(__file__).resolve().with_name("steer_model.py")
 STEER_CORE = Path(__file__).resolve().parent.parent / "steer_core"
 EXAMPLE_PROMPT = "The food at this place was"
 _TAG_MAX = 5000  # MLflow's limit on a model-version tag value
-_PARAM_TYPES = {float: "double", int: "long"}
+_PARAM_TYPES = {float: "double", int: "long", bool: "boolean"}
 
 
 def requirements() -> list[str]:
@@ -45,9 +45,9 @@ def requirements() -> list[str]:
     return [f"{p}=={md.version(p).split('+')[0]}" for p in pkgs]
 
 
-def steer_signature(default_strength: float) -> ModelSignature:
+def steer_signature(default_strength: float, base_nucleus: bool = False) -> ModelSignature:
     """prompt (+ optional per-row strength) in; one row per prompt × sample out; generation knobs as params."""
-    defaults = {**DEFAULT_PARAMS, "strength": float(default_strength)}
+    defaults = {**DEFAULT_PARAMS, "strength": float(default_strength), "base_nucleus": bool(base_nucleus)}
     return ModelSignature(
         inputs=Schema([ColSpec("string", "prompt"), ColSpec("double", "strength", required=False)]),
         outputs=Schema(
@@ -63,6 +63,7 @@ def log_steer_model(
     name: str,
     *,
     default_strength: float | None = None,
+    base_nucleus: bool = False,
     metrics: Mapping[str, float] | None = None,
     tags: Mapping[str, str] | None = None,
     device: str = "auto",
@@ -70,7 +71,8 @@ def log_steer_model(
     """Log the steer as a pyfunc model from code and register it as a new version of model ``name``.
 
     ``default_strength`` (else the steer's ``metadata['recommended_strength']``, else 0) becomes the default of the
-    ``strength`` param. Logs into the active run, or into a new run of the current experiment. MLflow loads the
+    ``strength`` param; ``base_nucleus`` (how the evaluation that chose that strength sampled) the default of the
+    ``base_nucleus`` param. Logs into the active run, or into a new run of the current experiment. MLflow loads the
     model once and predicts on the input example while logging (a smoke test; a failure there only warns).
     """
     steer_path = Path(steer_path)
@@ -84,6 +86,7 @@ def log_steer_model(
         "steer.base_fingerprint": str(meta.get("base_fingerprint", "")),
         "steer.sha256": file_sha256(steer_path),
         "steer.default_strength": repr(float(default_strength)),
+        "steer.base_nucleus": str(bool(base_nucleus)).lower(),
         **dict(tags or {}),
     }
     active = mlflow.active_run()
@@ -94,8 +97,9 @@ def log_steer_model(
             python_model=str(MODEL_CODE),
             artifacts={STEER_ARTIFACT: str(steer_path)},
             code_paths=[str(STEER_CORE)],
-            model_config={"device": device, "defaults": {"strength": float(default_strength)}},
-            signature=steer_signature(default_strength),
+            model_config={"device": device, "defaults": {"strength": float(default_strength),
+                                                          "base_nucleus": bool(base_nucleus)}},
+            signature=steer_signature(default_strength, base_nucleus),
             input_example=pd.DataFrame({"prompt": [EXAMPLE_PROMPT], "strength": [float(default_strength)]}),
             pip_requirements=requirements(),
         )

@@ -7,7 +7,7 @@ base LM is not stored in the model; ``load_context`` loads it from the spec reco
 fingerprint matches the one the steer was trained on.
 
 Input: a DataFrame with column ``prompt`` and optional column ``strength`` (per-row strength of the primary steer;
-missing / NaN → the ``strength`` param). Params: strength, max_new_tokens, num_samples, top_p, temperature, seed.
+missing / NaN → the ``strength`` param). Params: strength, max_new_tokens, num_samples, top_p, temperature, seed, base_nucleus.
 Output: one row per prompt × sample with columns prompt, strength, sample_index, generation.
 """
 
@@ -32,6 +32,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "top_p": TOP_P,
     "temperature": TEMPERATURE,
     "seed": 0,
+    "base_nucleus": False,  # sample within the unsteered model's nucleus (steer_core.sampling); set at registration
 }
 
 
@@ -67,6 +68,7 @@ class SteerModel(PythonModel):
         gens = generate(
             self.lm, prompts, self.steer, rows, num_samples=n, max_new_tokens=int(p["max_new_tokens"]),
             top_p=float(p["top_p"]), temperature=float(p["temperature"]), seed=int(p["seed"]),
+            base_nucleus=bool(p["base_nucleus"]),
         )
         return pd.DataFrame(
             {

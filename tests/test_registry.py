@@ -111,8 +111,9 @@ def subprocess_env(tmp: Path, **extra: str) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------ sqlite store
 def test_register_promote_and_generate(tiny: dict[str, Path], name: str, store: str) -> None:
     assert get_champion(name) is None  # no model yet
-    mv = log_steer_model(tiny["v1"], name, default_strength=2.0, metrics={"control": 0.6})
+    mv = log_steer_model(tiny["v1"], name, default_strength=2.0, base_nucleus=True, metrics={"control": 0.6})
     assert str(mv.version) == "1" and mv.tags["steer.base_model"] == str(tiny["base"])
+    assert mv.tags["steer.base_nucleus"] == "true"  # sampled as its evaluation sampled
     assert get_champion(name) is None  # registering never promotes
     result = promote(name, mv.version, PASS)
     assert result.promoted and result.champion == "1" and result.previous is None
@@ -123,6 +124,7 @@ def test_register_promote_and_generate(tiny: dict[str, Path], name: str, store: 
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     params = model.metadata.get_params_schema().to_dict()
     assert {p["name"]: p["default"] for p in params}["strength"] == 2.0
+    assert {p["name"]: p["default"] for p in params}["base_nucleus"] is True
     df = pd.DataFrame({"prompt": ["The food was", "My day"], "strength": [math.nan, -3.0]})
     out = model.predict(df, params={"num_samples": 2, "max_new_tokens": 6})
     assert list(out.columns) == ["prompt", "strength", "sample_index", "generation"]
@@ -130,12 +132,15 @@ def test_register_promote_and_generate(tiny: dict[str, Path], name: str, store: 
     assert list(out["sample_index"]) == [0, 1, 0, 1]
     assert all(isinstance(t, str) and t for t in out["generation"])
 
-    def gen(strength: float) -> list[str]:
+    def gen(strength: float, **extra) -> list[str]:
         one = pd.DataFrame({"prompt": ["The food was"] * 4})
-        return list(model.predict(one, params={"strength": strength, "max_new_tokens": 8, "seed": 1})["generation"])
+        return list(model.predict(one, params={"strength": strength, "max_new_tokens": 8, "seed": 1, **extra}
+                                  )["generation"])
 
     assert gen(0.0) == gen(0.0)  # seeded
     assert gen(0.0) != gen(30.0)  # and steered
+    assert gen(30.0) != gen(30.0, base_nucleus=False)  # by default within the base model's nucleus
+    assert gen(0.0) == gen(0.0, base_nucleus=False)  # which, unsteered, is plain top-p
 
 
 def test_pass_moves_champion_and_sets_previous(tiny: dict[str, Path], name: str, store: str) -> None:
