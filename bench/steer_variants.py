@@ -40,10 +40,25 @@ def recipe(name: str, spec):
         return data.model_copy(update={"max_per_label": 1500}), train
     if name.startswith("rank"):
         return data.model_copy(update={"max_per_label": 1500}), train.model_copy(update={"rank": int(name[4:])})
+    if name in ("agree", "agree-all"):  # human label AND the scorer agree (filtered in main); all: every topic
+        topics = ["airline"] if name == "agree" else None
+        src = data.source.model_copy(update={"topics": topics})
+        return data.model_copy(update={"max_per_label": 1500, "source": src}), train
     if name.startswith("contrastive"):
         w = float(name[len("contrastive"):] or 1.0)
-        return data.model_copy(update={"max_per_label": 1500}), train.model_copy(update={"contrastive": w})
+        return data, train.model_copy(update={"contrastive": w})
     raise SystemExit(f"unknown variant {name!r}")
+
+
+def agreeing(rows: list[dict]) -> list[dict]:
+    """Rows whose label VADER agrees with (positive: compound > 0.05, negative: < -0.05), balanced per label."""
+    from steer_core.scorers import get_scorer
+
+    scores = get_scorer("vader").score([r["text"] for r in rows])
+    keep = [r for r, c in zip(rows, scores) if (c > 0.05 if r["value"] > 0 else c < -0.05)]
+    pos, neg = [r for r in keep if r["value"] > 0], [r for r in keep if r["value"] < 0]
+    k = min(len(pos), len(neg))
+    return pos[:k] + neg[:k]
 
 
 def values(rows, n):
@@ -79,6 +94,9 @@ def main() -> None:
                 t = Path(tmp)
                 card = prepare(data_cfg, [], t / "prep", t / "prompts.jsonl", t / "card.json")
                 tr, va = load_jsonl(t / "prep" / "train.jsonl"), load_jsonl(t / "prep" / "val.jsonl")
+            if recipe_name.startswith("agree"):
+                tr, va = agreeing(tr), agreeing(va)
+                card.counts["train"] = {"agreeing": len(tr)}
             names = ["sentiment", "dummy"] if train_cfg.dummy else ["sentiment"]
             t0 = time.perf_counter()
             fitted[recipe_name] = (*fit_steer(lm, [r["text"] for r in tr], values(tr, len(names)),

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -59,6 +59,15 @@ class TrainConfig(Strict):
     patience: int = Field(2, ge=0, description="epochs without val improvement before stopping; 0 = off")
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
     dummy: bool = Field(True, description="train a 'dummy' steer held at +1 that absorbs the corpus' domain")
+    contrastive: float = Field(0.0, ge=0, description="weight of a contrastive term (each token likelier at its "
+                               "text's own sign than at the flipped one; steer_core.train.OutputHead.contrastive) "
+                               "added to the LM loss; 0 = the plain LM-Steer objective. Adam only")
+
+    @model_validator(mode="after")
+    def _contrastive_needs_adam(self) -> "TrainConfig":
+        if self.contrastive and self.optimizer != "adam":
+            raise ValueError(f"train.contrastive {self.contrastive} needs optimizer 'adam', got {self.optimizer!r}")
+        return self
 
 
 # --------------------------------------------------------------------------------------------- data

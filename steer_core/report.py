@@ -123,6 +123,10 @@ def render_html(steer_name: str, doc: dict, samples: Sequence, pngs: dict[str, b
     for name, sysdoc in doc["systems"].items():
         rec = sysdoc["recommended"]
         parts.append(f"<h2>{e(name)}</h2><p>recommended strength <b>{rec['strength']:g}</b>: {e(rec['reason'])}</p>")
+        search = sysdoc.get("search")
+        if search and search.get("probes"):
+            parts.append(f"<p class=s>strength search: {search['rounds']} round(s) added "
+                         f"{', '.join(f'{p:g}' for p in sorted(search['probes']))} to the grid ({e(search['method'])})</p>")
         cols = ["strength", "control", "ppl", "ppl_increase", "distinct_1", "distinct_2", "distinct_3"]
         parts.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "<th>95% CI control</th></tr>")
         for r in sysdoc["rows"]:

@@ -211,6 +211,16 @@ class OutputHead:
             logits = F.linear(hs, self.weight, self.bias)
         return F.cross_entropy(logits, targets, reduction=reduction)
 
+    def contrastive(self, steer: Steer, h: torch.Tensor, values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean over tokens of softplus(−(log p(x | v) − log p(x | v with the primary steer's sign flipped))): each
+        token should be likelier at its text's own sign than at the opposite one. Pushes W towards what tells the
+        labels apart rather than what the texts share (which the plain loss and the dummy steer model)."""
+        flipped = values.clone()
+        flipped[:, 0] = -flipped[:, 0]
+        own = self.loss(steer, h, values, targets, reduction="none")
+        other = self.loss(steer, h, flipped, targets, reduction="none")
+        return F.softplus(own - other).mean()
+
 
 @torch.no_grad()
 def evaluate_loss(
@@ -476,7 +486,10 @@ def _adam_epoch(state: FitState, run: FitRun, bar) -> None:
         v = data.train_values[train.text_index[idx]].to(dev)
         state.opt.zero_grad(set_to_none=True)
         loss = head.loss(state.steer, h, v, y)
-        loss.backward()
+        if cfg.contrastive:
+            (loss + cfg.contrastive * head.contrastive(state.steer, h, v, y)).backward()
+        else:
+            loss.backward()
         state.opt.step()
         state.steps += 1
         state.step_in_epoch = b + 1

@@ -70,6 +70,37 @@ def test_low_rank_and_lbfgs_fit(tiny_lm):
         assert summary.best_val_loss < summary.base_val_loss, cfg.optimizer
 
 
+def test_contrastive_term(tiny_lm):
+    """The term is softplus(CE at the text's own sign − CE at the flipped sign), averaged over tokens: log 2 for an
+    untrained steer, lower once a steer separates the signs; a fit with it differs from the plain fit and still
+    lowers the validation loss. (Whether it buys control per unit of perplexity is bench/steer_variants.py's job.)"""
+    import math
+
+    from steer_core.train import OutputHead
+
+    texts, values = _data()
+    cache = cache_hidden_states(tiny_lm, texts, max_length=64)
+    head = OutputHead(tiny_lm, torch.device("cpu"))
+    v = values[cache.text_index]
+    base = dict(epochs=3, lr=0.05, epsilon=0.1, tokens_per_batch=32, patience=0)
+    untrained = Steer(["style", "dummy"], tiny_lm.dim, None, 0.1)  # W = 0: both signs give the same logits
+    assert float(head.contrastive(untrained, cache.h, v, cache.targets)) == pytest.approx(math.log(2), abs=1e-6)
+    plain, _ = fit_steer(tiny_lm, texts, values, texts[:4], values[:4], ["style", "dummy"], TrainConfig(**base))
+    with torch.no_grad():
+        flipped = v.clone()
+        flipped[:, 0] = -flipped[:, 0]
+        want = torch.nn.functional.softplus(head.loss(plain, cache.h, v, cache.targets, reduction="none")
+                                            - head.loss(plain, cache.h, flipped, cache.targets, reduction="none")).mean()
+        assert float(head.contrastive(plain, cache.h, v, cache.targets)) == pytest.approx(float(want))
+        assert float(want) < math.log(2)  # the plain fit already separates the signs a little
+    contra, summary = fit_steer(tiny_lm, texts, values, texts[:4], values[:4], ["style", "dummy"],
+                                TrainConfig(**base, contrastive=4.0))
+    assert not torch.equal(contra.matrices(), plain.matrices())
+    assert summary.best_val_loss < summary.base_val_loss
+    with pytest.raises(ValueError, match="contrastive"):
+        TrainConfig(contrastive=1.0, optimizer="lbfgs")
+
+
 def test_two_fits_with_equal_inputs_give_byte_identical_steer_files(tiny_lm, tmp_path):
     """Content addressing (DVC, the registry's dedupe) needs equal inputs to give equal bytes: no timings inside."""
     texts, values = _data()
