@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--strengths", default="1,2,3")
     ap.add_argument("--budget", type=float, default=0.25)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--check", default="textblob", help="a second sentiment scorer reported beside VADER ('' = none)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -104,23 +105,26 @@ def main() -> None:
                                               seed=0), card, time.perf_counter() - t0)
         steer, summ, card, fit_s = fitted[recipe_name]
         m = Measurer(lm, prompts, steer=steer, samples=args.samples, max_new_tokens=args.new_tokens, base=base,
-                     base_nucleus=decoding == "nucleus")
+                     base_nucleus=decoding == "nucleus", check_scorer=args.check or None)
         t0 = time.perf_counter()
         probes = [Probe(s, *m(s)) for s in [0.0] + [x * g for x in mags for g in (1, -1)]]
         base = m.rows[0.0]
         b = base["control"]
         print(f"\n## {name}: {card.counts['train']} train texts, fit {fit_s:.0f} s (val loss {summ.base_val_loss:.4f} "
               f"→ {summ.best_val_loss:.4f}, best epoch {summ.best_epoch}), eval {time.perf_counter() - t0:.0f} s")
-        print("| s | positive | Δppl | distinct-2 | " + " | ".join(domains) + " |")
+        print("| s | positive | Δppl | distinct-2 | " + " | ".join(domains) + f" | positive ({args.check}) |")
         for s in sorted(m.rows):
             r = m.rows[s]
             print(f"| {s:+g} | {r['control']:.3f} | {m.ppl_increase(r):+.1%} | {r['distinct_2']:.3f} | "
-                  + " | ".join(f"{r['sets'][d]['control']:.3f}" for d in domains) + " |")
+                  + " | ".join(f"{r['sets'][d]['control']:.3f}" for d in domains)
+                  + f" | {r.get('check', float('nan')):.3f} |")
         plus, minus = isotonic_edge(probes, args.budget, 1), isotonic_edge(probes, args.budget, -1)
         cp = b if plus.strength == 0 else plus.control
         cm = b if minus.strength == 0 else minus.control
+        check = {s: r.get("check", float("nan")) for s, r in m.rows.items()}
         print(f"at the +{args.budget:.0%} budget: s⁺ {plus.strength:+g} ({cp:.3f}, {plus.ppl_increase:+.1%}), "
-              f"s⁻ {minus.strength:+g} ({cm:.3f}, {minus.ppl_increase:+.1%}), swing {cp - cm:+.3f} (base {b:.3f})",
+              f"s⁻ {minus.strength:+g} ({cm:.3f}, {minus.ppl_increase:+.1%}), swing {cp - cm:+.3f} (base {b:.3f}); "
+              f"{args.check} swing there {check[plus.strength] - check[minus.strength]:+.3f} (base {check[0.0]:.3f})",
               flush=True)
         results[name] = {"rows": {str(s): {k: v for k, v in r.items() if k != "examples"} for s, r in m.rows.items()},
                          "swing_at_budget": cp - cm, "s_plus": plus.strength, "s_minus": minus.strength,

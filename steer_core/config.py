@@ -161,6 +161,10 @@ class DataConfig(Strict):
         description="label -> steer value; labels not listed are dropped",
     )
     min_confidence: float | None = Field(None, ge=0, le=1)
+    agree_with: str | None = Field(
+        None, description="a sentiment scorer (e.g. 'vader'): keep only training / validation texts whose label it "
+        "agrees with (positive values need a positive score, negative values a negative one), dropping texts whose "
+        "sentiment is not in their words (an airline complaint that says 'please help')")
     max_per_label: int | None = Field(None, ge=1)
     clean: CleanConfig = Field(default_factory=CleanConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)

@@ -422,6 +422,25 @@ def build_examples(records: list[Record], cfg: DataConfig) -> tuple[list[Example
     return examples, dropped
 
 
+def agreeing(examples: list[Example], scorer_name: str) -> tuple[list[Example], int]:
+    """The examples whose label the sentiment scorer agrees with (value > 0: score above its positive cut-off;
+    value < 0: below its negative one; value 0 and held-out prompt texts are kept), and how many were dropped."""
+    from .scorers import cuts_of, get_scorer
+
+    try:
+        scorer = get_scorer(scorer_name)
+    except ValueError as exc:
+        raise DataError(f"data.agree_with: {exc}") from None
+    if scorer.kind != "sentiment":
+        raise DataError(f"data.agree_with {scorer_name!r} measures {scorer.kind}; expected a sentiment scorer")
+    cuts = cuts_of(scorer)
+    judged = [e for e in examples if e.split != "holdout" and e.value != 0]
+    scores = dict(zip(map(id, judged), scorer.score([e.text for e in judged]) if judged else []))
+    keep = [e for e in examples if id(e) not in scores
+            or (scores[id(e)] > cuts.positive_above if e.value > 0 else scores[id(e)] < cuts.negative_below)]
+    return keep, len(examples) - len(keep)
+
+
 def _split_of(u: float, cfg: DataConfig) -> str:
     if u < cfg.split.holdout_fraction:
         return "holdout"
@@ -555,6 +574,8 @@ def prepare(
     before anything is written; the files then appear together (atomic renames)."""
     out_dir, prompts_path, card_path = Path(out_dir), Path(prompts_path), Path(card_path)
     examples, dropped = build_examples(load_source(cfg.source, generate_fn=generate_fn), cfg)
+    if cfg.agree_with:
+        examples, dropped["scorer_disagrees"] = agreeing(examples, cfg.agree_with)
     by_split = {s: [e for e in examples if e.split == s] for s in ("train", "val", "holdout")}
     train = select(by_split["train"], cfg.clean.balance, cfg.max_per_label)
     val_cap = cfg.max_per_label and max(1, round(cfg.max_per_label * cfg.split.val_fraction / _train_fraction(cfg)))

@@ -51,6 +51,7 @@ class Measurer:
     seed: int = 0
     batch_size: int = 64
     base_nucleus: bool = False  # sample within the base model's top-p nucleus, reweighted by the steer
+    check_scorer: str | None = None  # a second scorer of the same control, reported as each row's "check"
     base: dict[str, Any] | None = None  # another measurer's row at s = 0 (same prompts and settings)
     rows: dict[float, dict[str, Any]] = field(default_factory=dict)
 
@@ -106,6 +107,13 @@ class Measurer:
         row: dict[str, Any] = {"strength": s, **summary(all_idx)}
         row["sets"] = {name: summary([i for i in all_idx if self.prompts[i]["set"] == name])
                        for name in dict.fromkeys(p["set"] for p in self.prompts)}
+        if self.check_scorer:  # the same control under an independent scorer, averaged per prompt as above
+            checker = get_scorer(self.check_scorer)
+            per: dict[int, list[float]] = {}
+            for g, c in zip(gens, checker.score([g.text for g in gens])):
+                per.setdefault(g.prompt_index, []).append(float(c))
+            row["check"] = float(np.mean([control_metrics(np.asarray(v), self.control, cuts_of(checker))["control"]
+                                          for _, v in sorted(per.items())]))
         row["examples"] = [g.text for g in gens[: 3 * self.samples : self.samples]]
         self.rows[s] = row
         return row

@@ -316,3 +316,31 @@ def test_prompts_from_three_domains_none_of_them_the_training_tweets():
     assert not airline & {r["prompt"] for r in rows if r["set"] == "product"}
     assert build_prompts(sets, [])[0] == rows  # deterministic
     assert build_prompts(sets, [], salt="other")[0] != rows
+
+
+def test_agree_with_keeps_only_texts_whose_label_the_scorer_shares(tmp_path):
+    """Human labels the scorer disagrees with ('please help' in a complaint) are dropped from train and val, counted
+    in the card; the held-out split (prompts) is untouched; a non-sentiment or unknown scorer is a one-line error."""
+    from steer_core.scorers import get_scorer
+
+    rows = [{"text": t, "label": lab} for t, lab in [
+        ("what a wonderful flight, thank you so much", "positive"), ("great crew, I love this airline", "positive"),
+        ("best service ever, so happy today", "positive"), ("I waited three hours at the gate today", "positive"),
+        ("terrible delay and rude staff, awful", "negative"), ("worst airline, I hate this", "negative"),
+        ("please help, thanks for your support", "negative"), ("my bag is lost, this is horrible", "negative")]]
+    src = FileSource(path=str(write_jsonl(tmp_path / "t.jsonl", rows)))
+    split = SplitConfig(val_fraction=0.0, holdout_fraction=0.0)
+    cfg = DataConfig(source=src, clean=CleanConfig(min_words=1, balance=False), split=split, agree_with="vader")
+    card = prepare(cfg, [], *outputs(tmp_path))
+    kept = load_jsonl(tmp_path / "prepared" / "train.jsonl")
+    vader = dict(zip([r["text"] for r in rows], get_scorer("vader").score([r["text"] for r in rows])))
+    assert {r["text"] for r in kept} == {t for t, s in vader.items()
+                                         if (s > 0.05) == (next(r for r in rows if r["text"] == t)["label"] == "positive")
+                                         and abs(s) > 0.05}
+    assert "please help, thanks for your support" not in {r["text"] for r in kept}
+    assert "I waited three hours at the gate today" not in {r["text"] for r in kept}
+    assert card.dropped["scorer_disagrees"] == len(rows) - len(kept) >= 2
+    for bad, why in (("profanity", "sentiment scorer"), ("nosuchscorer", "agree_with")):
+        with pytest.raises(DataError, match=why):
+            prepare(cfg.model_copy(update={"agree_with": bad}), [], *outputs(tmp_path / bad))
+        assert not (tmp_path / bad).exists()

@@ -90,6 +90,20 @@ def test_vader_separates_positive_from_negative() -> None:
     assert s.cuts.negative_below <= scores[4] <= s.cuts.positive_above
 
 
+def test_textblob_is_a_second_lexicon_that_disagrees_with_vader_somewhere() -> None:
+    """TextBlob (pattern's lexicon) separates clear cases like VADER, with its own cut-offs, but is a different
+    judge: it reads 'help' and 'thanks' as nothing, where VADER reads them positive (why it can check a steer
+    trained on VADER-filtered data)."""
+    tb, vader = get_scorer("textblob"), get_scorer("vader")
+    assert (tb.name, tb.kind, tb.cuts.positive_above, tb.cuts.negative_below) == ("textblob", "sentiment", 0.0, 0.0)
+    pos = ["I love this, it is wonderful and amazing!", "What a great, happy day."]
+    neg = ["This is terrible, I hate it.", "An awful, horrible, sad experience."]
+    scores = tb.score(pos + neg + ["The train leaves at noon."])
+    assert all(x > 0 for x in scores[:2]) and all(x < 0 for x in scores[2:4]) and scores[4] == 0.0, scores
+    polite = "please help us, we need your support"
+    assert vader.score([polite])[0] > 0.05 and tb.score([polite])[0] == 0.0
+
+
 # ---------------------------------------------------------------- tiny BERT classifiers, offline
 
 

@@ -84,7 +84,8 @@ def test_contrastive_term(tiny_lm):
     v = values[cache.text_index]
     base = dict(epochs=3, lr=0.05, epsilon=0.1, tokens_per_batch=32, patience=0)
     untrained = Steer(["style", "dummy"], tiny_lm.dim, None, 0.1)  # W = 0: both signs give the same logits
-    assert float(head.contrastive(untrained, cache.h, v, cache.targets)) == pytest.approx(math.log(2), abs=1e-6)
+    with torch.no_grad():
+        assert float(head.contrastive(untrained, cache.h, v, cache.targets)) == pytest.approx(math.log(2), abs=1e-6)
     plain, _ = fit_steer(tiny_lm, texts, values, texts[:4], values[:4], ["style", "dummy"], TrainConfig(**base))
     with torch.no_grad():
         flipped = v.clone()

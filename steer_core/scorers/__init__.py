@@ -12,11 +12,11 @@ from .base import Cuts, Kind, Scorer, ScorerUnavailable, batched, cuts_of, get_s
 from .detox import DetoxifyScorer
 from .diversity import distinct_n, ngrams
 from .hf import HFScorer, pick_label
-from .lexical import ProfanityScorer, VaderScorer
+from .lexical import ProfanityScorer, TextBlobScorer, VaderScorer
 
 __all__ = [
     "Cuts", "Kind", "Scorer", "ScorerUnavailable", "batched", "cuts_of", "get_scorer", "known_scorers", "register",
-    "DetoxifyScorer", "HFScorer", "ProfanityScorer", "VaderScorer", "pick_label",
+    "DetoxifyScorer", "HFScorer", "ProfanityScorer", "TextBlobScorer", "VaderScorer", "pick_label",
     "distinct_n", "ngrams", "conditional_perplexity",
 ]
 

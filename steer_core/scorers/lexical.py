@@ -1,4 +1,6 @@
-"""Scorers that ship their model inside a PyPI wheel, so they work offline: alt-profanity-check and VADER."""
+"""Scorers that ship their model inside a PyPI wheel, so they work offline: alt-profanity-check, VADER and
+TextBlob (the pattern lexicon: a second sentiment lexicon by other authors, to check that a steer did not just
+learn VADER's words)."""
 
 from __future__ import annotations
 
@@ -54,6 +56,32 @@ class VaderScorer(Scorer):
 @register("profanity", "profanity")
 def _profanity(arg: str | None = None, **kwargs: object) -> Scorer:
     return ProfanityScorer(**kwargs)  # type: ignore[arg-type]
+
+
+class TextBlobScorer(Scorer):
+    """TextBlob's polarity in [-1, 1] (the pattern library's adjective lexicon, shipped in the wheel; no download);
+    higher is more positive, > 0 positive and < 0 negative.
+
+    An independent check on VADER: another lexicon, by other authors, with its own rules for negation and
+    intensifiers. When training data are filtered by VADER (``data.agree_with``), a swing that TextBlob sees too
+    is not just VADER's vocabulary."""
+
+    name = "textblob"
+    kind = "sentiment"
+    cuts = Cuts(positive_above=0.0, negative_below=0.0)
+
+    def __init__(self, batch_size: int = 1024) -> None:
+        self.batch_size = batch_size
+
+    def _score_batch(self, texts: list[str]) -> Sequence[float]:
+        from textblob import TextBlob
+
+        return [float(TextBlob(t).sentiment.polarity) for t in texts]
+
+
+@register("textblob", "textblob")
+def _textblob(arg: str | None = None, **kwargs: object) -> Scorer:
+    return TextBlobScorer(**kwargs)  # type: ignore[arg-type]
 
 
 @register("vader", "vader")
