@@ -47,7 +47,7 @@ def print_summary(rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title="steer run", box=box.SIMPLE_HEAD, caption="control: positive rate (sentiment), "
-                  "1 − avg max toxicity (toxicity); s: recommended strength", caption_justify="left")
+                  "1 − avg max toxicity (toxicity); s: recommended strength (sentiment: +side/−side)", caption_justify="left")
     cols = [("steer", "steer"), ("s", "s"), ("base", "base"), ("-s", "−s"), ("+s", "+s"), ("ppl +%", "ppl+%"),
             ("distinct-2", "d-2"), ("version", "v"), ("status", "status")]
     for key, title in cols:

@@ -79,7 +79,8 @@ def summary_rows(results: list[SteerResult]) -> list[dict]:
             "base": _fmt(h.get("base_control")),
             "+s": _fmt(cand.get("positive_rate_plus", cand.get("control"))),
             "-s": _fmt(cand.get("positive_rate_minus")) if two_sided else "",
-            "s": _fmt(cand.get("strength")),
+            "s": _fmt(cand.get("strength")) + (f"/{_fmt(cand['strength_minus'])}" if two_sided and
+                                                 cand.get("strength_minus") is not None else ""),
             "ppl +%": _fmt(100 * cand["ppl_increase"]) if "ppl_increase" in cand else "",
             "distinct-2": _fmt(cand.get("distinct_2")),
             "version": r.version or "",

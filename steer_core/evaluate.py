@@ -213,31 +213,48 @@ def split_folds(prompts: Sequence[str]) -> list[int]:
     return folds
 
 
-def _choice_table(by_s: dict[float, dict], control: str, idx: list[int] | None) -> list[dict]:
-    """One candidate per positive strength: its control (the ±s swing for sentiment), perplexity and distinct-2,
-    as means over the prompts ``idx`` of the rows' per-prompt values (``None``: the rows' own headline values)."""
+def _value(r: dict, key: str, idx: list[int] | None) -> float:
+    """A row's metric as the mean over the prompts ``idx`` of its per-prompt values (``None``: the row's own)."""
+    if idx is None:
+        return r[key]
+    pp = np.asarray(r["per_prompt"]["log_ppl" if key == "ppl" else key], dtype=float)[idx]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.exp(np.nanmean(pp))) if key == "ppl" else float(np.nanmean(pp))
 
-    def val(r: dict, key: str) -> float:
-        if idx is None:
-            return r[key]
-        pp = np.asarray(r["per_prompt"]["log_ppl" if key == "ppl" else key], dtype=float)[idx]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return float(np.exp(np.nanmean(pp))) if key == "ppl" else float(np.nanmean(pp))
 
-    cands = []
+def _choice_table(by_s: dict[float, dict], idx: list[int] | None) -> list[dict]:
+    """A one-sided control (toxicity): one candidate per positive strength with its control, perplexity and
+    distinct-2 over the prompts ``idx``."""
+    return [{"strength": s, "control": _value(r, "control", idx), "ppl": _value(r, "ppl", idx),
+             "distinct_2": _value(r, "distinct_2", idx)} for s, r in by_s.items() if s > 0]
+
+
+def _side_table(by_s: dict[float, dict], idx: list[int] | None, sign: int) -> list[dict]:
+    """One side of a two-sided control (sentiment): strength 0 (the base) and every strength of ``sign``, each with
+    its positive rate (``control``), the side's goal (``oriented``: the positive rate on the + side, minus it on the
+    − side), perplexity and distinct-2 over the prompts ``idx``."""
+    out = []
     for s, r in by_s.items():
-        if s <= 0:
-            continue
-        if control == "sentiment" and -s in by_s:
-            neg = by_s[-s]
-            cands.append({"strength": s, "swing": val(r, "control") - val(neg, "control"),
-                          "ppl": max(val(r, "ppl"), val(neg, "ppl")),
-                          "distinct_2": min(val(r, "distinct_2"), val(neg, "distinct_2")), "control": val(r, "control")})
-        elif control != "sentiment":
-            cands.append({"strength": s, "control": val(r, "control"), "ppl": val(r, "ppl"),
-                          "distinct_2": val(r, "distinct_2")})
-    return cands
+        if s == 0 or s * sign > 0:
+            c = _value(r, "control", idx)
+            out.append({"strength": s, "control": c, "oriented": sign * c, "ppl": _value(r, "ppl", idx),
+                        "distinct_2": _value(r, "distinct_2", idx)})
+    return out
+
+
+def _choose_sides(by_s: dict[float, dict], idx: list[int] | None, base_ppl: float, budget: float
+                  ) -> tuple[float, float, str]:
+    """The + and − strengths of a two-sided control, each side on its own: the strongest control on that side whose
+    perplexity stays within the budget (the base, s = 0, when none does better). The swing between them is then the
+    largest any in-budget pair gives: the sides do not constrain each other, so one side's higher perplexity cost
+    does not cap the other's strength."""
+    picks, reasons = [], []
+    for sign, name in ((1, "+"), (-1, "−")):
+        s, why = M.recommend_strength(_side_table(by_s, idx, sign), "oriented", "ppl", base_ppl, budget)
+        picks.append(s)
+        reasons.append(f"{name} side: {why}")
+    return picks[0], picks[1], "; ".join(reasons)
 
 
 def _base_ppl(base: dict, idx: list[int]) -> float:
@@ -250,10 +267,11 @@ def _prefer_gaining(cands: list[dict], strength: float, key: str, base_control: 
                     ) -> tuple[float, str]:
     """Never a strength with zero or negative gain while a larger in-budget strength gains (issue 11).
 
-    ``gain`` is the swing for sentiment (``base_control`` 0) and control minus the base's for toxicity. The choice
-    of :func:`M.recommend_strength` (the best control within budget) satisfies this whenever its inputs agree; the
-    rule makes it explicit, so no future tie-break, fallback or noisy table can park the recommendation on a
-    strength where the steer does nothing. Returns the (possibly replaced) strength and a note ("" if kept)."""
+    ``gain`` is control minus the base's (toxicity; each side of sentiment includes the base itself, s = 0, so
+    its best in-budget choice gains whenever any in-budget strength does). The choice of
+    :func:`M.recommend_strength` (the best control within budget) satisfies this whenever its inputs agree; the rule
+    makes it explicit, so no future tie-break, fallback or noisy table can park the recommendation on a strength
+    where the steer does nothing. Returns the (possibly replaced) strength and a note ("" if kept)."""
     chosen = next((c for c in cands if c["strength"] == strength), None)
     if chosen is None or chosen[key] - base_control > 0:
         return strength, ""
@@ -267,10 +285,23 @@ def _prefer_gaining(cands: list[dict], strength: float, key: str, base_control: 
                               f"recommended instead")
 
 
+def _choose(by_s: dict[float, dict], base: dict, control: str, budget: float, idx: list[int] | None
+            ) -> tuple[float, float | None, str]:
+    """(strength, strength_minus or None, reason) chosen on the prompts ``idx`` (None: all)."""
+    base_ppl = base["ppl"] if idx is None else _base_ppl(base, idx)
+    if control == "sentiment":
+        return _choose_sides(by_s, idx, base_ppl, budget)
+    table = _choice_table(by_s, idx)
+    s, reason = M.recommend_strength(table, "control", "ppl", base_ppl, budget)
+    ref = base["control"] if idx is None else float(np.nanmean(np.asarray(base["per_prompt"]["control"],
+                                                                            dtype=float)[idx]))
+    s, note = _prefer_gaining(table, s, "control", ref, (1.0 + budget) * base_ppl)
+    return s, None, reason + note
+
+
 def _cross_fit(by_s: dict[float, dict], base: dict, control: str, budget: float, folds: Sequence[int]) -> dict:
-    """Choose the strength on one fold of prompts and read every prompt's values at the strength chosen on the
-    other fold: per-prompt control and gain that were never used to pick their own strength."""
-    key = "swing" if control == "sentiment" else "control"
+    """Choose the strength(s) on one fold of prompts and read every prompt's values at the strength(s) chosen on
+    the other fold: per-prompt control and gain that were never used to pick their own strength."""
     n = len(folds)
     cols = {k: [math.nan] * n for k in ("control", "gain", "log_ppl_plus", "log_ppl_minus", "d2_plus", "d2_minus",
                                         "plus", "minus", "toxicity_probability")}
@@ -279,13 +310,13 @@ def _cross_fit(by_s: dict[float, dict], base: dict, control: str, budget: float,
     for k in sorted(set(folds)):
         report = [i for i in range(n) if folds[i] == k]
         choose = [i for i in range(n) if folds[i] != k]
-        table = _choice_table(by_s, control, choose)
-        s, _ = M.recommend_strength(table, key, "ppl", _base_ppl(base, choose), budget)
-        ref = 0.0 if control == "sentiment" else float(np.nanmean(np.asarray(base_pp["control"], dtype=float)[choose]))
-        s, _ = _prefer_gaining(table, s, key, ref, (1.0 + budget) * _base_ppl(base, choose))
-        fold_docs.append({"fold": k, "reported_on": report, "strength_chosen_on_other_fold": s})
+        s, s_minus, _ = _choose(by_s, base, control, budget, choose)
+        fold = {"fold": k, "reported_on": report, "strength_chosen_on_other_fold": s}
+        if s_minus is not None:
+            fold["strength_minus_chosen_on_other_fold"] = s_minus
+        fold_docs.append(fold)
         plus = by_s[s]["per_prompt"]
-        minus = by_s[-s]["per_prompt"] if control == "sentiment" else None
+        minus = by_s[s_minus]["per_prompt"] if s_minus is not None else None
         for i in report:
             if minus is not None:
                 sw = plus["control"][i] - minus["control"][i]
@@ -313,7 +344,7 @@ def _cross_fit(by_s: dict[float, dict], base: dict, control: str, budget: float,
     else:
         out["toxicity_probability"] = mean["toxicity_probability"]
     out["per_prompt"] = per_prompt
-    out["split"] = {"method": "2-fold cross-fitting: each fold's numbers are read at the strength chosen on the "
+    out["split"] = {"method": "2-fold cross-fitting: each fold's numbers are read at the strength(s) chosen on the "
                               "other fold (folds by SHA-256 of the prompt text)", "folds": fold_docs}
     return out
 
@@ -322,74 +353,80 @@ def recommend(rows: list[dict], base: dict, control: str, budget: float,
               folds: Sequence[int] | None = None) -> dict:
     """The strength with the strongest control whose judge perplexity stays within (1 + budget) × base.
 
-    Sentiment is two-sided: a magnitude m is judged by its swing, positive rate at +m minus at −m, and must keep
-    both sides within budget. Toxicity is one-sided (+ = cleaner).
+    Sentiment is two-sided and each side is chosen on its own (:func:`_choose_sides`): ``strength`` (≥ 0) is the
+    + side's, ``strength_minus`` (≤ 0) the − side's, each the strongest control on its side within budget (0, the
+    base, when none helps), and the swing is the positive rate at ``strength`` minus at ``strength_minus``.
+    Toxicity is one-sided (+ = cleaner).
 
-    ``folds`` (one 0/1 per prompt, :func:`split_folds`) makes the reported numbers honest: ``strength`` is still the
-    choice on all prompts (the one to deploy), but ``control``, ``gain``, ``ppl_increase``, ``distinct_2`` (and
-    ``per_prompt``, what the gate reads) are cross-fitted: every prompt is read at the strength chosen on the other
-    fold, so no number is reported on the samples that picked its strength (no winner's curse). ``split`` says
-    which prompts chose and which reported; ``in_sample`` keeps the optimistic all-prompt numbers for comparison.
-    Without ``folds`` (or per-prompt data in the rows) everything is in-sample, as before.
+    ``folds`` (one 0/1 per prompt, :func:`split_folds`) makes the reported numbers honest: the strengths are still
+    the choice on all prompts (the ones to deploy), but ``control``, ``gain``, ``ppl_increase``, ``distinct_2`` (and
+    ``per_prompt``, what the gate reads) are cross-fitted: every prompt is read at the strength(s) chosen on the
+    other fold, so no number is reported on the samples that picked its strength (no winner's curse). ``split``
+    says which prompts chose and which reported; ``in_sample`` keeps the optimistic all-prompt numbers.
+    Without ``folds`` (or per-prompt data in the rows) everything is in-sample.
     """
     by_s = {r["strength"]: r for r in rows}
-    cands = _choice_table(by_s, control, None)
-    key = "swing" if control == "sentiment" else "control"
-    if not cands:
-        why = ("no positive strength with its negative counterpart was evaluated (sentiment is judged by the "
-               "swing between +s and -s)" if control == "sentiment" else "no positive strength was evaluated")
-        return {"strength": 0.0, "reason": why, key: 0.0, "gain": 0.0,
-                "control": base["control"], "ppl_increase": 0.0, "distinct_2": base["distinct_2"]}
-    strength, reason = M.recommend_strength(cands, key, "ppl", base["ppl"], budget)
-    strength, note = _prefer_gaining(cands, strength, key, 0.0 if control == "sentiment" else base["control"],
-                                     (1.0 + budget) * base["ppl"])
-    reason += note
-    best = next(c for c in cands if c["strength"] == strength)
-    out = {"strength": strength, "reason": reason, "control": best[key],
-           "ppl_increase": best["ppl"] / base["ppl"] - 1.0, "distinct_2": best["distinct_2"]}
-    out["gain"] = best["swing"] if control == "sentiment" else best["control"] - base["control"]
+    if 0.0 not in by_s:
+        by_s[0.0] = base
+    if control != "sentiment" and not _choice_table(by_s, None):
+        return {"strength": 0.0, "reason": "no positive strength was evaluated", "control": 0.0, "gain": 0.0,
+                "ppl_increase": 0.0, "distinct_2": base["distinct_2"]}
+    strength, minus, reason = _choose(by_s, base, control, budget, None)
+    plus_row = by_s[strength]
     if control == "sentiment":
-        out["swing"] = best["swing"]
-        out["positive_rate_plus"] = by_s[strength]["control"]
-        out["positive_rate_minus"] = by_s[-strength]["control"]
+        minus_row = by_s[minus]
+        swing = plus_row["control"] - minus_row["control"]
+        out = {"strength": strength, "strength_minus": minus, "reason": reason, "control": swing, "swing": swing,
+               "gain": swing, "ppl_increase": max(plus_row["ppl"], minus_row["ppl"]) / base["ppl"] - 1.0,
+               "distinct_2": min(plus_row["distinct_2"], minus_row["distinct_2"]),
+               "positive_rate_plus": plus_row["control"], "positive_rate_minus": minus_row["control"]}
     else:
-        out["toxicity_probability"] = by_s[strength]["toxicity_probability"]
-        out["base_toxicity_probability"] = base["toxicity_probability"]
+        out = {"strength": strength, "reason": reason, "control": plus_row["control"],
+               "ppl_increase": plus_row["ppl"] / base["ppl"] - 1.0, "distinct_2": plus_row["distinct_2"],
+               "gain": plus_row["control"] - base["control"],
+               "toxicity_probability": plus_row["toxicity_probability"],
+               "base_toxicity_probability": base["toxicity_probability"]}
     has_pp = all("per_prompt" in r for r in [*rows, base])
     if folds is None or not has_pp or len(set(folds)) < 2:
         return out
     out["in_sample"] = {k: out[k] for k in ("control", "gain", "ppl_increase", "distinct_2")}
     honest = _cross_fit(by_s, base, control, budget, folds)
     out.update(honest)
-    chosen = [f["strength_chosen_on_other_fold"] for f in honest["split"]["folds"]]
-    out["reason"] = (f"{reason}. Reported numbers are cross-fitted: fold 0 ({len(honest['split']['folds'][0]['reported_on'])} "
-                     f"prompts) is read at strength {chosen[0]:g}, chosen on fold 1, and fold 1 "
-                     f"({len(honest['split']['folds'][1]['reported_on'])} prompts) at {chosen[1]:g}, chosen on fold 0 "
-                     f"(in-sample the control would read {out['in_sample']['control']:.3f}, cross-fitted "
-                     f"{out['control']:.3f})")
+    f0, f1 = honest["split"]["folds"]
+
+    def at(f: dict) -> str:
+        s_minus = f.get("strength_minus_chosen_on_other_fold")
+        return f"{f['strength_chosen_on_other_fold']:g}" + ("" if s_minus is None else f"/{s_minus:g}")
+
+    out["reason"] = (f"{reason}. Reported numbers are cross-fitted: fold 0 ({len(f0['reported_on'])} prompts) is "
+                     f"read at strength {at(f0)}, chosen on fold 1, and fold 1 ({len(f1['reported_on'])} prompts) at "
+                     f"{at(f1)}, chosen on fold 0 (in-sample the control would read {out['in_sample']['control']:.3f}, "
+                     f"cross-fitted {out['control']:.3f})")
     return out
 
 
 def search_probes(doc: dict, systems: Sequence[System], cfg: EvalConfig, folds: Sequence[int]) -> list[list[float]]:
     """The strengths one round of the strength search adds for each system (issue 11: found by search, not
-    picked from a grid): the next magnitude towards the budget edge (``strength_search.next_magnitude``) as seen by
-    every chooser :func:`recommend` uses (all prompts; with cross-fitting, each fold's choosing prompts), at both
-    signs for sentiment. Only strengths not evaluated yet; an empty list: that system's edge is located."""
+    picked from a grid): on each side (both for sentiment, whose sides are chosen separately), the next magnitude
+    towards that side's budget edge (``strength_search.next_magnitude``), as seen by every chooser :func:`recommend`
+    uses (all prompts; with cross-fitting, each fold's choosing prompts). Only strengths not evaluated yet; an
+    empty list: that system's edges are located."""
     choosers: list[list[int] | None] = [None]
     if len(set(folds)) > 1:
         choosers += [[i for i, f in enumerate(folds) if f != k] for k in sorted(set(folds))]
+    signs = (1, -1) if cfg.control == "sentiment" else (1,)
     out = []
     for system in systems:
         by_s = {r["strength"]: r for r in doc["systems"][system.name]["rows"]}
-        mags = set()
+        new: set[float] = set()
         for idx in choosers:
-            base_ppl = doc["base"]["ppl"] if idx is None else _base_ppl(doc["base"], idx)
-            m = next_magnitude(_choice_table(by_s, cfg.control, idx), (1.0 + cfg.ppl_budget) * base_ppl,
-                               rel_tol=cfg.search_tolerance)
-            if m is not None:
-                mags.add(m)
-        signs = (-1.0, 1.0) if cfg.control == "sentiment" else (1.0,)
-        out.append([sign * m for m in sorted(mags) for sign in signs if sign * m not in by_s])
+            limit = (1.0 + cfg.ppl_budget) * (doc["base"]["ppl"] if idx is None else _base_ppl(doc["base"], idx))
+            for sign in signs:
+                side = [{"strength": abs(s), "ppl": _value(r, "ppl", idx)} for s, r in by_s.items() if s * sign > 0]
+                m = next_magnitude(side, limit, rel_tol=cfg.search_tolerance)
+                if m is not None and sign * m not in by_s:
+                    new.add(sign * m)
+        out.append(sorted(new))
     return out
 
 

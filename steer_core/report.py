@@ -122,7 +122,8 @@ def render_html(steer_name: str, doc: dict, samples: Sequence, pngs: dict[str, b
              f"protocol {e(json.dumps(doc['protocol']))}</p>"]
     for name, sysdoc in doc["systems"].items():
         rec = sysdoc["recommended"]
-        parts.append(f"<h2>{e(name)}</h2><p>recommended strength <b>{rec['strength']:g}</b>: {e(rec['reason'])}</p>")
+        strength = f"{rec['strength']:g}" + (f" (− side {rec['strength_minus']:g})" if "strength_minus" in rec else "")
+        parts.append(f"<h2>{e(name)}</h2><p>recommended strength <b>{strength}</b>: {e(rec['reason'])}</p>")
         search = sysdoc.get("search")
         if search and search.get("probes"):
             parts.append(f"<p class=s>strength search: {search['rounds']} round(s) added "

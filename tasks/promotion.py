@@ -117,7 +117,9 @@ def promote_task(params_path: str, name: str, root: str, doc: dict, run_id: str,
                                           base_nucleus=bool(doc.get("protocol", {}).get("base_nucleus", False)),
                                           metrics={f"recommended_{k}": v for k, v in cand.items()
                                                    if isinstance(v, (int, float))},
-                                          tags=tags, device=params.runtime.device)
+                                          tags={**tags, **({"steer.strength_minus": repr(float(cand["strength_minus"]))}
+                                                           if "strength_minus" in cand else {})},
+                                          device=params.runtime.device)
         mlflow.set_tags({"gate.passed": str(decision.passed).lower(), "gate.summary": decision.summary()[:5000],
                          "registered_version": str(mv.version)})
     result = registry.promote(name, str(mv.version), decision, dry_run=dry_run)

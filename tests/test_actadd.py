@@ -291,13 +291,14 @@ def test_recommend_never_parks_on_a_strength_without_gain():
         by_s = {r["strength"]: r for r in rows}
         for control in ("sentiment", "toxicity"):
             rec = recommend(rows, base, control, budget=0.25)
-            gain = (lambda m: by_s[m]["control"] - by_s[-m]["control"]) if control == "sentiment" else (
-                lambda m: by_s[m]["control"] - base["control"])
-            ppl = (lambda m: max(by_s[m]["ppl"], by_s[-m]["ppl"])) if control == "sentiment" else (
-                lambda m: by_s[m]["ppl"])
-            s = rec["strength"]
-            if gain(s) <= 0:
-                assert not any(m > s and ppl(m) <= 12.5 and gain(m) > 0 for m in mags), (control, rows, rec)
+            # sentiment: each side on its own, its gain over the base oriented (+: more positive, −: less)
+            sides = [(1, rec["strength"]), (-1, rec["strength_minus"])] if control == "sentiment" else [
+                (1, rec["strength"])]
+            for sign, s in sides:
+                gain = lambda m: sign * (by_s[m]["control"] - base["control"])  # noqa: E731
+                if s == 0 or gain(s) <= 0:
+                    assert not any(m > abs(s) and by_s[sign * m]["ppl"] <= 12.5 and gain(sign * m) > 0
+                                   for m in mags), (control, sign, rows, rec)
 
 
 def test_isotonic_edge_pools_a_lucky_probe():
@@ -346,9 +347,9 @@ def test_evaluate_searches_the_strength_and_cross_fits_it(tiny_lm):
     grid_doc, _ = evaluate(tiny_lm, prompts, [System("candidate", grid.strengths, steer=steer)], grid)
     rows = {r["strength"]: r for r in grid_doc["systems"]["candidate"]["rows"]}
     assert list(rows) == grid.strengths and grid_doc["systems"]["candidate"]["search"]["probes"] == []
-    worse = lambda m: max(rows[m]["ppl_increase"], rows[-m]["ppl_increase"])  # noqa: E731
-    assert worse(30.0) < worse(100.0), "this steer must cost more at 100 than at 30"
-    cfg = grid.model_copy(update={"search_steps": 2, "ppl_budget": (worse(30.0) + worse(100.0)) / 2})
+    cost = lambda s: rows[s]["ppl_increase"]  # noqa: E731
+    assert cost(30.0) < cost(100.0), "this steer must cost more at +100 than at +30"
+    cfg = grid.model_copy(update={"search_steps": 2, "ppl_budget": (cost(30.0) + cost(100.0)) / 2})
 
     logs: list[str] = []
     doc, samples = evaluate(tiny_lm, prompts, [System("candidate", cfg.strengths, steer=steer)], cfg, log=logs.append)
@@ -356,11 +357,10 @@ def test_evaluate_searches_the_strength_and_cross_fits_it(tiny_lm):
     rows = {r["strength"]: r for r in cand["rows"]}
     search = cand["search"]
     assert 1 <= search["rounds"] <= 2 and search["probes"]
-    # the all-prompt chooser bisects the grid's bracket; a fold's chooser (half the prompts) may see its own
-    # bracket: below 30, or past 100 when both are in budget for it (then it grows ×2)
-    assert any(30.0 < abs(p) < 100.0 for p in search["probes"])
+    # each side is searched on its own: the all-prompt chooser bisects the + side's bracket (30, 100); a fold's
+    # chooser (half the prompts), or the − side, may see another bracket: below 30, or past 100 (then it grows ×2)
+    assert any(30.0 < p < 100.0 for p in search["probes"])
     assert all(0.0 < abs(p) <= 200.0 for p in search["probes"])
-    assert sorted(search["probes"]) == sorted(-p for p in search["probes"])
     assert set(rows) == set(cfg.strengths) | set(search["probes"])  # the grid stays (for the plots)
     assert rows[0.0] == doc["base"] or rows[0.0]["control"] == doc["base"]["control"]
     assert sum(m.startswith("strength search") for m in logs) == search["rounds"]

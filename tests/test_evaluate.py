@@ -64,19 +64,25 @@ def assert_row_schema(row: dict, control: str, sets: set[str]) -> None:
 
 
 def assert_recommendation(rec: dict, rows: list[dict], base: dict, budget: float, control: str) -> None:
-    positive = {r["strength"] for r in rows if r["strength"] > 0}
-    assert rec["strength"] in positive, rec
     assert {"strength", "reason", "control", "ppl_increase", "distinct_2"} <= set(rec)
     by_s = {r["strength"]: r for r in rows}
+    limit = (1 + budget) * base["ppl"]
     if "in_sample" in rec:  # the strength is chosen on all prompts; the other numbers are cross-fitted
         assert_cross_fitted(rec, rows, base, control)
         rec = {**rec, **rec["in_sample"]}
-    if control == "sentiment":
-        s = rec["strength"]
-        assert rec["control"] == pytest.approx(by_s[s]["control"] - by_s[-s]["control"])
-        feasible = [m for m in positive if -m in by_s and max(by_s[m]["ppl"], by_s[-m]["ppl"]) <= (1 + budget) * base["ppl"]]
-    else:
-        feasible = [m for m in positive if by_s[m]["ppl"] <= (1 + budget) * base["ppl"]]
+    if control == "sentiment":  # each side on its own: the best positive rate in budget on +, the lowest on −
+        plus, minus = rec["strength"], rec["strength_minus"]
+        assert plus >= 0 >= minus and plus in by_s and minus in by_s, rec
+        assert rec["control"] == pytest.approx(by_s[plus]["control"] - by_s[minus]["control"])
+        for sign, chosen in ((1, plus), (-1, minus)):
+            side = [s for s in by_s if s * sign >= 0 and by_s[s]["ppl"] <= limit]
+            assert chosen in side, (sign, chosen, side)
+            assert sign * by_s[chosen]["control"] == max(sign * by_s[s]["control"] for s in side)
+        assert rec["ppl_increase"] <= budget + 1e-12
+        return
+    positive = {r["strength"] for r in rows if r["strength"] > 0}
+    assert rec["strength"] in positive, rec
+    feasible = [m for m in positive if by_s[m]["ppl"] <= limit]
     if feasible:
         assert rec["strength"] in feasible
         assert rec["ppl_increase"] <= budget + 1e-12
@@ -85,7 +91,7 @@ def assert_recommendation(rec: dict, rows: list[dict], base: dict, budget: float
 
 
 def assert_cross_fitted(rec: dict, rows: list[dict], base: dict, control: str) -> None:
-    """Every prompt is read at the strength chosen on the other fold; the means are the per-prompt means."""
+    """Every prompt is read at the strength(s) chosen on the other fold; the means are the per-prompt means."""
     by_s = {r["strength"]: r for r in rows}
     folds = rec["split"]["folds"]
     n = len(base["per_prompt"]["control"])
@@ -95,7 +101,7 @@ def assert_cross_fitted(rec: dict, rows: list[dict], base: dict, control: str) -
         for i in f["reported_on"]:
             plus = by_s[s]["per_prompt"]["control"][i]
             if control == "sentiment":
-                want = plus - by_s[-s]["per_prompt"]["control"][i]
+                want = plus - by_s[f["strength_minus_chosen_on_other_fold"]]["per_prompt"]["control"][i]
                 assert rec["per_prompt"]["gain"][i] == pytest.approx(want)
             else:
                 want = plus
@@ -364,20 +370,24 @@ def _row(strength, control, ppl, d2=0.8):
 def test_recommend_by_hand():
     base = _row(0.0, 0.3, 10.0)
     rows = [_row(-4, 0.0, 20.0), _row(-2, 0.1, 11.0), base, _row(2, 0.5, 12.0), _row(4, 0.9, 13.0)]
-    rec = recommend(rows, base, "sentiment", budget=0.25)  # limit 12.5: ±4 (ppl 20 at −4) is out
-    assert rec["strength"] == 2.0
+    rec = recommend(rows, base, "sentiment", budget=0.25)  # limit 12.5: −4 (ppl 20) and +4 (13) are out
+    assert (rec["strength"], rec["strength_minus"]) == (2.0, -2.0)
     assert rec["swing"] == pytest.approx(0.4) and rec["control"] == pytest.approx(0.4)
     assert rec["ppl_increase"] == pytest.approx(0.2)  # the worse side: 12 / 10 - 1
     assert rec["positive_rate_plus"] == 0.5 and rec["positive_rate_minus"] == 0.1
-    assert recommend(rows, base, "sentiment", budget=1.0)["strength"] == 4.0  # swing 0.9 wins
-    # nothing within budget: the mildest positive strength, and the reason says so
+    # each side on its own: at a limit of 13, +4 fits while −4 does not, so the swing is 0.9 − 0.1
+    rec = recommend(rows, base, "sentiment", budget=0.3)
+    assert (rec["strength"], rec["strength_minus"]) == (4.0, -2.0) and rec["swing"] == pytest.approx(0.8)
+    assert (recommend(rows, base, "sentiment", budget=1.0)["strength_minus"]) == -4.0  # swing 0.9 wins
+    # nothing within budget: the base on both sides (s = 0 is always in budget), no swing claimed
     rec = recommend(rows, base, "sentiment", budget=0.05)
-    assert rec["strength"] == 2.0 and "no strength keeps" in rec["reason"]
-    # a sweep with no positive strength recommends the base model
+    assert (rec["strength"], rec["strength_minus"], rec["swing"]) == (0.0, 0.0, 0.0)
+    # a sweep with one side only steers that side; the other stays at the base
     rec = recommend([_row(-2, 0.1, 11.0), base], base, "sentiment", budget=0.25)
-    assert rec["strength"] == 0.0 and "no positive strength" in rec["reason"]
-    rec = recommend([base, _row(2, 0.5, 11.0)], base, "sentiment", budget=0.25)  # +2 without −2: no swing
-    assert rec["strength"] == 0.0 and "negative counterpart" in rec["reason"]
+    assert (rec["strength"], rec["strength_minus"]) == (0.0, -2.0) and rec["swing"] == pytest.approx(0.2)
+    # a side whose strengths do worse than the base stays at the base
+    rec = recommend([_row(-2, 0.4, 11.0), base, _row(2, 0.5, 11.0)], base, "sentiment", budget=0.25)
+    assert (rec["strength"], rec["strength_minus"]) == (2.0, 0.0) and rec["swing"] == pytest.approx(0.2)
     # toxicity: one-sided
     trows = [dict(base, toxicity_probability=0.4), dict(_row(2, 0.6, 12.0), toxicity_probability=0.2),
              dict(_row(4, 0.9, 14.0), toxicity_probability=0.0)]
@@ -485,7 +495,8 @@ def test_prepare_train_evaluate_end_to_end(tmp_path):
             assert_row_schema(r, "sentiment", {"neutral"})
     cand = doc["systems"]["candidate"]
     assert_recommendation(cand["recommended"], cand["rows"], doc["base"], 0.25, "sentiment")
-    assert doc["systems"]["actadd"]["recommended"]["strength"] == 0.0  # no −2 to pair +2 with
+    act = doc["systems"]["actadd"]["recommended"]  # only +2 evaluated: the − side stays at the base
+    assert act["strength_minus"] == 0.0 and act["strength"] in (0.0, 2.0)
 
     report = (root / "reports" / "sentiment.html").read_text()
     assert "<table>" in report and "<th>strength</th>" in report and "<th>ppl_increase</th>" in report
