@@ -54,25 +54,24 @@ class NucleusSampler(LogitsProcessor):
             raise ValueError("base_nucleus needs a recorder that holds the step's unsteered logits")
         self.base_nucleus = base_nucleus
 
-    def sample(self, scores: torch.Tensor, u: torch.Tensor, within: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(self, scores: torch.Tensor, u: torch.Tensor,
+               within: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """One token id per row of ``scores`` (rows × vocab logits), drawn at uniforms ``u`` (rows,).
 
-        ``within`` (rows × vocab, bool): draw from the distribution of ``scores`` restricted to these tokens (and
-        renormalised), with no further top-p cut: the base model's nucleus, reweighted by a steer
-        (:func:`nucleus_mask` of the base logits)."""
+        ``within`` = (candidate ids, kept mask), both rows × k (:meth:`nucleus_candidates` of the base logits): draw
+        from the distribution of ``scores`` restricted to the kept candidates and renormalised, with no further
+        top-p cut: the base model's nucleus, reweighted by a steer. The draw inverts the CDF in the candidates'
+        order (the base's descending order), so an unsteered row draws the very token the plain nucleus path does."""
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)
         u = u.to(probs.device, torch.float32)
         if within is not None:
-            within = within.to(probs.device)
-            probs = probs * within
-            empty = probs.sum(-1) <= 0  # all steered mass underflowed off the base's nucleus: uniform over it
+            idx, keep = within
+            p = probs.gather(1, idx) * keep
+            empty = p.sum(-1) <= 0  # all steered mass underflowed off the base's nucleus: uniform over it
             if empty.any():
-                probs[empty] = within[empty].to(probs.dtype)
-            # descending order, as the nucleus path draws: an unsteered row (within = its own nucleus) draws the
-            # very token it draws without the constraint
-            top, idx = probs.topk(max(1, int(within.sum(-1).max())), dim=-1)
-            cdf = top.cumsum(-1)
-            pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_(max=top.shape[1] - 1)
+                p[empty] = keep[empty].to(p.dtype)
+            cdf = p.cumsum(-1)
+            pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_(max=idx.shape[1] - 1)
             return idx.gather(1, pick).squeeze(1)
         if self.top_p >= 1.0:
             cdf = probs.cumsum(-1)
@@ -93,31 +92,30 @@ class NucleusSampler(LogitsProcessor):
             k = min(k * 8, vocab)
         return choice
 
-    def nucleus(self, scores: torch.Tensor) -> torch.Tensor:
-        """The top-p nucleus of each row of ``scores`` at this sampler's temperature, as a (rows × vocab) bool mask
-        (HF's rule, as :meth:`sample` applies it)."""
+    def nucleus_candidates(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-p nucleus of each row of ``scores`` at this sampler's temperature (HF's rule, as :meth:`sample`
+        applies it): (ids, kept), both rows × k, ids in descending probability, k the smallest of first_k, 8·first_k,
+        … (up to the vocabulary) that holds every row's nucleus."""
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        if self.top_p >= 1.0:
-            return probs > 0
-        rows, vocab = probs.shape
-        mask = torch.zeros_like(probs, dtype=torch.bool)
-        todo = torch.arange(rows, device=probs.device)
+        vocab = probs.shape[1]
         k = min(self.first_k, vocab)
-        while todo.numel():  # topk, widened only for rows whose nucleus is larger (as in sample)
-            top, idx = probs[todo].topk(k, dim=-1)
+        while True:
+            top, idx = probs.topk(k, dim=-1)
             before = top.cumsum(-1) - top
-            done = (before[:, -1] + top[:, -1] >= self.top_p) if k < vocab else torch.ones_like(todo, dtype=torch.bool)
-            if done.any():
-                rows_done = todo[done]
-                mask[rows_done] = mask[rows_done].scatter(1, idx[done], before[done] < self.top_p)
-            todo = todo[~done]
+            if self.top_p >= 1.0 or k == vocab or bool((before[:, -1] + top[:, -1] >= self.top_p).all()):
+                keep = before < self.top_p if self.top_p < 1.0 else top > 0
+                return idx, keep
             k = min(k * 8, vocab)
-        return mask
+
+    def nucleus(self, scores: torch.Tensor) -> torch.Tensor:
+        """:meth:`nucleus_candidates` as a (rows × vocab) bool mask."""
+        idx, keep = self.nucleus_candidates(scores)
+        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(1, idx, keep)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         within = None
         if self.base_nucleus:  # the unsteered logits of this step, from the recorder's hook
-            within = self.nucleus(self.recorder.base_scores(scores))
+            within = self.nucleus_candidates(self.recorder.base_scores(scores))
         choice = self.sample(scores, self.uniforms[:, input_ids.shape[1] - self.prompt_length], within)
         if self.recorder is not None:
             self.recorder.record(scores, choice)

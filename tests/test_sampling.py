@@ -136,10 +136,16 @@ def test_base_nucleus_keeps_every_steered_token_inside_the_unsteered_nucleus(tin
         NucleusSampler(0.9, 1.0, torch.empty(0, 0), base_nucleus=True)
 
 
-def test_within_mask_never_draws_outside_it() -> None:
+def test_within_the_base_nucleus_draws_only_its_tokens_and_equals_plain_top_p_unsteered() -> None:
     g = torch.Generator().manual_seed(1)
-    logits = torch.randn(256, 50, generator=g) * 3
-    within = torch.rand(256, 50, generator=g) < 0.2
-    within[:, 0] = True
-    picks = NucleusSampler(0.9, 1.0, torch.empty(0, 0)).sample(logits, torch.rand(256, generator=g), within)
-    assert within[torch.arange(256), picks].all()
+    base = torch.randn(256, 3000, generator=g) * torch.tensor([0.1, 1.0, 4.0, 12.0]).repeat(64)[:, None]
+    steered = base + torch.randn(256, 3000, generator=g) * 3
+    sampler = NucleusSampler(0.9, 1.0, torch.empty(0, 0), first_k=4)  # rows wider than first_k widen k
+    u = torch.rand(256, generator=g)
+    within = sampler.nucleus_candidates(base)
+    mask = sampler.nucleus(base)
+    assert torch.equal(mask, _hf_support(base, 0.9))  # HF's nucleus
+    picks = sampler.sample(steered, u, within)
+    assert mask[torch.arange(256), picks].all()
+    assert not mask[torch.arange(256), sampler.sample(steered, u)].all()  # free steered draws leave it
+    assert torch.equal(sampler.sample(base, u, within), sampler.sample(base, u))  # unsteered: the same draws
