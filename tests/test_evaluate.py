@@ -520,7 +520,9 @@ def test_prepare_train_evaluate_end_to_end(tmp_path):
     assert flat_champion == pytest.approx(flat_candidate, rel=1e-4, nan_ok=True)
     assert doc2["base"] == doc["base"]
     with open(root / "plots" / "sentiment" / "control.csv", newline="") as f:
-        assert sum(r["system"] == "champion" for r in csv.DictReader(f)) == 3
+        # one plot row per evaluated strength: the grid and the search's probes, as the candidate's
+        assert sum(r["system"] == "champion" for r in csv.DictReader(f)) == len(doc2["systems"]["champion"]["rows"])
+    assert doc2["systems"]["champion"]["search"]["probes"] == doc2["systems"]["candidate"]["search"]["probes"]
     assert "<h2>champion</h2>" in (root / "reports" / "sentiment.html").read_text()
 
 
