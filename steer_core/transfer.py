@@ -219,7 +219,7 @@ def measure_transfer(
     if not mags:
         raise ValueError("measure_transfer needs a non-zero strength")
     sweep = sorted({-m for m in mags} | {0.0} | set(mags))
-    ecfg = cfg.model_copy(update={"strengths": sweep})
+    ecfg = cfg.model_copy(update={"strengths": sweep, "search_steps": 0})  # the effect at these ±m: no search
     cuts = cuts_of(get_scorer(cfg.scorer))
     sides: dict[str, Any] = {}
     for role, lm, steer in (("source", src_lm, src_steer), ("target", dst_lm, dst_steer)):

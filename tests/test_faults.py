@@ -9,7 +9,6 @@ during one; two runs at once; corrupted model and hidden-state caches; a read-on
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,11 @@ from servers import free_port, start_server, stop_server, wait_http
 
 pytestmark = pytest.mark.slow
 
-SAMPLED = random.Random(13).sample(KILL_POINTS, 2)  # keeps CI under 30 min; the full sweep: bench/fault_sweep.py
+# one kill point per CI run keeps it under 30 min; the full sweep: bench/fault_sweep.py. The point killed after the
+# registry created a version (the registry's consistency after a crash); a killed fit's resume has its own test
+# (tests/test_train.py::test_kill_9_then_rerun_resumes_to_the_same_steer)
+SAMPLED = [p for p in KILL_POINTS if p.name == "version-created-late"]
+assert SAMPLED, "the sampled kill point is gone from tests/faults.py"
 
 
 @pytest.fixture(scope="module")
