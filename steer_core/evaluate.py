@@ -578,7 +578,7 @@ def evaluate(
         _, extra = sample_and_score(lm, prompts, probes, cfg, scorer, sample_base=False,
                                     judge=None if in_sampling else judge, seed=seed, progress=progress, log=log)
         by_name = {p.name: part for p, part in zip(probes, extra)}
-        for i, system in enumerate(systems_now):
+        for i, system in enumerate(systems):  # names never change between rounds
             per_system[i] = per_system[i] + by_name.get(system.name, [])
 
     def redo(new_systems: list[System]) -> dict:
@@ -586,8 +586,7 @@ def evaluate(
         result = document(prompts, new_systems, cfg, base_samples, per_system, **kw)
         return result[0]
 
-    systems_now = list(systems)
-    _, doc = search_strengths(systems_now, cfg, prompts, result[0], sample_more, redo, log)
+    _, doc = search_strengths(systems, cfg, prompts, result[0], sample_more, redo, log)
     # no timing in the document: metrics/<steer>.json is content-addressed by DVC (equal inputs, equal bytes)
     log(f"evaluated {len(result[1])} samples in {time.perf_counter() - t0:.1f} s")
     return doc, result[1]
