@@ -44,6 +44,9 @@ def recipe(name: str, spec):
         topics = ["airline"] if name == "agree" else None
         src = data.source.model_copy(update={"topics": topics})
         return data.model_copy(update={"max_per_label": 1500, "source": src}), train
+    if name.startswith("filter-"):  # the shipped recipe with data.agree_with set to another scorer ("none": off)
+        scorer = name[len("filter-"):]
+        return data.model_copy(update={"agree_with": None if scorer == "none" else scorer}), train
     if name.startswith("contrastive"):
         w = float(name[len("contrastive"):] or 1.0)
         return data, train.model_copy(update={"contrastive": w})

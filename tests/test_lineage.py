@@ -4,7 +4,8 @@ restores any version's data and steer byte for byte. Real DVC, git, MLflow and P
 pipeline params on the real default model.
 
 The module's project is run once by the ``first`` fixture, which records what the first run left; every test that
-changes the project runs the flow again, so each test starts from a project the flow has converged.
+changes the project runs the flow again, so each test starts from a project the flow has converged (the new-data test,
+which leaves its new params behind, comes last).
 """
 
 from __future__ import annotations
@@ -140,44 +141,6 @@ def test_a_code_change_reruns_exactly_the_stages_that_run_that_code(first) -> No
     assert "up to date" in dvc(root, "status").stdout
 
 
-def test_new_data_registers_a_version_and_checkout_restores_v1_byte_identically(first, tmp_path) -> None:
-    root, snap = first["root"], first["snapshot"]
-    git(root, "add", "-A")  # dvc.lock, metrics and plot data go to git; DVC git-ignores what it caches
-    git(root, "commit", "-q", "-m", "a run")
-    committed = [p for p in git(root, "ls-files").splitlines()
-                 if p.startswith(("data/", "artifacts/", "reports/")) and not p.endswith(".gitignore")]
-    assert not committed, f"cached outputs committed to git: {committed}"
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["steers"][NAME]["data"]["max_per_label"] = 24
-    write_params(root / "params.yaml", params)
-    (row,) = run_flow(root)
-    assert ran(row) == ["prepare", "train", "evaluate"], row
-    diff = json.loads(dvc(root, "metrics", "diff", "HEAD", "--json").stdout)  # the candidate's figures, by commit
-    assert f"metrics/{NAME}.json" in diff and diff[f"metrics/{NAME}.json"], diff
-    new = max(versions(root))
-    assert row["version"] == str(new) and new > 1
-    assert sha256(root / f"artifacts/steers/{NAME}.safetensors") != sha256(snap / f"artifacts/steers/{NAME}.safetensors")
-
-    shutil.rmtree(root / ".dvc" / "cache")  # restore must come from the remote, not the local cache
-    out = tmp_path / "restored"
-    proc = steer_cli(root, "checkout", f"{NAME}@1", "--out", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
-    assert doc["version"] == "1" and sorted(doc["files"]) == sorted(V1_FILES)
-    for rel in V1_FILES:
-        assert sha256(out / rel) == sha256(snap / rel), rel
-
-    proc = steer_cli(root, "checkout", f"{NAME}@1")  # into the workspace
-    assert proc.returncode == 0, proc.stderr
-    for rel in V1_FILES:
-        assert sha256(root / rel) == sha256(snap / rel), rel
-
-    params["steers"][NAME]["data"]["max_per_label"] = PARAMS["steers"][NAME]["data"]["max_per_label"]
-    write_params(root / "params.yaml", params)
-    run_flow(root)  # back to the first params: DVC restores or re-runs what differs
-    assert "up to date" in dvc(root, "status").stdout
-
-
 def test_checkout_fails_clearly_when_the_remote_lacks_the_data(first, tmp_path) -> None:
     root = first["root"]
     shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
@@ -219,6 +182,40 @@ def test_stage_deps_cover_every_module_a_stage_loads(first) -> None:
     assert set(changed) <= {f"artifacts/steers/{NAME}.json"}, changed
     dvc(root, "checkout", "--force", f"artifacts/steers/{NAME}.json")
     assert "up to date" in dvc(root, "status").stdout
+
+
+def test_new_data_registers_a_version_and_checkout_restores_v1_byte_identically(first, tmp_path) -> None:
+    """The module's last test on the ``first`` project: it leaves new params behind (no run back to them)."""
+    root, snap = first["root"], first["snapshot"]
+    git(root, "add", "-A")  # dvc.lock, metrics and plot data go to git; DVC git-ignores what it caches
+    git(root, "commit", "-q", "-m", "a run")
+    committed = [p for p in git(root, "ls-files").splitlines()
+                 if p.startswith(("data/", "artifacts/", "reports/")) and not p.endswith(".gitignore")]
+    assert not committed, f"cached outputs committed to git: {committed}"
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["steers"][NAME]["data"]["max_per_label"] = 24
+    write_params(root / "params.yaml", params)
+    (row,) = run_flow(root)
+    assert ran(row) == ["prepare", "train", "evaluate"], row
+    diff = json.loads(dvc(root, "metrics", "diff", "HEAD", "--json").stdout)  # the candidate's figures, by commit
+    assert f"metrics/{NAME}.json" in diff and diff[f"metrics/{NAME}.json"], diff
+    new = max(versions(root))
+    assert row["version"] == str(new) and new > 1
+    assert sha256(root / f"artifacts/steers/{NAME}.safetensors") != sha256(snap / f"artifacts/steers/{NAME}.safetensors")
+
+    shutil.rmtree(root / ".dvc" / "cache")  # restore must come from the remote, not the local cache
+    out = tmp_path / "restored"
+    proc = steer_cli(root, "checkout", f"{NAME}@1", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["version"] == "1" and sorted(doc["files"]) == sorted(V1_FILES)
+    for rel in V1_FILES:
+        assert sha256(out / rel) == sha256(snap / rel), rel
+
+    proc = steer_cli(root, "checkout", f"{NAME}@1")  # into the workspace
+    assert proc.returncode == 0, proc.stderr
+    for rel in V1_FILES:
+        assert sha256(root / rel) == sha256(snap / rel), rel
 
 
 def test_a_run_outside_git_works_and_its_lineage_says_so(request, harness) -> None:
