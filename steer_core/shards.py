@@ -146,13 +146,14 @@ def evaluate(
                  for i, (a, b) in enumerate(slices)]
         log(f"evaluating {[s.name for s in round_systems]} at strengths {[s.strengths for s in round_systems]} in "
             f"{len(parts)} shard(s) of {'/'.join(str(len(p.prompts)) for p in parts)} prompts")
-        results = map_shards(parts) if map_shards is not None else (_RUNNER or run_here)(parts, lm, judge)
+        here = map_shards is None and _RUNNER is None  # in this process: each shard reports as it finishes
+        results = (run_here(parts, lm, judge, log=log) if here
+                   else map_shards(parts) if map_shards is not None else _RUNNER(parts, lm, judge))
         results = sorted(results, key=lambda r: r.index)
         if [r.index for r in results] != [p.index for p in parts]:
             raise RuntimeError(f"expected shards {[p.index for p in parts]}, got {[r.index for r in results]}")
-        for r in results:
-            log(f"shard {r.index} on {r.worker or 'this process'}: {len(r.samples)} samples in {r.seconds:.1f} s"
-                + (f" (+{r.load_seconds:.1f} s loading the model)" if r.load_seconds else ""))
+        for r in results if not here else []:
+            log(shard_line(r, len(results)))
         return [s for r in results for s in r.samples]
 
     gathered = run(list(systems), not reuse_base) + list(base_samples or [])
@@ -178,13 +179,22 @@ def plan(n_prompts: int, per_shard: int = PROMPTS_PER_SHARD) -> list[tuple[int, 
     return contiguous(n_prompts, max(1, -(-n_prompts // per_shard)))
 
 
-def run_here(shards: list[Shard], lm: LoadedLM, judge: LoadedLM | None = None) -> list[ShardResult]:
-    """The local runner: every shard in this process, one after another, on the already loaded model."""
+def run_here(shards: list[Shard], lm: LoadedLM, judge: LoadedLM | None = None,
+             log: Callable[[str], None] = lambda _msg: None) -> list[ShardResult]:
+    """The local runner: every shard in this process, one after another, on the already loaded model; each is
+    logged as it finishes (a long evaluation shows its progress)."""
     out = []
     for shard in shards:
         t0 = time.perf_counter()
         out.append(ShardResult(shard.index, sample_shard(lm, shard, judge), time.perf_counter() - t0))
+        log(shard_line(out[-1], len(shards)))
     return out
+
+
+def shard_line(r: ShardResult, n_shards: int) -> str:
+    """One shard's log line: where it ran, how many samples, how long."""
+    return (f"shard {r.index} of {n_shards} on {r.worker or 'this process'}: {len(r.samples)} samples in "
+            f"{r.seconds:.1f} s" + (f" (+{r.load_seconds:.1f} s loading the model)" if r.load_seconds else ""))
 
 
 #: ``runner(shards, lm, judge) -> [ShardResult]``; None = :func:`run_here`

@@ -40,6 +40,25 @@ def test_the_plan_depends_on_the_prompts_alone() -> None:
         assert max(b - a for a, b in p) - min(b - a for a, b in p) <= 1
 
 
+def test_the_local_executor_reports_each_shard_as_it_finishes(tiny_lm) -> None:
+    """A long local evaluation shows progress: each shard's line is logged when that shard ends, not after all."""
+    import time
+
+    cfg = EvalConfig(control="sentiment", scorer="vader", strengths=[-2.0, 0.0, 2.0], samples=2, max_new_tokens=4,
+                     batch_size=8, bootstrap=20, search_steps=0)
+    steer = random_steer(tiny_lm, names=("sentiment", "dummy"), eps=1e-3, scale=50.0, seed=1)
+    logs: list[tuple[float, str]] = []
+    shards.use_runner(None)
+    shards.evaluate(tiny_lm, PROMPTS, [System("candidate", cfg.strengths, steer=steer)], cfg, seed=3,
+                    log=lambda m: logs.append((time.perf_counter(), m)), per_shard=3)
+    lines = [(t, m) for t, m in logs if m.startswith("shard ")]
+    assert [m.split(" on ")[0] for _, m in lines] == ["shard 0 of 3", "shard 1 of 3", "shard 2 of 3"], logs
+    assert all("on this process: " in m and " samples in " in m for _, m in lines), lines
+    # shard 0's line came before shards 1 and 2 ran: at least their own seconds before the last line
+    later = sum(float(re.search(r"in ([0-9.]+) s", m).group(1)) for _, m in lines[1:])
+    assert lines[-1][0] - lines[0][0] >= 0.9 * later, lines
+
+
 @pytest.fixture(scope="module")
 def cluster():
     import os
