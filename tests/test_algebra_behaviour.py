@@ -94,8 +94,8 @@ def test_composed_steer_moves_both_styles(default_lm):
     assert gap({"detox": T}) > gap({"detox": 0.0}) + 0.3  # measured here: +0.78 nats per token
     assert gap({"sentiment": S, "detox": T}) > gap({"sentiment": S, "detox": 0.0}) + 0.3  # with sentiment on: +0.77
 
-    # the sentiment part, by generation on held-out neutral news prompts: the steer as trained (its dummy held at
-    # +1, as `steer generate` and the evaluation use it) at ±S, then the composition at ±S with the detox part on
+    # the sentiment part, by generation on held-out neutral news prompts: the steer as trained, at ±S (its dummy at
+    # 0, as `steer generate` uses it), then the composition at ±S with the detox part on
     prompts = [" ".join(r.text.split()[:5]) for r in load_lee_sentences()[300:312]]
     k = 3
     per_cell = len(prompts) * k
