@@ -163,7 +163,7 @@ def test_kill_9_then_rerun_resumes_to_the_same_steer(tiny_dir, tmp_path):
 
     def cmd(out, work):
         return [sys.executable, "-m", "steer_core.cli", "train", "--model", str(tiny_dir), "--data", str(data),
-                "--out", str(out), "--work-dir", str(work), "--epochs", "40", "--batch-tokens", "16",
+                "--out", str(out), "--work-dir", str(work), "--epochs", "10", "--batch-tokens", "16",
                 "--epsilon", "0.1", "--lr", "0.01", "--threads", "1", "--quiet", "--val-fraction", "0"]
 
     ref = subprocess.run(cmd(tmp_path / "ref.safetensors", tmp_path / "wref"), env=env, capture_output=True, text=True)
