@@ -146,14 +146,17 @@ def evaluate(
                  for i, (a, b) in enumerate(slices)]
         log(f"evaluating {[s.name for s in round_systems]} at strengths {[s.strengths for s in round_systems]} in "
             f"{len(parts)} shard(s) of {'/'.join(str(len(p.prompts)) for p in parts)} prompts")
-        here = map_shards is None and _RUNNER is None  # in this process: each shard reports as it finishes
-        results = (run_here(parts, lm, judge, log=log) if here
-                   else map_shards(parts) if map_shards is not None else _RUNNER(parts, lm, judge))
+        here = map_shards is None and _RUNNER is None
+        if here:  # in this process: each shard reports as it finishes
+            results = run_here(parts, lm, judge, log=log)
+        else:
+            results = map_shards(parts) if map_shards is not None else _RUNNER(parts, lm, judge)
         results = sorted(results, key=lambda r: r.index)
         if [r.index for r in results] != [p.index for p in parts]:
             raise RuntimeError(f"expected shards {[p.index for p in parts]}, got {[r.index for r in results]}")
-        for r in results if not here else []:
-            log(shard_line(r, len(results)))
+        if not here:  # elsewhere: each shard's line once all are back, in shard order
+            for r in results:
+                log(shard_line(r, len(results)))
         return [s for r in results for s in r.samples]
 
     gathered = run(list(systems), not reuse_base) + list(base_samples or [])
