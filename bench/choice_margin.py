@@ -4,8 +4,8 @@ The recommender picks each side's largest strength whose judge perplexity is wit
 prompts; the gate checks the *cross-fitted* perplexity (each fold read at the strength chosen on the other fold)
 against ``gate.max_ppl_increase``. When perplexity binds, a fold's choice can land past the edge. This re-reads a
 finished run's stored samples (``reports/<steer>.samples.jsonl``: the grid and the search's probes, nothing is
-sampled again) and re-runs the recommendation at smaller choice budgets, printing what the gate's perplexity check
-would say. Only the strengths the run sampled are candidates (a real run would search near each budget's edge).
+sampled again) and re-runs the recommendation at smaller choice budgets, printing what a point check and the gate's
+perplexity check (refuse only when the interval's lower end is above the limit) would say. Only the strengths the run sampled are candidates (a real run would search near each budget's edge).
 
     source env.sh && python bench/choice_margin.py /path/to/project [--steer sentiment] [--budgets 0.25,0.2,0.15]
 """
@@ -20,6 +20,7 @@ from _common import header
 
 from steer_core.config import load_params
 from steer_core.evaluate import Sample, control_scorer, cuts_of, recommend, split_folds, summarize
+from steer_core.gates import decide_doc
 
 
 def main() -> None:
@@ -44,14 +45,18 @@ def main() -> None:
     rows = summarize(own + shared, cfg.control, cfg.bootstrap, 0, cuts)
     for r in rows:
         r["ppl_increase"] = r["ppl"] / base_row["ppl"] - 1.0
-    print("| choice budget | s | in-sample control | in-sample Δppl | cross-fitted control | cross-fitted Δppl | gate's ppl check |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| choice budget | s | in-sample control | in-sample Δppl | cross-fitted control | cross-fitted Δppl | "
+          "point check | the gate's check (interval) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for budget in (float(b) for b in args.budgets.split(",")):
         rec = recommend(rows, base_row, cfg.control, budget, folds)
         s = f"{rec['strength']:+g}" + (f"/{rec['strength_minus']:+g}" if "strength_minus" in rec else "")
         ok = "pass" if rec["ppl_increase"] <= limit else "refuse"
+        check = next(c for c in decide_doc({"systems": {"candidate": {"recommended": rec}}}, spec.gate).checks
+                     if c.name == "ppl_increase")
+        gate = f"{'pass' if check.ok else 'refuse'} (lower end {check.value:+.1%})"
         print(f"| +{budget:.1%} | {s} | {rec['in_sample']['control']:.3f} | {rec['in_sample']['ppl_increase']:+.1%} | "
-              f"{rec['control']:.3f} | {rec['ppl_increase']:+.1%} | {ok} |")
+              f"{rec['control']:.3f} | {rec['ppl_increase']:+.1%} | {ok} | {gate} |")
 
 
 if __name__ == "__main__":

@@ -337,10 +337,14 @@ def _cross_fit(by_s: dict[float, dict], base: dict, control: str, budget: float,
     if control == "sentiment":
         ppl, d2 = max(ppl, math.exp(mean["log_ppl_minus"])), min(d2, mean["d2_minus"])
     out = {"control": mean["control"], "gain": mean["gain"], "ppl_increase": ppl / base_ppl - 1.0, "distinct_2": d2}
-    per_prompt = {"control": cols["control"], "gain": cols["gain"]}
+    base_lp = np.asarray(base_pp["log_ppl"], dtype=float)
+    # per prompt, log(judge perplexity / the base's): the gate's perplexity interval is taken over these
+    per_prompt = {"control": cols["control"], "gain": cols["gain"],
+                  "log_ppl_ratio_plus": (np.asarray(cols["log_ppl_plus"]) - base_lp).tolist()}
     if control == "sentiment":
         out.update(swing=mean["control"], positive_rate_plus=mean["plus"], positive_rate_minus=mean["minus"])
-        per_prompt.update(positive_rate_plus=cols["plus"], positive_rate_minus=cols["minus"])
+        per_prompt.update(positive_rate_plus=cols["plus"], positive_rate_minus=cols["minus"],
+                          log_ppl_ratio_minus=(np.asarray(cols["log_ppl_minus"]) - base_lp).tolist())
     else:
         out["toxicity_probability"] = mean["toxicity_probability"]
     out["per_prompt"] = per_prompt

@@ -568,6 +568,9 @@ def test_recommend_cross_fits_by_hand():
     rec = recommend(hot, base, "sentiment", budget=0.25, folds=folds)
     assert rec["split"]["folds"][0]["strength_chosen_on_other_fold"] == 2.0  # chosen on fold 1, where it is cheap
     assert rec["ppl_increase"] == pytest.approx(math.sqrt(2) - 1)  # fold 0 at +2 (20, 20) and fold 1 at +4 (10, 10)
+    # per prompt, log(ppl / base's) at the strength each prompt was read at: what the gate's interval is taken over
+    assert rec["per_prompt"]["log_ppl_ratio_plus"] == pytest.approx([math.log(2), math.log(2), 0.0, 0.0])
+    assert rec["per_prompt"]["log_ppl_ratio_minus"] == pytest.approx([0.0] * 4)
     # without folds (or per-prompt data) the numbers stay in-sample
     assert "in_sample" not in recommend(rows, base, "sentiment", budget=0.25)
     # toxicity: per-prompt gain is control at the strength minus the base's control on that prompt

@@ -225,6 +225,43 @@ def test_floors_still_hold(override: dict, metric: str) -> None:
     assert not nan.passed and any("ppl_increase" in r and "not a finite number" in r for r in nan.reasons)
 
 
+def with_ppl_ratios(sys_entry: dict, plus: np.ndarray, minus: np.ndarray) -> dict:
+    """``sys_entry`` with per-prompt log(perplexity / base's) on each side and the point increase they imply (the
+    worse side's exp(mean) − 1), as recommend() writes them."""
+    rec = sys_entry["recommended"]
+    rec["per_prompt"].update(log_ppl_ratio_plus=list(plus), log_ppl_ratio_minus=list(minus))
+    rec["ppl_increase"] = math.expm1(max(float(np.mean(plus)), float(np.mean(minus))))
+    return sys_entry
+
+
+def test_the_perplexity_floor_refuses_on_evidence_not_on_noise() -> None:
+    """A steer chosen at the +25 % edge whose cross-fitted increase reads +30 % on 24 noisy prompts is not refused
+    (its interval covers the limit); one whose interval lies wholly above the limit is, with both ends in the
+    reason."""
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.25, 24)
+    edge = np.log(1.30) + noise - noise.mean()  # mean exactly log 1.30: +30 %
+    quiet = np.log(1.05) + rng.normal(0, 0.05, 24)
+    d = decide_doc(doc_of(with_ppl_ratios(system([0.4] * 24), quiet, edge)), PAIRED)
+    assert d.passed, d.reasons
+    c = by_name(d)["ppl_increase"]
+    assert c.ok and c.value < 0.25 < 0.30 and c.threshold == 0.25
+    assert any("perplexity +30.0% [" in r and "the worse side" in r for r in d.reasons), d.reasons
+    # the same spread around +60 %: the lower end is above +25 % → refused, the gate's point check would agree
+    far = np.log(1.60) + noise - noise.mean()
+    bad = decide_doc(doc_of(with_ppl_ratios(system([0.4] * 24), quiet, far)), PAIRED)
+    assert not bad.passed and not by_name(bad)["ppl_increase"].ok
+    assert len(bad.reasons) == 1 and "perplexity +60.0% [" in bad.reasons[0] and "25.0% allowed" in bad.reasons[0]
+    # a prompt without a scored sample (NaN) drops out, as in the point estimate; all NaN cannot be judged
+    gap = edge.copy()
+    gap[3] = math.nan
+    assert decide_doc(doc_of(with_ppl_ratios(system([0.4] * 24), quiet, gap)), PAIRED).passed
+    none = with_ppl_ratios(system([0.4] * 24), quiet, edge)
+    none["recommended"]["per_prompt"].update(log_ppl_ratio_plus=[math.nan] * 24, log_ppl_ratio_minus=[math.nan] * 24)
+    nan = decide_doc(doc_of(none), PAIRED)
+    assert not nan.passed and not by_name(nan)["ppl_increase_finite"].ok
+
+
 def test_unpaired_or_old_documents_are_refused() -> None:
     other = decide_doc(doc_of(system([0.6] * 24), system([0.1] * 24, ids=[f"q{i}" for i in range(24)])), PAIRED)
     assert not other.passed and by_name(other)["same_prompts"].ok is False
