@@ -15,6 +15,15 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (pyproject's addopts run one worker per core) each worker is one core: torch in it uses
+    one thread, so two workers do not fight over the same cores (the subprocess runs pin theirs in params)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def default_dir() -> Path:
     """The converted default model directory (GGUF → safetensors, cached across runs)."""
