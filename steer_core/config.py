@@ -201,6 +201,11 @@ class EvalConfig(Strict):
                                "reweighted by the steer (the unsteered logits come free at the output layer; ActAdd, "
                                "which changes the body, keeps plain top-p); the registered model samples the same way "
                                "by default. false = top-p of the steered distribution")
+    ppl_estimate: Literal["sampled", "expected"] = Field(
+        "sampled", description="judge perplexity from each sampled token's NLL under the base model ('sampled', the "
+        "paper's), or from each step's NLL expected over the distribution the token was drawn from ('expected': "
+        "the same mean with the token's own draw averaged out, less noise; needs judge 'base'; ActAdd, which "
+        "changes the body, stays 'sampled')")
     search_steps: int = Field(2, ge=0, description="rounds of strength search after the grid: each evaluates the "
                               "midpoint of the budget edge's bracket (steer_core.strength_search.next_magnitude), as "
                               "chosen on all prompts and on each cross-fitting fold; 0 = the grid only")
@@ -237,6 +242,13 @@ class EvalConfig(Strict):
         if 0.0 not in v:
             v = sorted([*v, 0.0])
         return v
+
+    @model_validator(mode="after")
+    def _expected_needs_the_base_judge(self) -> "EvalConfig":
+        if self.ppl_estimate == "expected" and self.judge != "base":
+            raise ValueError(f"evaluate.ppl_estimate 'expected' needs judge 'base' (read while sampling), got judge "
+                             f"{self.judge!r}; use ppl_estimate 'sampled' with another judge")
+        return self
 
 
 class GateConfig(Strict):

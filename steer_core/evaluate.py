@@ -80,6 +80,18 @@ class System:
     meta: dict = field(default_factory=dict)
 
 
+def judged_in_sampling(lm: LoadedLM, judge: LoadedLM, cfg: EvalConfig) -> bool:
+    """Whether the judge is the generating model and reads the sampled tokens' NLLs while sampling (no second pass).
+    ``ppl_estimate: expected`` exists only there: a model whose logits are scaled after the output layer is refused
+    with the reason."""
+    in_sampling = judge is lm and reads_base_nll(lm)
+    if cfg.ppl_estimate == "expected" and not in_sampling:
+        raise ValueError(f"evaluate.ppl_estimate 'expected' needs the base model judged while sampling, and "
+                         f"{lm.spec!r} {'is not the judge' if judge is not lm else 'scales its logits after the output layer'}"
+                         f"; use ppl_estimate 'sampled'")
+    return in_sampling
+
+
 def sample_system(
     lm: LoadedLM, system: System, prompts: Sequence[dict], cfg: EvalConfig, seed: int = 0, progress: bool = False,
     judge_in_sampling: bool = False,
@@ -107,7 +119,7 @@ def sample_system(
     else:
         values = None if system.steer is None else [float(s) for s in system.strengths]
         gens = generate(lm, texts, system.steer, values, base_nll=judge_in_sampling, base_nucleus=cfg.base_nucleus,
-                        **kw)
+                        nll=cfg.ppl_estimate, **kw)
         ppl = [math.exp(sum(g.base_nll) / len(g.base_nll)) if g.base_nll else math.nan for g in gens]
     samples = [Sample(system.name, prompts[g.prompt_index]["set"], g.prompt_index, g.prompt, g.strength, g.text,
                       ppl=v) for g, v in zip(gens, ppl)]
@@ -568,8 +580,7 @@ def evaluate(
     judge = judge or lm
     scorer = control_scorer(cfg)
     t0 = time.perf_counter()
-    # the judge is the generating model: score the sampled tokens themselves, read during sampling
-    in_sampling = judge is lm and reads_base_nll(lm)
+    in_sampling = judged_in_sampling(lm, judge, cfg)
     base_samples = reused_base(base_samples, prompts)
     sampled_base, per_system = sample_and_score(lm, prompts, systems, cfg, scorer, sample_base=base_samples is None,
                                                 judge=None if in_sampling else judge, seed=seed, progress=progress,
@@ -619,7 +630,8 @@ def document(
         "protocol": {"prompts": len(prompts), "samples": cfg.samples, "max_new_tokens": cfg.max_new_tokens,
                      "top_p": cfg.top_p, "temperature": cfg.temperature, "seed": seed,
                      "base_nucleus": cfg.base_nucleus,
-                     "judge_scores": "sampled tokens" if in_sampling else "re-tokenised text",
+                     "judge_scores": ("re-tokenised text" if not in_sampling else "expected per step (steers), "
+                                      "sampled tokens (ActAdd)" if cfg.ppl_estimate == "expected" else "sampled tokens"),
                      "prompt_sets": sorted({p["set"] for p in prompts})},
         "base": base_row, "systems": {},
     }

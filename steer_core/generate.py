@@ -9,6 +9,12 @@ Sampling is ``steer_core.sampling.NucleusSampler`` (why: its docstring), run ins
 With ``base_nll=True`` each generation also carries, per sampled token, its negative log-likelihood under the
 *unsteered* model, read during sampling (a pre-hook registered ahead of the steer sees the unsteered h), so the
 base model's perplexity of a steered text needs no second forward pass.
+
+``nll="expected"`` records instead, per step, the NLL the unsteered model *expects* of that step's token: the mean
+of −log p_base(x) over the distribution the token was drawn from (end-of-sequence excluded and the rest
+renormalised, since a counted token is never EOS). Given the text so far, the sampled token's NLL averages to
+exactly this, so a perplexity built from it estimates the same quantity with the token's own draw averaged out (a
+Rao–Blackwellised estimate: less variance, the same mean; figures in bench/README.md, ppl_estimate).
 """
 
 from __future__ import annotations
@@ -72,8 +78,9 @@ class _BaseNLL:
     are the base model's.
     """
 
-    def __init__(self, steered_rows: torch.Tensor) -> None:
+    def __init__(self, steered_rows: torch.Tensor, expected: bool = False, eos_token_id: int | None = None) -> None:
         self.steered = steered_rows
+        self.expected, self.eos = expected, eos_token_id
         self.any_steered = bool(steered_rows.any())  # once, not per forward (a device sync on a GPU)
         self.base_logits: torch.Tensor | None = None
         self.steps: list[torch.Tensor] = []
@@ -91,12 +98,26 @@ class _BaseNLL:
         out[self.steered] = self.base_logits
         return out
 
-    def record(self, scores: torch.Tensor, choice: torch.Tensor) -> None:
+    def record(self, scores: torch.Tensor, choice: torch.Tensor,
+               dist: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """This step's NLL per row under the unsteered model: of the sampled ``choice``, or (``expected``) its mean
+        over ``dist`` = (ids, probabilities) without EOS."""
         logp = torch.log_softmax(scores.float(), dim=-1)
         if self.base_logits is not None:
             logp[self.steered] = torch.log_softmax(self.base_logits, dim=-1)
             self.base_logits = None
-        self.steps.append(-logp.gather(1, choice[:, None]).squeeze(1))
+        if not self.expected:
+            self.steps.append(-logp.gather(1, choice[:, None]).squeeze(1))
+            return
+        if dist is None:
+            raise RuntimeError("the expected NLL needs the step's sampling distribution")
+        ids, w = dist
+        if self.eos is not None:
+            w = w.masked_fill(ids == self.eos, 0.0)
+        mass = w.sum(-1)
+        nll = -(w * logp.gather(1, ids)).sum(-1) / mass.clamp_min(1e-30)
+        # a row whose whole mass is EOS ends here, and its step is not counted; keep the sampled token's NLL
+        self.steps.append(torch.where(mass > 0, nll, -logp.gather(1, choice[:, None]).squeeze(1)))
 
 
 def reads_base_nll(lm: LoadedLM) -> bool:
@@ -146,14 +167,18 @@ def generate(
     progress: bool = False,
     base_nll: bool = False,
     base_nucleus: bool = False,
+    nll: str = "sampled",
 ) -> list[Generation]:
     """Sample ``num_samples`` continuations per prompt, in batches across prompts, samples and strengths.
 
     ``values`` is a float strength, a list of float strengths (every prompt × sample is run at each), a value
     vector (n,), or per-row vectors (len(prompts) × num_samples, n) for arbitrary per-row settings. Row (prompt i,
     sample k) draws the same random numbers at every strength. ``base_nll`` also records each sampled token's NLL
-    under the unsteered model (see the module docstring).
+    under the unsteered model; ``nll="expected"`` records the step's expected NLL instead (see the module
+    docstring).
     """
+    if nll not in ("sampled", "expected"):
+        raise ValueError(f"nll must be 'sampled' or 'expected', got {nll!r}")
     rows = _plan_rows(prompts, steer, values, num_samples)
     gens: list[Generation] = []
     batches = range(0, len(rows), batch_size)
@@ -167,14 +192,15 @@ def generate(
         recorder = None
         if base_nll or base_nucleus:
             steered = torch.zeros(len(chunk), dtype=torch.bool) if vals is None else (vals != 0).any(1)
-            recorder = _BaseNLL(steered.to(lm.device))
+            recorder = _BaseNLL(steered.to(lm.device), expected=base_nll and nll == "expected",
+                                eos_token_id=lm.tokenizer.eos_token_id)
         uniforms = row_uniforms(seed, [(r[0], r[1]) for r in chunk], max_new_tokens)
         outs = _sample_batch(lm, [prompts[r[0]] for r in chunk], steer, vals, max_new_tokens=max_new_tokens,
                              top_p=top_p, temperature=temperature, uniforms=uniforms, recorder=recorder,
                              base_nucleus=base_nucleus)
-        for (pi, si, strength, vec), (text, ids, nll) in zip(chunk, outs):
+        for (pi, si, strength, vec), (text, ids, nlls) in zip(chunk, outs):
             gens.append(Generation(prompts[pi], pi, si, strength, text, None if vec is None else vec.tolist(), ids,
-                                   nll if base_nll else None))
+                                   nlls if base_nll else None))
     return gens
 
 

@@ -39,7 +39,8 @@ class NucleusSampler(LogitsProcessor):
 
     The step is read from the sequence length (``input_ids`` holds the ``prompt_length`` padded prompt tokens and
     the tokens generated so far), so a call depends on its arguments only. ``recorder`` (optional) is told each
-    step's scores and choice (``recorder.record(scores, choice)``: the base-model NLLs of ``steer_core.generate``).
+    step's scores and choice (``recorder.record(scores, choice, dist)``: the base-model NLLs of ``steer_core.generate``;
+    ``dist`` is the step's distribution, :meth:`distribution`, when the recorder's ``expected`` is true, else None).
     """
 
     def __init__(self, top_p: float, temperature: float, uniforms: torch.Tensor, first_k: int = 256, *,
@@ -112,12 +113,31 @@ class NucleusSampler(LogitsProcessor):
         idx, keep = self.nucleus_candidates(scores)
         return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(1, idx, keep)
 
+    def distribution(self, scores: torch.Tensor, within: tuple[torch.Tensor, torch.Tensor] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The distribution :meth:`sample` draws each row's token from: (ids, probabilities), both rows × k, each
+        row summing to 1 (``within``: as in :meth:`sample`)."""
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if within is not None:
+            idx, keep = within
+            p = probs.gather(1, idx) * keep
+            empty = p.sum(-1) <= 0
+            if empty.any():
+                p[empty] = keep[empty].to(p.dtype)
+        elif self.top_p >= 1.0:
+            idx, p = torch.arange(probs.shape[1], device=probs.device).expand_as(probs), probs
+        else:
+            idx, keep = self.nucleus_candidates(scores)
+            p = probs.gather(1, idx) * keep
+        return idx, p / p.sum(-1, keepdim=True)
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         within = None
         if self.base_nucleus:  # the unsteered logits of this step, from the recorder's hook
             within = self.nucleus_candidates(self.recorder.base_scores(scores))
         choice = self.sample(scores, self.uniforms[:, input_ids.shape[1] - self.prompt_length], within)
         if self.recorder is not None:
-            self.recorder.record(scores, choice)
+            dist = self.distribution(scores, within) if getattr(self.recorder, "expected", False) else None
+            self.recorder.record(scores, choice, dist)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, choice[:, None], 0.0)

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from .config import EvalConfig
-from .evaluate import Sample, System, control_scorer, document, reused_base, sample_and_score, search_strengths
-from .generate import reads_base_nll
+from .evaluate import (Sample, System, control_scorer, document, judged_in_sampling, reused_base, sample_and_score,
+                       search_strengths)
 from .lm import LoadedLM
 from .scorers import cuts_of, get_scorer
 
@@ -84,7 +84,7 @@ def sample_shard(lm: LoadedLM, shard: Shard, judge: LoadedLM | None = None) -> l
     """Sample and score one shard exactly as ``evaluate`` does for those prompts (``evaluate.sampling_plan``).
     Returned samples carry the prompts' indices in the whole run."""
     cfg, judge = shard.cfg, judge or lm
-    in_sampling = judge is lm and reads_base_nll(lm)
+    in_sampling = judged_in_sampling(lm, judge, cfg)
     base, per_system = sample_and_score(lm, shard.prompts, shard.systems, cfg, get_scorer(cfg.scorer),
                                         sample_base=shard.sample_base, judge=None if in_sampling else judge,
                                         seed=keyed_seed(shard.seed, shard.start))
@@ -104,7 +104,7 @@ def merge_shards(lm: LoadedLM, prompts: Sequence[dict], systems: Sequence[System
     """The metrics document from every shard's samples: the same computation ``evaluate`` does after sampling."""
     judge = judge or lm
     scorer = get_scorer(cfg.scorer)
-    in_sampling = judge is lm and reads_base_nll(lm)
+    in_sampling = judged_in_sampling(lm, judge, cfg)
     base_samples = sorted([s for s in samples if s.system == "base"], key=lambda s: s.prompt_index)
     if {s.prompt_index for s in base_samples} != set(range(len(prompts))):
         raise ValueError("the gathered shards do not cover every evaluation prompt")

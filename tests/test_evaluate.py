@@ -290,6 +290,32 @@ def test_wrong_scorer_kind_and_no_prompts(tiny_lm):
         evaluate(tiny_lm, [], [System("candidate", [0.0, 1.0], steer=steer)], EvalConfig())
 
 
+def test_expected_perplexity_estimate_same_texts_and_only_with_the_base_judge(tiny_lm, tiny_dir):
+    """``ppl_estimate: expected`` samples the very texts the sampled estimate does (only the perplexities differ),
+    says so in the protocol, and is refused (one line naming the setting) where the judge is not the base model."""
+    from pydantic import ValidationError
+
+    from steer_core.lm import load_lm
+
+    torch.set_num_threads(1)
+    steer = random_steer(tiny_lm, names=SENTIMENT, eps=1e-3, scale=50.0, seed=2)
+    kw = dict(strengths=[0.0, 2.0], samples=2, max_new_tokens=4, bootstrap=0, activation_addition=False,
+              search_steps=0)
+    systems = [System("candidate", [0.0, 2.0], steer=steer)]
+    doc_s, sampled = evaluate(tiny_lm, PROMPTS[:3], systems, EvalConfig(**kw))
+    doc_e, expected = evaluate(tiny_lm, PROMPTS[:3], systems, EvalConfig(ppl_estimate="expected", **kw))
+    assert [s.text for s in expected] == [s.text for s in sampled]
+    assert all(math.isfinite(s.ppl) and s.ppl > 1 for s in expected if s.text)
+    assert [s.ppl for s in expected] != [s.ppl for s in sampled]
+    assert doc_s["protocol"]["judge_scores"] == "sampled tokens"
+    assert doc_e["protocol"]["judge_scores"].startswith("expected per step")
+    with pytest.raises(ValidationError, match="ppl_estimate 'expected' needs judge 'base'"):
+        EvalConfig(ppl_estimate="expected", judge="gemma3-270m")
+    with pytest.raises(ValueError, match="is not the judge"):
+        evaluate(tiny_lm, PROMPTS[:3], systems, EvalConfig(ppl_estimate="expected", **kw),
+                 judge=load_lm(str(tiny_dir), device="cpu"))
+
+
 class _ProbabilitySentiment:
     """A sentiment scorer returning P(positive) in [0, 1], as ``hf:<classifier>`` does: 0.2 = clearly negative."""
 

@@ -149,3 +149,40 @@ def test_within_the_base_nucleus_draws_only_its_tokens_and_equals_plain_top_p_un
     assert mask[torch.arange(256), picks].all()
     assert not mask[torch.arange(256), sampler.sample(steered, u)].all()  # free steered draws leave it
     assert torch.equal(sampler.sample(base, u, within), sampler.sample(base, u))  # unsteered: the same draws
+
+
+@pytest.mark.parametrize("base_nucleus", [False, True])
+def test_expected_nll_is_the_sampled_nlls_mean_given_the_text_so_far(tiny_lm, base_nucleus: bool) -> None:
+    """``nll="expected"``: at step 0 every sample of a prompt shares its text so far, so the recorded expected NLL is
+    one number per (prompt, strength), it equals −Σ q·log p_base over the sampling distribution q (EOS excluded,
+    renormalised) computed by hand, and the sampled tokens' NLLs average to it. Later steps differ per sample; the
+    texts themselves are the sampled path's, token for token."""
+    torch.set_num_threads(1)
+    steer = random_steer(tiny_lm, eps=1.0, scale=2.0)
+    prompt, n = "A river runs through the old", 200
+    kw = dict(num_samples=n, max_new_tokens=2, seed=2, base_nll=True, base_nucleus=base_nucleus, batch_size=200)
+    sampled = generate(tiny_lm, [prompt], steer, [0.0, 3.0], **kw)
+    expected = generate(tiny_lm, [prompt], steer, [0.0, 3.0], nll="expected", **kw)
+    assert [g.token_ids for g in expected] == [g.token_ids for g in sampled]
+    ids = torch.tensor([tiny_lm.tokenizer(prompt)["input_ids"]])
+    with torch.no_grad():
+        h = tiny_lm.model.model(ids).last_hidden_state[:, -1]
+    head = tiny_lm.output_embeddings
+    sampler = NucleusSampler(0.9, 1.0, torch.empty(0, 0))
+    for s in (0.0, 3.0):
+        with torch.no_grad():
+            base = head(h).float()
+            steered = head(steer.apply(h, values_for(steer, s)[None])).float()
+        within = sampler.nucleus_candidates(base) if base_nucleus else None
+        tok, q = sampler.distribution(steered, within)
+        q = q.masked_fill(tok == tiny_lm.tokenizer.eos_token_id, 0.0)
+        q = q / q.sum()
+        by_hand = float(-(q * torch.log_softmax(base, -1).gather(1, tok)).sum())
+        first = [g.base_nll[0] for g in expected if g.strength == s and g.base_nll]
+        assert len(set(first)) == 1 and first[0] == pytest.approx(by_hand, rel=1e-4)
+        draws = torch.tensor([g.base_nll[0] for g in sampled if g.strength == s and g.base_nll])
+        assert abs(float(draws.mean()) - by_hand) < 4 * float(draws.std()) / math.sqrt(len(draws))
+    later = [g.base_nll[1] for g in expected if g.strength == 3.0 and len(g.base_nll) > 1]
+    assert len(set(later)) > 1  # the text so far differs per sample after the first token
+    with pytest.raises(ValueError, match="'sampled' or 'expected'"):
+        generate(tiny_lm, [prompt], steer, 1.0, nll="mean")
