@@ -607,6 +607,15 @@ def evaluate(
     return doc, result[1]
 
 
+def _judge_scores(cfg: EvalConfig, in_sampling: bool) -> str:
+    """What the judge's perplexity is computed from, for the document's protocol."""
+    if not in_sampling:
+        return "re-tokenised text"
+    if cfg.ppl_estimate == "expected":
+        return "expected per step (steers), sampled tokens (ActAdd)"
+    return "sampled tokens"
+
+
 def document(
     prompts: Sequence[dict],
     systems: Sequence[System],
@@ -630,8 +639,7 @@ def document(
         "protocol": {"prompts": len(prompts), "samples": cfg.samples, "max_new_tokens": cfg.max_new_tokens,
                      "top_p": cfg.top_p, "temperature": cfg.temperature, "seed": seed,
                      "base_nucleus": cfg.base_nucleus,
-                     "judge_scores": ("re-tokenised text" if not in_sampling else "expected per step (steers), "
-                                      "sampled tokens (ActAdd)" if cfg.ppl_estimate == "expected" else "sampled tokens"),
+                     "judge_scores": _judge_scores(cfg, in_sampling),
                      "prompt_sets": sorted({p["set"] for p in prompts})},
         "base": base_row, "systems": {},
     }

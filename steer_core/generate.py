@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
@@ -167,7 +167,7 @@ def generate(
     progress: bool = False,
     base_nll: bool = False,
     base_nucleus: bool = False,
-    nll: str = "sampled",
+    nll: Literal["sampled", "expected"] = "sampled",
 ) -> list[Generation]:
     """Sample ``num_samples`` continuations per prompt, in batches across prompts, samples and strengths.
 

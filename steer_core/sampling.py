@@ -29,6 +29,17 @@ def row_uniforms(seed: int, keys: Sequence[tuple[int, int]], steps: int) -> torc
     return out.clamp_(1e-12, 1 - 1e-12)
 
 
+def _within_weights(probs: torch.Tensor, within: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The (unnormalised) weights of ``probs`` on the kept candidates of ``within`` = (ids, kept), rows × k; a row
+    whose steered mass all underflowed off the candidates gets uniform weights over them."""
+    idx, keep = within
+    p = probs.gather(1, idx) * keep
+    empty = p.sum(-1) <= 0
+    if empty.any():
+        p[empty] = keep[empty].to(p.dtype)
+    return p
+
+
 class NucleusSampler(LogitsProcessor):
     """Top-p (nucleus) sampling at temperature T as a logits processor that returns one-hot scores.
 
@@ -66,12 +77,8 @@ class NucleusSampler(LogitsProcessor):
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)
         u = u.to(probs.device, torch.float32)
         if within is not None:
-            idx, keep = within
-            p = probs.gather(1, idx) * keep
-            empty = p.sum(-1) <= 0  # all steered mass underflowed off the base's nucleus: uniform over it
-            if empty.any():
-                p[empty] = keep[empty].to(p.dtype)
-            cdf = p.cumsum(-1)
+            idx, _ = within
+            cdf = _within_weights(probs, within).cumsum(-1)
             pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_(max=idx.shape[1] - 1)
             return idx.gather(1, pick).squeeze(1)
         if self.top_p >= 1.0:
@@ -119,11 +126,7 @@ class NucleusSampler(LogitsProcessor):
         row summing to 1 (``within``: as in :meth:`sample`)."""
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)
         if within is not None:
-            idx, keep = within
-            p = probs.gather(1, idx) * keep
-            empty = p.sum(-1) <= 0
-            if empty.any():
-                p[empty] = keep[empty].to(p.dtype)
+            idx, p = within[0], _within_weights(probs, within)
         elif self.top_p >= 1.0:
             idx, p = torch.arange(probs.shape[1], device=probs.device).expand_as(probs), probs
         else:
