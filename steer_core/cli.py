@@ -508,6 +508,13 @@ def power(
         g = rep["gain_over_base"]
         out.print(f"gain over the base model: {g['mean']:+.3f} (sd {g['sd_per_prompt']:.3f} per prompt); "
                   f"detectable: +{g['detectable_now']:.3f}", highlight=False)
+    if "perplexity" in rep:
+        q = rep["perplexity"]
+        need = q["prompts_for_half_width"]
+        out.print(f"judge perplexity {q['increase']:+.1%} (cross-fitted, the worse side), known to "
+                  f"±{q['half_width_now'] * 100:.1f} points at {confidence:.0%} over {q['prompts']} prompts; ±5 points "
+                  f"needs {need['0.05']} prompts, ±10 points {need['0.1']} (× {rep['samples']} samples)",
+                  highlight=False)
     for r in rep.get("by_samples", []):
         out.print(f"  {r['samples']:3d} samples/prompt: {r['prompts_needed']:5d} prompts ({r['generations']} "
                   f"generations per strength and system); with {rep['prompts']} prompts: detects "

@@ -378,6 +378,9 @@ def power_report(doc: Mapping[str, Any], effect: float, power: float = 0.8, conf
         gsd = float(np.std(np.asarray(gain), ddof=1))
         out["gain_over_base"] = {"mean": float(np.mean(gain)), "sd_per_prompt": gsd,
                                  "detectable_now": M.detectable_effect(gsd, n, confidence, power)}
+    ppl = _perplexity_precision(cand, confidence)
+    if ppl is not None:
+        out["perplexity"] = ppl
     plus, minus = _per_prompt(cand, "positive_rate_plus"), _per_prompt(cand, "positive_rate_minus")
     if doc.get("control") == "sentiment" and plus and minus and m >= 2:
         p, q = np.asarray(plus, dtype=float), np.asarray(minus, dtype=float)
@@ -394,3 +397,27 @@ def power_report(doc: Mapping[str, Any], effect: float, power: float = 0.8, conf
         out["by_samples"] = table
         out["variance_split"] = {"between_prompts": between, "sampling": within}
     return out
+
+
+def _perplexity_precision(rec: Mapping[str, Any], confidence: float) -> dict[str, Any] | None:
+    """How well the protocol pins the judge-perplexity increase the gate checks: from the worse side's cross-fitted
+    per-prompt log(ppl / base's), the increase, the ± points of its central ``confidence`` interval now, and the
+    prompts (at this many samples) for ±5 and ±10 points (normal approximation; see bench/README.md, ppl_gate_rules:
+    at the shipped size the deployed strength's perplexity is known to about ±15 points). None without the ratios."""
+    import numpy as np
+
+    sides = []
+    for key in ("log_ppl_ratio_plus", "log_ppl_ratio_minus"):
+        vals = [v for v in _per_prompt(rec, key) or [] if math.isfinite(v)]
+        if len(vals) >= 3:
+            sides.append(np.asarray(vals, dtype=float))
+    if not sides:
+        return None
+    worse = max(sides, key=lambda v: float(v.mean()))
+    mean, sd, n = float(worse.mean()), float(worse.std(ddof=1)), worse.size
+    z = M._z(1 - (1 - confidence) / 2)
+    scale = math.exp(mean)  # d(increase) / d(log ratio) at the estimate: points of increase per log unit
+    return {"increase": math.expm1(mean), "sd_log_per_prompt": sd, "prompts": n,
+            "half_width_now": z * sd / math.sqrt(n) * scale,
+            "prompts_for_half_width": {f"{h:g}": M.prompts_for_precision(sd * scale, h, confidence)
+                                       for h in (0.05, 0.10)}}

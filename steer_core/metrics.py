@@ -212,6 +212,16 @@ def prompts_for_power(sd: float, effect: float, confidence: float = 0.95, power:
     return max(2, math.ceil((k * sd / effect) ** 2))
 
 
+def prompts_for_precision(sd: float, half_width: float, confidence: float = 0.95) -> int:
+    """Prompts needed so that the central ``confidence`` interval of a mean over prompts has half-width
+    ``half_width`` (normal approximation: n = (z_{1-(1-confidence)/2} * sd / half_width)^2)."""
+    if not (half_width > 0 and math.isfinite(half_width)):
+        raise ValueError(f"the half-width must be a positive number, got {half_width}")
+    if not (sd >= 0 and math.isfinite(sd)):
+        raise ValueError(f"the per-prompt standard deviation must be a finite number >= 0, got {sd}")
+    return max(2, math.ceil((_z(1 - (1 - confidence) / 2) * sd / half_width) ** 2))
+
+
 def detectable_effect(sd: float, n: int, confidence: float = 0.95, power: float = 0.8) -> float:
     """The smallest true mean per-prompt improvement detected with probability ``power`` over ``n`` prompts."""
     if n < 1:

@@ -330,6 +330,16 @@ def test_power_report_from_an_evaluation() -> None:
     assert alone["basis"].startswith("no champion")
     assert alone["sd_per_prompt"] == pytest.approx(math.sqrt(2) * float(np.std(a, ddof=1)))
     assert power_report(sentiment_doc(cand), effect=0.2)["prompts_needed"] < alone["prompts_needed"]
+    assert "perplexity" not in rep  # no per-prompt perplexity ratios in this document
+    # with them: how well the perplexity the gate checks is pinned, and the prompts for ±5 / ±10 points
+    lr = np.log(1.25) + rng.normal(0, 0.4, n)
+    with_ppl = with_ppl_ratios(system(list(a)), np.log(1.05) + rng.normal(0, 0.1, n), lr)
+    q = power_report(sentiment_doc(with_ppl), effect=0.10)["perplexity"]
+    assert q["increase"] == pytest.approx(math.expm1(lr.mean())) and q["prompts"] == n  # the worse side
+    width = 1.959964 * float(np.std(lr, ddof=1)) / math.sqrt(n) * math.exp(lr.mean())
+    assert q["half_width_now"] == pytest.approx(width, rel=1e-4)
+    need = q["prompts_for_half_width"]
+    assert need["0.05"] == math.ceil(n * (width / 0.05) ** 2) and need["0.1"] < need["0.05"]
     with pytest.raises(ValueError, match="above the margin"):
         power_report(sentiment_doc(cand), effect=0.05, margin=0.05)
     with pytest.raises(ValueError, match="re-run the evaluate stage"):
