@@ -338,6 +338,8 @@ def power_report(doc: Mapping[str, Any], effect: float, power: float = 0.8, conf
     no credit for the pairing (cautious). For sentiment the per-prompt variance is split into a between-prompt part
     and a sampling part (binomial, from the per-prompt positive rates at ±s), which shrinks with more samples per
     prompt; toxicity's control (a maximum over samples) is sized at the evaluated samples per prompt only.
+    ``perplexity`` (when the document has per-prompt perplexity ratios) says how well the protocol pins the
+    perplexity the gate checks, and the prompts it would take for ±5 / ±10 points.
     """
     import numpy as np
 
