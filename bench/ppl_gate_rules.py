@@ -32,21 +32,14 @@ from pathlib import Path
 import numpy as np
 from _common import header
 
-from steer_core import metrics as M
 from steer_core.config import load_params
 from steer_core.evaluate import Sample, control_scorer, cuts_of, recommend, split_folds, summarize
+from steer_core.gates import decide_doc
 
-SIDES = ("log_ppl_ratio_plus", "log_ppl_ratio_minus")
-
-
-def _interval_low(rec: dict, confidence: float, n_boot: int) -> float:
-    """The larger (worse) side's lower end of the paired interval of the per-prompt log perplexity ratio."""
-    lows = []
-    for key in SIDES:
-        vals = [v for v in rec["per_prompt"].get(key) or [] if math.isfinite(v)]
-        if vals:
-            lows.append(M.paired_interval(vals, confidence, n_boot)[1])
-    return max(lows)
+def _gate_passes_ppl(rec: dict, gate) -> bool:
+    """The gate's own perplexity check (``gates.decide_doc``) on a recommendation, at ``gate``'s confidence."""
+    checks = decide_doc({"systems": {"candidate": {"recommended": rec}}}, gate).checks
+    return next(c for c in checks if c.name == "ppl_increase").ok
 
 
 def _truth(rows: dict[float, dict], base: dict, strengths: list[float], held_out: list[str]) -> float:
@@ -140,8 +133,8 @@ def main() -> None:
             verdicts = [("point", rec["ppl_increase"] <= limit)]
             if budget == cfg.ppl_budget:
                 for conf in confidences:
-                    low = _interval_low(rec, conf, gate.bootstrap)
-                    verdicts.append((f"interval {conf:.0%}", math.exp(low) - 1.0 <= limit))
+                    verdicts.append((f"interval {conf:.0%}",
+                                     _gate_passes_ppl(rec, gate.model_copy(update={"confidence": conf}))))
             for rule, ok in verdicts:
                 key = (rule, budget)
                 tally[key, "refused"] += not ok
