@@ -77,6 +77,8 @@ def main() -> None:
     ap.add_argument("--sweep-new-tokens", type=int, default=12)
     ap.add_argument("--steps", type=int, default=3, help="bisection steps per side")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--free", action="store_true", help="plain top-p for both methods (the shipped params sample "
+                    "within the base model's nucleus, evaluate.base_nucleus; ActAdd then runs beside unsteered twins)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -96,7 +98,7 @@ def main() -> None:
     print(f"# prompts: {len(prompts)} held-out ({', '.join(domains)}) × {args.samples} samples × {args.new_tokens} "
           f"tokens; budget +{args.budget:.0%} judge perplexity (judge = the base model); ActAdd fit on "
           f"{len(texts)} training texts; layer sweep on {len(sweep_prompts)} other prompts × 2 × "
-          f"{args.sweep_new_tokens} tokens")
+          f"{args.sweep_new_tokens} tokens; sampling: {'plain top-p' if args.free else 'within the base nucleus'}")
     search_kw = dict(steps=args.steps, rel_tol=0.1)
 
     # 1. ActAdd's layer, by its swing at the budget on the sweep prompts
@@ -106,7 +108,7 @@ def main() -> None:
 
     def control_at_budget(actadd):
         m = Measurer(lm, sweep_prompts, actadd=actadd, samples=2, max_new_tokens=args.sweep_new_tokens,
-                     seed=args.seed)
+                     seed=args.seed, base_nucleus=not args.free)
         res = search_two_sided(m, args.budget, start=args.actadd_grid[0], grow=2.0, max_strength=4.0, **search_kw)
         return res.swing, {"s_plus": res.plus.strength, "s_minus": res.minus.strength,
                            "ppl_increase": res.ppl_increase, "evaluations": res.evaluations}
@@ -129,7 +131,7 @@ def main() -> None:
                            (f"ActAdd (layer {actadd.layer})", {"actadd": actadd}, args.actadd_grid)):
         t = time.perf_counter()
         m = Measurer(lm, prompts, samples=args.samples, max_new_tokens=args.new_tokens, seed=args.seed,
-                     base=shared_base, **kw)
+                     base=shared_base, base_nucleus=not args.free, **kw)
         for s in grid:
             m(s), m(-s)
         shared_base = m.measure(0.0)  # the same base samples (s = 0, same random numbers) for both methods

@@ -198,14 +198,14 @@ class EvalConfig(Strict):
     batch_size: int = Field(64, ge=1, description="rows per generation and judge batch")
     ppl_budget: float = Field(0.25, ge=0, description="allowed relative perplexity increase over base")
     base_nucleus: bool = Field(False, description="sample a steer's text within the unsteered model's top-p nucleus, "
-                               "reweighted by the steer (the unsteered logits come free at the output layer; ActAdd, "
-                               "which changes the body, keeps plain top-p); the registered model samples the same way "
-                               "by default. false = top-p of the steered distribution")
+                               "reweighted by the steer (the unsteered logits come free at the output layer; the ActAdd "
+                               "baseline, which changes the body, is sampled the same way beside an unsteered twin per "
+                               "row); the registered model samples the same way by default. false = top-p of the "
+                               "steered distribution")
     ppl_estimate: Literal["sampled", "expected"] = Field(
         "sampled", description="judge perplexity from each sampled token's NLL under the base model ('sampled', the "
         "paper's), or from each step's NLL expected over the distribution the token was drawn from ('expected': "
-        "the same mean with the token's own draw averaged out, less noise; needs judge 'base'; ActAdd, which "
-        "changes the body, stays 'sampled')")
+        "the same mean with the token's own draw averaged out, less noise; needs judge 'base'; ActAdd the same)")
     search_steps: int = Field(2, ge=0, description="rounds of strength search after the grid: each evaluates the "
                               "midpoint of the budget edge's bracket (steer_core.strength_search.next_magnitude), as "
                               "chosen on all prompts and on each cross-fitting fold; 0 = the grid only")

@@ -39,6 +39,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -50,7 +51,7 @@ from .generate import Generation, generate, reads_base_nll
 from .lm import LoadedLM
 from .scorers import Cuts, VaderScorer, cuts_of, get_scorer
 from .scorers.diversity import distinct_n
-from .scorers.perplexity import conditional_perplexity, token_perplexity
+from .scorers.perplexity import conditional_perplexity
 from .steer import Steer
 from .strength_search import next_magnitude
 
@@ -99,28 +100,25 @@ def sample_system(
     """Generate cfg.samples continuations for every prompt at every strength of the system, batched.
 
     ``judge_in_sampling`` (the judge is ``lm`` itself): fill each sample's perplexity under the unsteered ``lm``
-    now, from the sampled tokens. A steer's samples read it during sampling (``generate(base_nll=True)``); the
-    ActAdd baseline changes the body's hidden states, so its tokens get one unsteered forward pass instead.
+    now, read during sampling (``generate(base_nll=True)``). Both methods are sampled and judged the same way
+    (``base_nucleus``, ``ppl_estimate``): a steer reads the unsteered logits at the output layer; the ActAdd
+    baseline changes the body, so each of its rows runs beside an unsteered twin (``generate(body=...)``).
     """
     texts = [p["prompt"] for p in prompts]
     kw = dict(num_samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, top_p=cfg.top_p,
               temperature=cfg.temperature, seed=seed, batch_size=cfg.batch_size, progress=progress)
+    kw.update(base_nll=judge_in_sampling, base_nucleus=cfg.base_nucleus, nll=cfg.ppl_estimate)
     if system.actadd is not None:
         gens: list[Generation] = []
         for s in system.strengths:  # one hook strength per call keeps the baseline's code path plain
-            with actadd_steering(lm, system.actadd, s):
-                part = generate(lm, texts, None, None, **kw)
+            part = generate(lm, texts, body=partial(actadd_steering, lm, system.actadd, s), **kw)
             for g in part:
                 g.strength = float(s)
             gens += part
-        ppl = (token_perplexity(lm.model, [lm.tokenizer(g.prompt)["input_ids"] for g in gens],
-                                [g.token_ids for g in gens], batch_size=cfg.batch_size, device=lm.device)
-               if judge_in_sampling else [math.nan] * len(gens))
     else:
         values = None if system.steer is None else [float(s) for s in system.strengths]
-        gens = generate(lm, texts, system.steer, values, base_nll=judge_in_sampling, base_nucleus=cfg.base_nucleus,
-                        nll=cfg.ppl_estimate, **kw)
-        ppl = [math.exp(sum(g.base_nll) / len(g.base_nll)) if g.base_nll else math.nan for g in gens]
+        gens = generate(lm, texts, system.steer, values, **kw)
+    ppl = [math.exp(sum(g.base_nll) / len(g.base_nll)) if g.base_nll else math.nan for g in gens]
     samples = [Sample(system.name, prompts[g.prompt_index]["set"], g.prompt_index, g.prompt, g.strength, g.text,
                       ppl=v) for g, v in zip(gens, ppl)]
     return samples
@@ -611,9 +609,7 @@ def _judge_scores(cfg: EvalConfig, in_sampling: bool) -> str:
     """What the judge's perplexity is computed from, for the document's protocol."""
     if not in_sampling:
         return "re-tokenised text"
-    if cfg.ppl_estimate == "expected":
-        return "expected per step (steers), sampled tokens (ActAdd)"
-    return "sampled tokens"
+    return "expected per step" if cfg.ppl_estimate == "expected" else "sampled tokens"
 
 
 def document(

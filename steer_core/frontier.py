@@ -9,13 +9,15 @@ share one base (pass it with ``base=``). Results are memoised per strength; ``ro
 prompt set, distinct-2, a few texts) for reports.
 
 The judge is the base model itself, as in the pipeline's default (``evaluate.judge: base``): a steer's samples
-read their base NLL during sampling; ActAdd changes the body, so its tokens get one unsteered forward pass.
+read their base NLL during sampling; ActAdd changes the body, so each of its rows runs beside an unsteered twin that
+reads it (``generate(body=...)``). ``base_nucleus`` holds either method's draws inside the base model's nucleus.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
@@ -26,7 +28,6 @@ from .lm import LoadedLM
 from .metrics import control_metrics
 from .scorers import cuts_of, get_scorer
 from .scorers.diversity import distinct_n
-from .scorers.perplexity import token_perplexity
 from .steer import Steer
 
 
@@ -50,7 +51,7 @@ class Measurer:
     temperature: float = 1.0
     seed: int = 0
     batch_size: int = 64
-    base_nucleus: bool = False  # sample within the base model's top-p nucleus, reweighted by the steer
+    base_nucleus: bool = False  # sample within the base model's top-p nucleus, reweighted by the method
     check_scorer: str | None = None  # a second scorer of the same control, reported as each row's "check"
     base: dict[str, Any] | None = None  # another measurer's row at s = 0 (same prompts and settings)
     rows: dict[float, dict[str, Any]] = field(default_factory=dict)
@@ -68,16 +69,12 @@ class Measurer:
         texts = [p["prompt"] for p in self.prompts]
         kw = dict(num_samples=self.samples, max_new_tokens=self.max_new_tokens, top_p=self.top_p,
                   temperature=self.temperature, seed=self.seed, batch_size=self.batch_size)
+        kw.update(base_nll=True, base_nucleus=self.base_nucleus)
         if self.steer is not None or s == 0.0:
-            gens = generate(self.lm, texts, self.steer, float(s), base_nll=True, base_nucleus=self.base_nucleus, **kw)
-            nll = [sum(g.base_nll) / len(g.base_nll) if g.base_nll else math.nan for g in gens]
-            return gens, nll
-        with actadd_steering(self.lm, self.actadd, s):
-            gens = generate(self.lm, texts, None, None, **kw)
-        tok = self.lm.tokenizer
-        ppl = token_perplexity(self.lm.model, [tok(g.prompt)["input_ids"] for g in gens],
-                               [g.token_ids for g in gens], batch_size=self.batch_size, device=self.lm.device)
-        return gens, [math.log(p) if p == p and p > 0 else math.nan for p in ppl]
+            gens = generate(self.lm, texts, self.steer, float(s), **kw)
+        else:  # ActAdd changes the body: each row runs beside an unsteered twin that reads the base model
+            gens = generate(self.lm, texts, body=partial(actadd_steering, self.lm, self.actadd, s), **kw)
+        return gens, [sum(g.base_nll) / len(g.base_nll) if g.base_nll else math.nan for g in gens]
 
     def measure(self, s: float) -> dict[str, Any]:
         """The full row at strength ``s`` (memoised): control, perplexity, per prompt set, distinct-2, examples."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Literal, Sequence
+from typing import Callable, ContextManager, Iterator, Literal, Sequence
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
@@ -33,6 +33,9 @@ from .sampling import NucleusSampler, row_uniforms
 from .steer import Steer, primary_name
 
 _INTERNAL = ("token_ids", "base_nll")
+
+#: a change to the LM's body for the rows flagged True (e.g. ``functools.partial(actadd_steering, lm, vec, s)``)
+BodyChange = Callable[[torch.Tensor], ContextManager[None]]
 
 
 @dataclass
@@ -78,8 +81,10 @@ class _BaseNLL:
     are the base model's.
     """
 
-    def __init__(self, steered_rows: torch.Tensor, expected: bool = False, eos_token_id: int | None = None) -> None:
+    def __init__(self, steered_rows: torch.Tensor, expected: bool = False, eos_token_id: int | None = None,
+                 twins: int = 0) -> None:
         self.steered = steered_rows
+        self.twins = twins  # > 0: rows [twins, 2·twins) are unsteered twins of rows [0, twins) (see generate)
         self.expected, self.eos = expected, eos_token_id
         self.any_steered = bool(steered_rows.any())  # once, not per forward (a device sync on a GPU)
         self.base_logits: torch.Tensor | None = None
@@ -91,9 +96,14 @@ class _BaseNLL:
             self.base_logits = module.forward(args[0][self.steered, -1]).float()
 
     def base_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        """This step's unsteered logits for every row: ``scores`` with the steered rows' replaced."""
+        """This step's unsteered logits for every row: ``scores`` with the steered rows' replaced (by the hook's
+        logits, or by their twins' scores)."""
+        if self.twins:
+            out = scores.float().clone()
+            out[: self.twins] = out[self.twins : 2 * self.twins]
+            return out
         if self.base_logits is None:
-            return scores
+            return scores.float()
         out = scores.float().clone()
         out[self.steered] = self.base_logits
         return out
@@ -102,10 +112,8 @@ class _BaseNLL:
                dist: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """This step's NLL per row under the unsteered model: of the sampled ``choice``, or (``expected``) its mean
         over ``dist`` = (ids, probabilities) without EOS."""
-        logp = torch.log_softmax(scores.float(), dim=-1)
-        if self.base_logits is not None:
-            logp[self.steered] = torch.log_softmax(self.base_logits, dim=-1)
-            self.base_logits = None
+        logp = torch.log_softmax(self.base_scores(scores), dim=-1)
+        self.base_logits = None
         if not self.expected:
             self.steps.append(-logp.gather(1, choice[:, None]).squeeze(1))
             return
@@ -168,6 +176,7 @@ def generate(
     base_nll: bool = False,
     base_nucleus: bool = False,
     nll: Literal["sampled", "expected"] = "sampled",
+    body: BodyChange | None = None,
 ) -> list[Generation]:
     """Sample ``num_samples`` continuations per prompt, in batches across prompts, samples and strengths.
 
@@ -176,9 +185,20 @@ def generate(
     sample k) draws the same random numbers at every strength. ``base_nll`` also records each sampled token's NLL
     under the unsteered model; ``nll="expected"`` records the step's expected NLL instead (see the module
     docstring).
+
+    ``body`` changes the LM's body instead of a steer (the ActAdd baseline: ``body(rows)`` is a context that
+    changes the rows flagged in ``rows``). The base model's logits then cannot be read off the output layer, so with
+    ``base_nll`` or ``base_nucleus`` each row runs beside an unsteered twin in the same batch: the twin is fed the
+    row's own draws, so its logits are the base model's for the same text (a second forward pass per token, half
+    the rows per batch).
     """
     if nll not in ("sampled", "expected"):
         raise ValueError(f"nll must be 'sampled' or 'expected', got {nll!r}")
+    if body is not None and steer is not None:
+        raise ValueError("generate takes a steer or a body change, not both")
+    twinned = body is not None and (base_nll or base_nucleus)
+    if twinned:
+        batch_size = max(1, batch_size // 2)  # each row brings its twin: the same rows per forward pass
     rows = _plan_rows(prompts, steer, values, num_samples)
     gens: list[Generation] = []
     batches = range(0, len(rows), batch_size)
@@ -193,15 +213,24 @@ def generate(
         if base_nll or base_nucleus:
             steered = torch.zeros(len(chunk), dtype=torch.bool) if vals is None else (vals != 0).any(1)
             recorder = _BaseNLL(steered.to(lm.device), expected=base_nll and nll == "expected",
-                                eos_token_id=lm.tokenizer.eos_token_id)
+                                eos_token_id=lm.tokenizer.eos_token_id, twins=len(chunk) if twinned else 0)
         uniforms = row_uniforms(seed, [(r[0], r[1]) for r in chunk], max_new_tokens)
-        outs = _sample_batch(lm, [prompts[r[0]] for r in chunk], steer, vals, max_new_tokens=max_new_tokens,
-                             top_p=top_p, temperature=temperature, uniforms=uniforms, recorder=recorder,
-                             base_nucleus=base_nucleus)
+        texts = [prompts[r[0]] for r in chunk]
+        if twinned:  # rows, then their unsteered twins, which draw nothing of their own (the sampler copies)
+            texts, uniforms = texts + texts, torch.cat([uniforms, uniforms])
+        with contextlib.nullcontext() if body is None else body(_twin_flags(len(chunk), twinned)):
+            outs = _sample_batch(lm, texts, steer, vals, max_new_tokens=max_new_tokens, top_p=top_p,
+                                 temperature=temperature, uniforms=uniforms, recorder=recorder,
+                                 base_nucleus=base_nucleus)
         for (pi, si, strength, vec), (text, ids, nlls) in zip(chunk, outs):
             gens.append(Generation(prompts[pi], pi, si, strength, text, None if vec is None else vec.tolist(), ids,
                                    nlls if base_nll else None))
     return gens
+
+
+def _twin_flags(rows: int, twinned: bool) -> torch.Tensor:
+    """Which rows of a batch the body change applies to: all, or (twinned) the first half, not their twins."""
+    return torch.cat([torch.ones(rows, dtype=torch.bool), torch.zeros(rows if twinned else 0, dtype=torch.bool)])
 
 
 def _plan_rows(prompts, steer, values, num_samples) -> list[tuple[int, int, float, torch.Tensor | None]]:
@@ -238,8 +267,9 @@ def _sample_batch(lm, prompts, steer, values, *, max_new_tokens, top_p, temperat
     config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                               eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
     sampler = NucleusSampler(top_p, temperature, uniforms, prompt_length=enc["input_ids"].shape[1], recorder=recorder,
-                             base_nucleus=base_nucleus)
-    handle = None if recorder is None else lm.output_embeddings.register_forward_pre_hook(recorder.pre_hook)
+                             base_nucleus=base_nucleus, twins=0 if recorder is None else recorder.twins)
+    handle = (None if recorder is None or recorder.twins
+              else lm.output_embeddings.register_forward_pre_hook(recorder.pre_hook))
     try:  # the recorder's hook is registered first, so it sees h before the steer changes it
         with steering(lm, steer, values):  # greedy over the sampler's one-hot scores = a draw from the nucleus
             out = lm.model.generate(**enc, generation_config=config, logits_processor=LogitsProcessorList([sampler]))
@@ -247,6 +277,8 @@ def _sample_batch(lm, prompts, steer, values, *, max_new_tokens, top_p, temperat
         if handle is not None:
             handle.remove()
     new = out[:, enc["input_ids"].shape[1] :].cpu()
+    if recorder is not None and recorder.twins:
+        new = new[: recorder.twins]  # the twins' texts are their rows' own
     nll = torch.stack(recorder.steps, 1).cpu() if recorder is not None and recorder.steps else None
     results = []
     for r, row in enumerate(new.tolist()):

@@ -52,10 +52,13 @@ class NucleusSampler(LogitsProcessor):
     the tokens generated so far), so a call depends on its arguments only. ``recorder`` (optional) is told each
     step's scores and choice (``recorder.record(scores, choice, dist)``: the base-model NLLs of ``steer_core.generate``;
     ``dist`` is the step's distribution, :meth:`distribution`, when the recorder's ``expected`` is true, else None).
+    ``twins`` > 0: rows [twins, 2·twins) are unsteered twins of rows [0, twins) and take their draws, token for token
+    (``steer_core.generate``: the base model's logits beside a body-changing baseline).
     """
 
     def __init__(self, top_p: float, temperature: float, uniforms: torch.Tensor, first_k: int = 256, *,
-                 prompt_length: int = 0, recorder: Any = None, base_nucleus: bool = False) -> None:
+                 prompt_length: int = 0, recorder: Any = None, base_nucleus: bool = False,
+                 twins: int = 0) -> None:
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         if temperature <= 0:
@@ -65,6 +68,7 @@ class NucleusSampler(LogitsProcessor):
         if base_nucleus and recorder is None:
             raise ValueError("base_nucleus needs a recorder that holds the step's unsteered logits")
         self.base_nucleus = base_nucleus
+        self.twins = twins
 
     def sample(self, scores: torch.Tensor, u: torch.Tensor,
                within: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -139,6 +143,8 @@ class NucleusSampler(LogitsProcessor):
         if self.base_nucleus:  # the unsteered logits of this step, from the recorder's hook
             within = self.nucleus_candidates(self.recorder.base_scores(scores))
         choice = self.sample(scores, self.uniforms[:, input_ids.shape[1] - self.prompt_length], within)
+        if self.twins:
+            choice[self.twins : 2 * self.twins] = choice[: self.twins]
         if self.recorder is not None:
             dist = self.distribution(scores, within) if getattr(self.recorder, "expected", False) else None
             self.recorder.record(scores, choice, dist)

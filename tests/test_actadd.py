@@ -134,6 +134,46 @@ def test_strength_zero_leaves_logits_unchanged_and_position_zero_untouched(tiny_
     assert [g.token_ids for g in moved] != [g.token_ids for g in plain]
 
 
+def test_actadd_reads_the_base_model_beside_each_row_through_an_unsteered_twin(tiny_lm):
+    """``generate(body=...)`` with base_nll / base_nucleus runs each ActAdd row beside an unsteered twin: the same
+    draws as ActAdd alone, each token's base NLL equal to an unsteered forward pass over the text, and (base_nucleus)
+    every token inside the base model's nucleus, which free ActAdd draws leave."""
+    from functools import partial
+
+    from steer_core.generate import generate
+    from steer_core.scorers.perplexity import token_perplexity
+
+    from test_sampling import _outside_base_nucleus
+
+    torch.set_num_threads(1)
+    actadd = fit_actadd(tiny_lm, POS + NEG, VALUES, layer=0)
+    prompts = ["The weather today is", "A river runs through the old"]
+    kw = dict(num_samples=3, max_new_tokens=8, seed=4, batch_size=4)  # several batches, twins halve each
+    with actadd_steering(tiny_lm, actadd, 3.0):
+        alone = generate(tiny_lm, prompts, **kw)
+    body = partial(actadd_steering, tiny_lm, actadd, 3.0)
+    twinned = generate(tiny_lm, prompts, body=body, base_nll=True, **kw)
+    assert [g.token_ids for g in twinned] == [g.token_ids for g in alone]
+    direct = token_perplexity(tiny_lm.model, [tiny_lm.tokenizer(g.prompt)["input_ids"] for g in twinned],
+                              [g.token_ids for g in twinned])
+    recorded = [math.exp(sum(g.base_nll) / len(g.base_nll)) for g in twinned]
+    assert recorded == pytest.approx(direct, rel=1e-4)
+    with actadd_steering(tiny_lm, actadd, 3.0):  # and the rows were steered: their own NLL is another number
+        own = token_perplexity(tiny_lm.model, [tiny_lm.tokenizer(g.prompt)["input_ids"] for g in twinned],
+                               [g.token_ids for g in twinned])
+    assert all(abs(a - b) / b > 1e-3 for a, b in zip(own, recorded))
+    held = generate(tiny_lm, prompts, body=body, base_nll=True, base_nucleus=True, **kw)
+    assert _outside_base_nucleus(tiny_lm, alone) > 0
+    assert _outside_base_nucleus(tiny_lm, held) == 0
+    # at strength 0 the held draws are the base model's own
+    zero = generate(tiny_lm, prompts, body=partial(actadd_steering, tiny_lm, actadd, 0.0), base_nucleus=True, **kw)
+    assert [g.token_ids for g in zero] == [g.token_ids for g in generate(tiny_lm, prompts, **kw)]
+    with pytest.raises(ValueError, match="steer or a body change"):
+        from builders import random_steer
+
+        generate(tiny_lm, prompts, random_steer(tiny_lm), 1.0, body=body)
+
+
 def test_fit_actadd_checks(tiny_lm):
     with pytest.raises(ValueError, match="both sides"):
         fit_actadd(tiny_lm, POS, [1.0] * 3)
