@@ -7,8 +7,9 @@ toxicity), a judge-LM conditional perplexity, and each prompt's samples a distin
 bootstrap interval over prompts.
 
 When the judge is the base model itself (the default), it scores the sampled tokens and reads their log-likelihoods
-while sampling, with no second forward pass (``protocol.judge_scores = "sampled tokens"``); any other judge re-reads
-the decoded text (``"re-tokenised text"``).
+while sampling, with no second forward pass for a steer (``protocol.judge_scores = "sampled tokens"``, or
+``"expected per step"``); the ActAdd baseline reads them from an unsteered twin of each row
+(``steer_core.generate``). Any other judge re-reads the decoded text (``"re-tokenised text"``).
 
 Schema of the returned document (``metrics/<steer>.json``)::
 
