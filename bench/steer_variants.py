@@ -40,6 +40,8 @@ def recipe(name: str, spec):
         return data.model_copy(update={"max_per_label": 1500}), train
     if name.startswith("rank"):  # the shipped recipe with a rank-r steer (W = A Bᵀ) instead of a full d×d one
         return data, train.model_copy(update={"rank": int(name[4:])})
+    if name.startswith("ep"):  # the shipped recipe trained for up to N epochs (shipped: 6, and epoch 6 was its best)
+        return data, train.model_copy(update={"epochs": int(name[2:])})
     if name.startswith("wd"):  # the shipped recipe with an L2 penalty on W (Adam's weight_decay; convex still)
         return data, train.model_copy(update={"weight_decay": float(name[2:])})
     if name in ("agree", "agree-all"):  # human label AND the scorer agree (filtered in main); all: every topic
