@@ -61,6 +61,8 @@ def print_summary(rows: list[dict]) -> None:
     for row in rows:
         out.print(f"[bold]{row['steer']}[/bold] (DVC ran: {row.get('ran', '')}): {row.get('why', '')}",
                   highlight=False)
+        if row.get("vs_baseline"):
+            out.print(f"[bold]{row['steer']}[/bold] vs the baseline: {row['vs_baseline']}", highlight=False)
 
 
 def _project(params_file: Path):

@@ -87,8 +87,20 @@ def summary_rows(results: list[SteerResult]) -> list[dict]:
             "status": r.status,
             "ran": " ".join(s["stage"].split("@")[0] for s in r.stages if s["ran"]) or "none",
             "why": " ".join(r.reasons)[:600],
+            "vs_baseline": _versus_text(h),
         })
     return rows
+
+
+def _versus_text(h: dict) -> str:
+    """One line on the candidate against the ActAdd baseline, each at its own budget strength ('' when not run)."""
+    v, base = h.get("candidate_vs_actadd"), h.get("actadd", {})
+    if not v:
+        return ""
+    return (f"the ActAdd baseline at its budget strength reads {base.get('control', float('nan')):.3f} at "
+            f"{100 * base.get('ppl_increase', float('nan')):+.1f} % perplexity; steer minus baseline "
+            f"{v['difference']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}] ({v['confidence']:.0%} paired interval over "
+            f"{v['prompts']} prompts)")
 
 
 def _fmt(x) -> str:

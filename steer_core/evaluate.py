@@ -658,10 +658,35 @@ def document(
 
 
 def headline(doc: dict) -> dict:
-    """The few numbers a reviewer reads first: base vs candidate at its recommended strength."""
+    """The few numbers a reviewer reads first: base vs candidate at its recommended strength, and the candidate
+    against the ActAdd baseline at each one's own budget strength (``candidate_vs_actadd``)."""
     out: dict[str, Any] = {"base_control": doc["base"]["control"], "base_ppl": doc["base"]["ppl"],
                            "base_distinct_2": doc["base"]["distinct_2"]}
     for name, sysdoc in doc["systems"].items():
         rec = sysdoc["recommended"]
         out[name] = {k: v for k, v in rec.items() if k != "reason" and not isinstance(v, (dict, list))}
+    versus = method_versus_baseline(doc)
+    if versus is not None:
+        out["candidate_vs_actadd"] = versus
     return out
+
+
+def method_versus_baseline(doc: dict, baseline: str = "actadd", confidence: float = 0.95) -> dict | None:
+    """The candidate's recommended control minus the baseline's, per prompt (both cross-fitted on the same folds,
+    each at the strength its own search found within the budget), with the paired interval over prompts
+    (``metrics.paired_interval``): whether the steer beats the baseline at equal perplexity budget, as evidence.
+    None when either system or its per-prompt values are missing, or they were read on other prompts."""
+    systems = doc.get("systems", {})
+    if "candidate" not in systems or baseline not in systems:
+        return None
+    if systems["candidate"].get("prompt_ids") != systems[baseline].get("prompt_ids"):
+        return None
+    mine = systems["candidate"]["recommended"].get("per_prompt", {}).get("control")
+    theirs = systems[baseline]["recommended"].get("per_prompt", {}).get("control")
+    if not mine or not theirs or len(mine) != len(theirs):
+        return None
+    diffs = [a - b for a, b in zip(mine, theirs) if math.isfinite(a) and math.isfinite(b)]
+    if len(diffs) < 2:
+        return None
+    mean, low, high = M.paired_interval(diffs, confidence)
+    return {"difference": mean, "low": low, "high": high, "confidence": confidence, "prompts": len(diffs)}

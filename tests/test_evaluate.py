@@ -166,6 +166,29 @@ def test_metrics_document_schema(sentiment_run):
     for name in expected:
         assert head[name]["strength"] == doc["systems"][name]["recommended"]["strength"]
         assert "reason" not in head[name]
+    # the steer against the baseline, each at its own recommended strength: per-prompt differences, by hand
+    mine = doc["systems"]["candidate"]["recommended"]["per_prompt"]["control"]
+    theirs = doc["systems"]["actadd"]["recommended"]["per_prompt"]["control"]
+    versus = head["candidate_vs_actadd"]
+    assert versus["prompts"] == 3 and versus["confidence"] == 0.95
+    assert versus["difference"] == pytest.approx(sum(a - b for a, b in zip(mine, theirs)) / 3)
+    assert versus["low"] <= versus["difference"] <= versus["high"]
+
+
+def test_method_versus_baseline_needs_both_systems_on_the_same_prompts():
+    from steer_core.evaluate import method_versus_baseline
+
+    def system(controls, ids):
+        return {"recommended": {"per_prompt": {"control": controls}}, "prompt_ids": ids}
+
+    ids = ["a", "b", "c", "d"]
+    doc = {"systems": {"candidate": system([0.5, 0.25, 0.75, 0.5], ids), "actadd": system([0.25, 0.25, 0.5, 0.0], ids)}}
+    v = method_versus_baseline(doc)
+    assert v["difference"] == pytest.approx(0.25) and v["prompts"] == 4
+    assert v["low"] <= 0.25 <= v["high"]
+    doc["systems"]["actadd"]["prompt_ids"] = ["a", "b", "c", "e"]  # read on other prompts: no pairing
+    assert method_versus_baseline(doc) is None
+    assert method_versus_baseline({"systems": {"candidate": system([0.5, 0.5], ids[:2])}}) is None
 
 
 def test_set_metrics_aggregate_to_the_row(sentiment_run):

@@ -252,7 +252,9 @@ def test_cli_run_json_on_unchanged_project(project, client) -> None:
     rows = json.loads(proc.stdout)
     assert isinstance(rows, list) and len(rows) == 1
     assert rows[0]["steer"] == NAME and rows[0]["status"] == "unchanged" and rows[0]["version"] == "1", rows
-    assert {"base", "+s", "-s", "s", "ppl +%", "distinct-2", "why"} <= set(rows[0])
+    assert {"base", "+s", "-s", "s", "ppl +%", "distinct-2", "why", "vs_baseline"} <= set(rows[0])
+    assert rows[0]["vs_baseline"].startswith("the ActAdd baseline at its budget strength reads")
+    assert "steer minus baseline" in rows[0]["vs_baseline"]
     assert paths(root)["steer"].stat().st_mtime_ns == project["steer_mtime"]
     assert versions(client) == ["1"] and champion(client) == "1"
 
