@@ -16,7 +16,9 @@ Schema of the returned document (``metrics/<steer>.json``)::
     {"steer", "control", "scorer", "judge", "protocol": {...},
      "systems": {"candidate"|"champion"|"actadd": {"rows": [ROW, ...], "recommended": REC,
                                                    "prompt_ids": [sha256(prompt)[:12], ...]}},
-     "base": ROW at strength 0, "headline": {...}}
+     "base": ROW at strength 0,
+     "headline": {"base_control", "base_ppl", "base_distinct_2", <system>: REC's numbers,
+                  "candidate_vs_actadd"?: {"difference", "low", "high", "confidence", "prompts"}}}
     ROW = {"strength", "control", "ppl", "ppl_increase", "distinct_1", "distinct_2", "distinct_3",
            "positive_rate" | "avg_max_toxicity", "toxicity_probability", "mean_toxicity",
            "ci": {metric: [low, high]}, "sets": {prompt_set: {metric: value}},
