@@ -109,8 +109,8 @@ def sample_system(
     """
     texts = [p["prompt"] for p in prompts]
     kw = dict(num_samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, top_p=cfg.top_p,
-              temperature=cfg.temperature, seed=seed, batch_size=cfg.batch_size, progress=progress)
-    kw.update(base_nll=judge_in_sampling, base_nucleus=cfg.base_nucleus, nll=cfg.ppl_estimate)
+              temperature=cfg.temperature, seed=seed, batch_size=cfg.batch_size, progress=progress,
+              base_nll=judge_in_sampling, base_nucleus=cfg.base_nucleus, nll=cfg.ppl_estimate)
     if system.actadd is not None:
         gens: list[Generation] = []
         for s in system.strengths:  # one hook strength per call keeps the baseline's code path plain

@@ -68,8 +68,8 @@ class Measurer:
     def _generate(self, s: float) -> tuple[list[Generation], list[float]]:
         texts = [p["prompt"] for p in self.prompts]
         kw = dict(num_samples=self.samples, max_new_tokens=self.max_new_tokens, top_p=self.top_p,
-                  temperature=self.temperature, seed=self.seed, batch_size=self.batch_size)
-        kw.update(base_nll=True, base_nucleus=self.base_nucleus)
+                  temperature=self.temperature, seed=self.seed, batch_size=self.batch_size, base_nll=True,
+                  base_nucleus=self.base_nucleus)
         if self.steer is not None or s == 0.0:
             gens = generate(self.lm, texts, self.steer, float(s), **kw)
         else:  # ActAdd changes the body: each row runs beside an unsteered twin that reads the base model

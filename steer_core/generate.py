@@ -88,6 +88,7 @@ class _BaseNLL:
         self.expected, self.eos = expected, eos_token_id
         self.any_steered = bool(steered_rows.any())  # once, not per forward (a device sync on a GPU)
         self.base_logits: torch.Tensor | None = None
+        self._step_base: tuple[torch.Tensor, torch.Tensor] | None = None  # (this step's scores, their base scores)
         self.steps: list[torch.Tensor] = []
         self.thread = threading.get_ident()
 
@@ -97,7 +98,12 @@ class _BaseNLL:
 
     def base_scores(self, scores: torch.Tensor) -> torch.Tensor:
         """This step's unsteered logits for every row: ``scores`` with the steered rows' replaced (by the hook's
-        logits, or by their twins' scores)."""
+        logits, or by their twins' scores). Built once per step: the sampler's nucleus and :meth:`record` share it."""
+        if self._step_base is None or self._step_base[0] is not scores:
+            self._step_base = (scores, self._replace_steered(scores))
+        return self._step_base[1]
+
+    def _replace_steered(self, scores: torch.Tensor) -> torch.Tensor:
         if self.twins:
             out = scores.float().clone()
             out[: self.twins] = out[self.twins : 2 * self.twins]
@@ -113,7 +119,7 @@ class _BaseNLL:
         """This step's NLL per row under the unsteered model: of the sampled ``choice``, or (``expected``) its mean
         over ``dist`` = (ids, probabilities) without EOS."""
         logp = torch.log_softmax(self.base_scores(scores), dim=-1)
-        self.base_logits = None
+        self.base_logits, self._step_base = None, None
         if not self.expected:
             self.steps.append(-logp.gather(1, choice[:, None]).squeeze(1))
             return
