@@ -260,6 +260,11 @@ class GateConfig(Strict):
     confidence: float = Field(0.95, gt=0, lt=1, description="the paired intervals' level: a margin or gain counts "
                               "only when the lower end of this central bootstrap interval over prompts clears it")
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples of the prompts for the gate's intervals")
+    min_margin_over_baseline: float | None = Field(
+        None, description="None = not checked (the comparison is still reported). Set: the candidate's control minus "
+        "the ActAdd baseline's, per prompt (each at its own budget strength), must have the lower end of its paired "
+        "interval above this: 0 = better than the baseline on evidence; −0.05 = not worse by more than 5 points "
+        "(a non-inferiority margin). Needs evaluate.activation_addition")
 
 
 class SteerSpec(Strict):
@@ -270,6 +275,14 @@ class SteerSpec(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+
+    @model_validator(mode="after")
+    def _baseline_gate_needs_the_baseline(self) -> "SteerSpec":
+        if self.gate.min_margin_over_baseline is not None and not self.evaluate.activation_addition:
+            raise ValueError(f"gate.min_margin_over_baseline {self.gate.min_margin_over_baseline:g} compares with the "
+                             f"ActAdd baseline, but evaluate.activation_addition is false; turn it on or set the "
+                             f"margin to null")
+        return self
 
 
 class TrackingConfig(Strict):

@@ -242,7 +242,9 @@ def decide_doc(doc: Mapping[str, Any], gate: GateConfig) -> GateDecision:
     - the lower end of the central ``gate.confidence`` paired-bootstrap interval (over prompts) of its per-prompt
       gain over the unsteered base model is above ``gate.min_gain``;
     - with a champion: the lower end of the same interval on the per-prompt differences of control (candidate −
-      champion, each at its own recommended strength) is above ``gate.min_margin``.
+      champion, each at its own recommended strength) is above ``gate.min_margin``;
+    - when ``gate.min_margin_over_baseline`` is set: the same on candidate − ActAdd baseline (``doc["systems"]
+      ["actadd"]``) against that margin.
 
     Anything missing or not finite (NaN) refuses promotion and says where. Identical steers give differences of
     exactly 0 and are never promoted over each other.
@@ -319,11 +321,50 @@ def decide_doc(doc: Mapping[str, Any], gate: GateConfig) -> GateDecision:
                 else:
                     failures.append(f"Candidate {txt}: the lower bound must be above {gate.min_margin:g} "
                                     f"(gate.min_margin), so the champion stays.")
+    if gate.min_margin_over_baseline is not None:
+        _baseline_check(systems, cand_sys, cand_ctrl, gate, checks, failures, passes)
     if failures:
         return GateDecision(False, failures, checks)
     floors = (f"The steer's {gain_txt} clears {gate.min_gain:g}; {ppl_txt} (allowed: {gate.max_ppl_increase:.1%}) "
               f"and distinct-2 {d2:.3f} ≥ {gate.min_distinct_2:.3f} on the reporting prompts.")
     return GateDecision(True, [floors, *passes], checks)
+
+
+def _baseline_check(systems: Mapping[str, Any], cand_sys: Mapping[str, Any], cand_ctrl: list[float],
+                    gate: GateConfig, checks: list[Check], failures: list[str], passes: list[str],
+                    baseline: str = "actadd") -> None:
+    """``gate.min_margin_over_baseline``: the lower end of the paired interval of the per-prompt control, candidate
+    minus the ActAdd baseline (each cross-fitted at its own budget strength, the same prompts and random numbers),
+    must be above the margin. Why a gate option: a steer that a one-vector baseline beats at the same perplexity
+    budget is a steer a user may not want in production; the comparison is in every evaluation either way
+    (``headline.candidate_vs_actadd``)."""
+    margin = gate.min_margin_over_baseline
+    base_sys = systems.get(baseline)
+    base_ctrl = _per_prompt((base_sys or {}).get("recommended") or {}, "control")
+    if base_ctrl is None:
+        checks.append(Check("baseline_control_present", None, margin, False))
+        failures.append(f"gate.min_margin_over_baseline is {margin:g} but the evaluation has no per-prompt control "
+                        f"of the '{baseline}' baseline (evaluate.activation_addition off, or an older evaluation).")
+        return
+    cand_ids, base_ids = cand_sys.get("prompt_ids"), base_sys.get("prompt_ids")
+    if len(base_ctrl) != len(cand_ctrl) or (cand_ids is not None and base_ids is not None
+                                            and list(cand_ids) != list(base_ids)):
+        checks.append(Check("baseline_same_prompts", None, margin, False))
+        failures.append(f"The {baseline} baseline was evaluated on other prompts ({len(base_ctrl)}) than the candidate "
+                        f"({len(cand_ctrl)}, or not in the same order): the comparison would not be paired.")
+        return
+    diffs = [a - b for a, b in zip(cand_ctrl, base_ctrl)]
+    ok, interval = _paired_check(diffs, margin, gate, "control_vs_baseline", "baseline_control_finite", checks,
+                                 failures, "Per-prompt control is not a finite number",
+                                 f" in the candidate or the {baseline} baseline; they cannot be compared")
+    if interval is None:
+        return
+    txt = (f"control {_interval_text(*interval)} over the {baseline} baseline ({gate.confidence:.0%} paired bootstrap "
+           f"interval over {len(diffs)} prompts, each at its own budget strength)")
+    if ok:
+        passes.append(f"Candidate {txt}: the lower bound clears gate.min_margin_over_baseline {margin:g}.")
+    else:
+        failures.append(f"Candidate {txt}: the lower bound must be above {margin:g} (gate.min_margin_over_baseline).")
 
 
 def power_report(doc: Mapping[str, Any], effect: float, power: float = 0.8, confidence: float = 0.95,

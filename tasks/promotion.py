@@ -2,7 +2,8 @@
 
 Every decision about the registry is here, in order:
 1. the candidate equals the champion (same sha256): nothing to judge, nothing to register;
-2. the candidate is already registered and was judged against the current champion: the verdict stands;
+2. the candidate is already registered and was judged against the current champion, under the same gate settings
+   and on the same evaluation (``verdict_basis``): the verdict stands;
 3. otherwise the champion (if any) is evaluated on the candidate's prompts with the same random numbers, beside the
    candidate's own evaluation (the candidate is not sampled again), the gate decides on the merged document, the
    candidate is registered once (deduplicated by sha256, with its lineage tags), and ``champion`` moves only when
@@ -12,6 +13,7 @@ Every decision about the registry is here, in order:
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from typing import Any
 import mlflow
 from prefect import get_run_logger, task
 
-from steer_core.config import Params, load_params
+from steer_core.config import GateConfig, Params, load_params
 from steer_core.files import file_sha256
 from steer_core.gates import decide_doc
 from steer_core.lm import LoadedLM, load_lm, set_threads
@@ -76,14 +78,24 @@ def champion_task(name: str, root: str, candidate_sha256: str) -> dict | None:
     return {"version": str(mv.version), "path": str(path), "sha256": sha}
 
 
+def verdict_basis(gate: GateConfig, metrics_path: Path) -> str:
+    """What a gate verdict rests on besides the steer and the champion: the gate's settings and the candidate's
+    evaluation file. Why: a user who loosens the gate, or re-evaluates on more prompts, expects the steer to be
+    judged again, not the old verdict repeated. Stored on the version as the tag ``gate.basis``."""
+    blob = json.dumps({"gate": gate.model_dump(mode="json"), "evaluation": file_sha256(metrics_path)},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 @task(name="find-judged-version")
-def judged_version_task(name: str, sha256: str, champion_version: str | None) -> dict | None:
-    """A version of this very steer the gate already refused against the current champion (None otherwise):
-    re-evaluating it could only repeat the verdict. A version that passed but is not champion (a crash between the
-    verdict and the alias move) is not returned: it is judged again and promoted then."""
+def judged_version_task(name: str, sha256: str, champion_version: str | None, basis: str) -> dict | None:
+    """A version of this very steer the gate already refused against the current champion, under the same gate
+    settings and evaluation (``basis``, :func:`verdict_basis`); None otherwise: re-evaluating it could only repeat
+    the verdict. A version that passed but is not champion (a crash between the verdict and the alias move) is not
+    returned: it is judged again and promoted then."""
     mv = registry.find_version(name, sha256)
-    if mv is None or mv.tags.get("gate.passed") != "false" or mv.tags.get("gate.champion") != (champion_version
-                                                                                                 or "none"):
+    if (mv is None or mv.tags.get("gate.passed") != "false"
+            or mv.tags.get("gate.champion") != (champion_version or "none") or mv.tags.get("gate.basis") != basis):
         return None
     return {"version": str(mv.version), "passed": mv.tags["gate.passed"] == "true",
             "reasons": mv.tags.get("gate.reasons", "")}
@@ -109,6 +121,7 @@ def promote_task(params_path: str, name: str, root: str, doc: dict, run_id: str,
     params, paths = load_params(params_path), SteerPaths(Path(root), name)
     spec = steer_spec(params, name)
     decision = decide_doc(doc, spec.gate)
+    basis = verdict_basis(spec.gate, paths.metrics)
     cand = doc["systems"]["candidate"]["recommended"]
     with mlflow.start_run(run_id=run_id, nested=True):
         mv = registry.find_version(name, file_sha256(paths.steer))  # same file: same version
@@ -122,7 +135,7 @@ def promote_task(params_path: str, name: str, root: str, doc: dict, run_id: str,
                                           device=params.runtime.device)
         mlflow.set_tags({"gate.passed": str(decision.passed).lower(), "gate.summary": decision.summary()[:5000],
                          "registered_version": str(mv.version)})
-    result = registry.promote(name, str(mv.version), decision, dry_run=dry_run)
+    result = registry.promote(name, str(mv.version), decision, dry_run=dry_run, basis=basis)
     return {"version": str(mv.version), "promoted": result.promoted, "champion": result.champion,
             "passed": decision.passed, "reasons": decision.reasons}
 
@@ -144,12 +157,13 @@ def promotion_job(params_path: str, name: str, root: Path, result: SteerResult, 
         if paths.metrics.exists():
             result.headline = json.loads(paths.metrics.read_text()).get("headline", {})
         return result
-    judged = judged_version_task(name, sha, champion["version"] if champion else None)
+    judged = judged_version_task(name, sha, champion["version"] if champion else None,
+                                 verdict_basis(steer_spec(params, name).gate, paths.metrics))
     if judged is not None:
         result.version, result.champion = judged["version"], champion["version"] if champion else None
         result.status = "unchanged"
         result.reasons = [f"Version {judged['version']} is this same steer, already judged against the current "
-                          f"champion (gate passed: {str(judged['passed']).lower()}): {judged['reasons']}"]
+                          f"champion, with the same gate settings and evaluation (gate passed: {str(judged['passed']).lower()}): {judged['reasons']}"]
         if paths.metrics.exists():
             result.headline = json.loads(paths.metrics.read_text()).get("headline", {})
         with mlflow.start_run(run_id=result.run_id, nested=True):

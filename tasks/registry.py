@@ -156,13 +156,15 @@ class Promotion:
     reasons: list[str] = field(default_factory=list)
 
 
-def promote(name: str, version: str | int, decision: GateDecision, dry_run: bool = False) -> Promotion:
+def promote(name: str, version: str | int, decision: GateDecision, dry_run: bool = False,
+            basis: str | None = None) -> Promotion:
     """Carry out a gate decision for ``name`` version ``version``.
 
     Passed: the old champion gets alias ``previous`` and this version gets ``champion``. Failed: no alias moves;
     the reasons go on the version (tags ``gate.*`` and its description). Dry run: nothing is written at all. If the
     champion write fails after ``previous`` moved, ``previous`` is put back, so aliases stay as they were. Before
     ``champion`` moves, the version's registered steer file is downloaded and its sha256 checked against its tag.
+    ``basis`` (tag ``gate.basis``) names what the verdict rests on (``tasks.promotion.verdict_basis``).
     """
     version = str(version)
     client = MlflowClient()
@@ -175,9 +177,9 @@ def promote(name: str, version: str | int, decision: GateDecision, dry_run: bool
         if decision.passed:  # dry run: report the aliases as they would be
             result.champion, result.previous = version, old_v if old_v != version else result.previous
         if not dry_run:
-            _record(client, name, version, decision)
+            _record(client, name, version, decision, basis)
         return result
-    _record(client, name, version, decision)
+    _record(client, name, version, decision, basis)
     old_prev = _ver(_by_alias(name, PREVIOUS))
     if old_v == version:  # already champion: nothing to move
         return Promotion(name, version, True, False, False, version, old_prev, list(decision.reasons))
@@ -218,15 +220,20 @@ def find_version(name: str, sha256: str) -> ModelVersion | None:
     return max(same, key=lambda mv: int(mv.version)) if same else None
 
 
-def _record(client: MlflowClient, name: str, version: str, decision: GateDecision) -> None:
+def _record(client: MlflowClient, name: str, version: str, decision: GateDecision, basis: str | None = None) -> None:
     """The gate's verdict on the version itself: tags for machines, the description for people. ``gate.champion``
-    names the champion it was judged against, so an unchanged verdict can be reused while that champion stands."""
+    names the champion it was judged against, and ``gate.basis`` (written last) the gate settings and evaluation, so
+    an unchanged verdict can be reused while both stand."""
     champ = get_champion(name)
+    if "gate.basis" in client.get_model_version(name, version).tags:  # a crash below must not leave an old basis
+        client.delete_model_version_tag(name, version, "gate.basis")  # beside a half-written new verdict
     client.set_model_version_tag(name, version, "gate.champion", _ver(champ) or "none")
     client.set_model_version_tag(name, version, "gate.passed", str(decision.passed).lower())
     client.set_model_version_tag(name, version, "gate.reasons", " ".join(decision.reasons)[:_TAG_MAX])
     client.set_model_version_tag(name, version, "gate.checks", json.dumps(decision.to_dict()["checks"])[:_TAG_MAX])
     client.update_model_version(name, version, description=decision.summary()[:_TAG_MAX])
+    if basis is not None:  # last: the verdict is reusable only once all of it is written
+        client.set_model_version_tag(name, version, "gate.basis", basis)
 
 
 def _ver(mv: ModelVersion | None) -> str | None:

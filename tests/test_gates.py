@@ -273,6 +273,44 @@ def test_unpaired_or_old_documents_are_refused() -> None:
     assert not decide_doc({"systems": {}}, PAIRED).passed
 
 
+def test_the_baseline_margin_is_checked_only_when_set_and_on_the_lower_bound() -> None:
+    """gate.min_margin_over_baseline: off by default (a baseline that wins does not block), and when set the lower
+    end of candidate − ActAdd must clear it: 0 = better on evidence, a negative margin = non-inferiority."""
+    rng = np.random.default_rng(4)
+    cand = list(0.35 + rng.normal(0, 0.2, 24))
+    better_baseline = list(np.array(cand) + 0.15 + rng.normal(0, 0.05, 24))  # wins on every prompt, about +0.15
+    doc = doc_of(system(cand))
+    doc["systems"]["actadd"] = system(better_baseline)
+    assert decide_doc(doc, PAIRED).passed  # not checked unless asked: the comparison is only reported
+    d = decide_doc(doc, PAIRED.model_copy(update={"min_margin_over_baseline": -0.05}))
+    assert not d.passed
+    check = by_name(d)["control_vs_baseline"]
+    diffs = np.array(cand) - np.array(better_baseline)
+    assert not check.ok and check.threshold == -0.05 and check.value < diffs.mean() < -0.1
+    reason = next(r for r in d.reasons if "actadd baseline" in r)
+    assert f"control {diffs.mean():+.3f} [" in reason and "gate.min_margin_over_baseline" in reason
+    # a margin the lower end clears passes, with the interval among the reasons
+    ok = decide_doc(doc, PAIRED.model_copy(update={"min_margin_over_baseline": -0.3}))
+    assert ok.passed and by_name(ok)["control_vs_baseline"].ok
+    assert any("clears gate.min_margin_over_baseline -0.3" in r for r in ok.reasons)
+    # asked for, but no baseline in the document, or one read on other prompts: refused, and it says why
+    missing = decide_doc(doc_of(system(cand)), PAIRED.model_copy(update={"min_margin_over_baseline": 0.0}))
+    assert not missing.passed and not by_name(missing)["baseline_control_present"].ok
+    assert any("no per-prompt control of the 'actadd' baseline" in r for r in missing.reasons)
+    doc["systems"]["actadd"] = system(better_baseline, ids=[f"q{i}" for i in range(24)])
+    other = decide_doc(doc, PAIRED.model_copy(update={"min_margin_over_baseline": -0.3}))
+    assert not other.passed and not by_name(other)["baseline_same_prompts"].ok
+
+
+def test_a_baseline_margin_without_the_baseline_is_a_config_error() -> None:
+    from steer_core.config import SteerSpec
+
+    with pytest.raises(ValueError, match="gate.min_margin_over_baseline -0.05 .*evaluate.activation_addition is false"):
+        SteerSpec.model_validate({"gate": {"min_margin_over_baseline": -0.05},
+                                  "evaluate": {"activation_addition": False}})
+    assert SteerSpec.model_validate({"gate": {"min_margin_over_baseline": -0.05}}).gate.min_margin_over_baseline == -0.05
+
+
 def test_decision_is_deterministic() -> None:
     rng = np.random.default_rng(3)
     cand, champ = list(rng.normal(0.1, 0.3, 24)), list(rng.normal(0.0, 0.3, 24))

@@ -10,7 +10,8 @@ gets its own copy of that project (``project``), so every test runs alone and in
 4. the same through ``steer run --json`` in a subprocess (stamps work across processes);
 5. one scenario of three runs: a changed train param, ``dry_run=True``: retrained, v2 registered, champion alias does
    not move; then a gate that cannot pass (``min_margin: 5`` against a champion): v2 judged, tagged
-   gate.passed=false, champion still 1; then a rerun: the rejected steer is neither re-evaluated nor re-registered.
+   gate.passed=false, champion still 1; then a rerun: the rejected steer is neither re-evaluated nor re-registered;
+   then the gate loosened: the same v2 is judged again (its verdict rested on other settings) and promoted.
 
 Two quick checks come first: ``tracking.configure`` follows each project's params within one process (mlflow exports
 the URI it is given as MLFLOW_TRACKING_URI), and ``steer run`` on a typo'd params key exits 2 before touching anything.
@@ -263,7 +264,7 @@ def test_cli_run_json_on_unchanged_project(project, client) -> None:
 def test_changed_steer_dry_run_v2_then_failing_gate_then_not_judged_again(project, client) -> None:
     """One scenario, three runs: a changed train param in a dry run registers v2 but keeps the champion; a gate that
     cannot pass (``min_margin: 5``) judges that same v2, tags it failed and keeps the champion; a third run neither
-    re-evaluates nor re-registers the rejected steer."""
+    re-evaluates nor re-registers the rejected steer; a fourth, with the gate loosened, judges it again and promotes it."""
     # 1. a changed train param, dry run: retrained, v2 registered, the champion alias does not move
     params = json.loads(json.dumps(TINY_PARAMS))
     params["steers"][NAME]["train"]["lr"] = 0.05  # default 0.01: same cost as the first fit, different steer
@@ -313,6 +314,19 @@ def test_changed_steer_dry_run_v2_then_failing_gate_then_not_judged_again(projec
     assert row["version"] == "2" and "already judged" in row["why"] and "min_margin" in row["why"]
     assert versions(client) == ["1", "2"]
     assert champion(client) == "1"
+    basis = client.get_model_version(NAME, "2").tags["gate.basis"]
+
+    # 4. a loosened gate judges the same v2 again (the old verdict rested on other settings) and promotes it
+    params["steers"][NAME]["gate"] = {"max_ppl_increase": 1e9, "min_distinct_2": 0.0, "min_gain": -1.0,
+                                      "min_margin": -5.0}
+    write_params(project["params"], params)
+    rows, _ = run_flow(project)
+    row = rows[0]
+    assert row["status"] == "promoted" and row["version"] == "2", row
+    assert paths(project["root"])["steer"].stat().st_mtime_ns == mtime  # still not retrained
+    assert versions(client) == ["1", "2"] and champion(client) == "2"
+    mv2 = client.get_model_version(NAME, "2")
+    assert mv2.tags["gate.passed"] == "true" and mv2.tags["gate.basis"] != basis
 
 
 @pytest.mark.slow
