@@ -458,9 +458,8 @@ def _perplexity_precision(rec: Mapping[str, Any], confidence: float) -> dict[str
         return None
     worse = max(sides, key=lambda v: float(v.mean()))
     mean, sd, n = float(worse.mean()), float(worse.std(ddof=1)), worse.size
-    z = M._z(1 - (1 - confidence) / 2)
     scale = math.exp(mean)  # d(increase) / d(log ratio) at the estimate: points of increase per log unit
     return {"increase": math.expm1(mean), "sd_log_per_prompt": sd, "prompts": n,
-            "half_width_now": z * sd / math.sqrt(n) * scale,
+            "half_width_now": M.half_width(sd, n, confidence) * scale,
             "prompts_for_half_width": {f"{h:g}": M.prompts_for_precision(sd * scale, h, confidence)
                                        for h in (0.05, 0.10)}}

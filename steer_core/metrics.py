@@ -222,6 +222,15 @@ def prompts_for_precision(sd: float, half_width: float, confidence: float = 0.95
     return max(2, math.ceil((_z(1 - (1 - confidence) / 2) * sd / half_width) ** 2))
 
 
+def half_width(sd: float, n: int, confidence: float = 0.95) -> float:
+    """Half-width of the central ``confidence`` interval of a mean over ``n`` prompts with per-prompt standard
+    deviation ``sd`` (normal approximation: z_{1-(1-confidence)/2} * sd / sqrt(n)); the inverse of
+    :func:`prompts_for_precision`."""
+    if n < 1:
+        raise ValueError("need at least one prompt")
+    return _z(1 - (1 - confidence) / 2) * sd / math.sqrt(n)
+
+
 def detectable_effect(sd: float, n: int, confidence: float = 0.95, power: float = 0.8) -> float:
     """The smallest true mean per-prompt improvement detected with probability ``power`` over ``n`` prompts."""
     if n < 1:

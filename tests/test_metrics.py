@@ -151,3 +151,14 @@ def test_prompts_for_power_formula() -> None:
     for kw in ({"effect": 0.0}, {"effect": -1.0}, {"sd": math.nan}, {"power": 1.0}):
         with pytest.raises(ValueError):
             prompts_for_power(**{"sd": 0.4, "effect": 0.1, **kw})
+
+
+def test_half_width_is_the_inverse_of_prompts_for_precision() -> None:
+    from steer_core.metrics import half_width, prompts_for_precision
+
+    assert half_width(0.5, 100) == pytest.approx(1.959964 * 0.05, rel=1e-5)
+    n = prompts_for_precision(0.5, 0.1)
+    assert half_width(0.5, n) <= 0.1 < half_width(0.5, n - 1)
+    assert half_width(0.5, 100, 0.99) > half_width(0.5, 100, 0.9)
+    with pytest.raises(ValueError):
+        half_width(0.5, 0)
