@@ -72,6 +72,24 @@ def agreeing(rows: list[dict]) -> list[dict]:
     return pos[:k] + neg[:k]
 
 
+def shifted(steer, h_mean: torch.Tensor, part: str):
+    """A copy of ``steer`` whose delta reads only one part of h = h̄ + (h − h̄), with h̄ the mean final hidden state of
+    its training texts: ``center`` = ε s W (h − h̄) (the context-dependent tilt, without the constant logit bias
+    ε s E W h̄: mean-centring, as the activation-steering literature does for steering vectors); ``bias`` = ε s W h̄
+    alone (a constant logit bias, the same at every step)."""
+    import types
+
+    out = steer.copy()
+    plain = out.delta
+
+    def delta(self, h, values):
+        hm = h_mean.to(h.device, h.dtype)
+        return plain(h - hm, values) if part == "center" else plain(hm.expand_as(h), values)
+
+    out.delta = types.MethodType(delta, out)
+    return out
+
+
 def values(rows, n):
     return torch.tensor([[float(r["value"]), 1.0][:n] for r in rows])
 
@@ -97,9 +115,10 @@ def main() -> None:
     prompts = heldout_prompts(per_domain=args.per_domain, seed=0)
     domains = list(dict.fromkeys(p["set"] for p in prompts))
     mags = [float(x) for x in args.strengths.split(",")]
-    base, results, fitted = None, {}, {}
+    base, results, fitted, h_means = None, {}, {}, {}
     for name in args.variants.split(","):
-        recipe_name, _, decoding = name.partition("+")  # "+nucleus": sample within the base model's nucleus
+        recipe_name, *flags = name.split("+")  # "+nucleus": sample within the base model's nucleus; "+center" /
+        decoding = "nucleus" if "nucleus" in flags else ""  # "+bias": only one part of W h (see shifted)
         if recipe_name not in fitted:
             data_cfg, train_cfg = recipe(recipe_name, spec)
             with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +133,15 @@ def main() -> None:
             fitted[recipe_name] = (*fit_steer(lm, [r["text"] for r in tr], values(tr, len(names)),
                                               [r["text"] for r in va], values(va, len(names)), names, train_cfg,
                                               seed=0), card, time.perf_counter() - t0)
+            if {"center", "bias"} & set(flags):  # h̄ over the training texts' predicting positions
+                from steer_core.train import cache_hidden_states
+                h_means[recipe_name] = cache_hidden_states(lm, [r["text"] for r in tr], train_cfg.max_length).h.mean(0)
         steer, summ, card, fit_s = fitted[recipe_name]
+        for part in ("center", "bias"):
+            if part in flags:
+                hm = h_means[recipe_name]
+                print(f"# {name}: ||h̄|| {hm.norm():.1f}; ||ε W h̄|| {steer.delta(hm, torch.tensor([1.0, 0.0])).norm():.2f}")
+                steer = shifted(steer, hm, part)
         m = Measurer(lm, prompts, steer=steer, samples=args.samples, max_new_tokens=args.new_tokens, base=base,
                      base_nucleus=decoding == "nucleus", check_scorer=args.check or None)
         t0 = time.perf_counter()
