@@ -82,8 +82,8 @@ def verdict_basis(gate: GateConfig, metrics_path: Path) -> str:
     """What a gate verdict rests on besides the steer and the champion: the gate's settings and the candidate's
     evaluation file. Why: a user who loosens the gate, or re-evaluates on more prompts, expects the steer to be
     judged again, not the old verdict repeated. Stored on the version as the tag ``gate.basis``."""
-    blob = json.dumps({"gate": gate.model_dump(mode="json"), "evaluation": file_sha256(metrics_path)},
-                      sort_keys=True)
+    evaluation = file_sha256(metrics_path) if metrics_path.is_file() else None
+    blob = json.dumps({"gate": gate.model_dump(mode="json"), "evaluation": evaluation}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -163,7 +163,8 @@ def promotion_job(params_path: str, name: str, root: Path, result: SteerResult, 
         result.version, result.champion = judged["version"], champion["version"] if champion else None
         result.status = "unchanged"
         result.reasons = [f"Version {judged['version']} is this same steer, already judged against the current "
-                          f"champion, with the same gate settings and evaluation (gate passed: {str(judged['passed']).lower()}): {judged['reasons']}"]
+                          f"champion, with the same gate settings and evaluation (gate passed: "
+                          f"{str(judged['passed']).lower()}): {judged['reasons']}"]
         if paths.metrics.exists():
             result.headline = json.loads(paths.metrics.read_text()).get("headline", {})
         with mlflow.start_run(run_id=result.run_id, nested=True):
