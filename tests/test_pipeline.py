@@ -8,7 +8,7 @@ gets its own copy of that project (``project``), so every test runs alone and in
 2. the MLflow record of that run (parent run, nested steer run: params, tags, metrics, artifacts);
 3. rerun with nothing changed: "unchanged", train skipped (steer file untouched), no new version;
 4. the same through ``steer run --json`` in a subprocess (stamps work across processes);
-5. one scenario of three runs: a changed train param, ``dry_run=True``: retrained, v2 registered, champion alias does
+5. one scenario of four runs: a changed train param, ``dry_run=True``: retrained, v2 registered, champion alias does
    not move; then a gate that cannot pass (``min_margin: 5`` against a champion): v2 judged, tagged
    gate.passed=false, champion still 1; then a rerun: the rejected steer is neither re-evaluated nor re-registered;
    then the gate loosened: the same v2 is judged again (its verdict rested on other settings) and promoted.
@@ -262,9 +262,10 @@ def test_cli_run_json_on_unchanged_project(project, client) -> None:
 
 @pytest.mark.slow
 def test_changed_steer_dry_run_v2_then_failing_gate_then_not_judged_again(project, client) -> None:
-    """One scenario, three runs: a changed train param in a dry run registers v2 but keeps the champion; a gate that
+    """One scenario, four runs: a changed train param in a dry run registers v2 but keeps the champion; a gate that
     cannot pass (``min_margin: 5``) judges that same v2, tags it failed and keeps the champion; a third run neither
-    re-evaluates nor re-registers the rejected steer; a fourth, with the gate loosened, judges it again and promotes it."""
+    re-evaluates nor re-registers the rejected steer; a fourth, with the gate loosened, judges it again and promotes
+    it."""
     # 1. a changed train param, dry run: retrained, v2 registered, the champion alias does not move
     params = json.loads(json.dumps(TINY_PARAMS))
     params["steers"][NAME]["train"]["lr"] = 0.05  # default 0.01: same cost as the first fit, different steer

@@ -155,6 +155,31 @@ def test_pass_moves_champion_and_sets_previous(tiny: dict[str, Path], name: str,
     assert not r.promoted and aliases(name) == {"champion": "3", "previous": "2"}
 
 
+def test_a_verdict_records_its_basis_and_a_new_verdict_replaces_it(tiny: dict[str, Path], name: str, store: str,
+                                                                   tmp_path: Path) -> None:
+    """``gate.basis`` names the gate settings and the evaluation file a verdict rests on (so a changed gate or a
+    re-evaluation is judged again); a later verdict without a basis removes the old one rather than leave it beside
+    other reasons."""
+    from tasks.promotion import verdict_basis
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text('{"control": 0.5}')
+    gate = GateConfig()
+    basis = verdict_basis(gate, metrics)
+    assert basis == verdict_basis(GateConfig(), metrics)  # a function of the settings' values
+    assert basis != verdict_basis(gate.model_copy(update={"max_ppl_increase": 0.3}), metrics)
+    assert basis != verdict_basis(gate.model_copy(update={"min_margin_over_baseline": -0.05}), metrics)
+    assert basis != verdict_basis(gate, tmp_path / "missing.json")
+    metrics.write_text('{"control": 0.6}')
+    assert basis != verdict_basis(gate, metrics)  # another evaluation
+    log_steer_model(tiny["v1"], name)
+    promote(name, 1, FAIL, basis=basis)
+    client = mlflow.MlflowClient()
+    assert client.get_model_version(name, "1").tags["gate.basis"] == basis
+    promote(name, 1, FAIL)
+    assert "gate.basis" not in client.get_model_version(name, "1").tags
+
+
 def test_fail_leaves_aliases_and_records_reasons(tiny: dict[str, Path], name: str, store: str) -> None:
     log_steer_model(tiny["v1"], name)
     log_steer_model(tiny["v2"], name)
