@@ -36,7 +36,7 @@ from _common import ROOT, header
 from steer_core.config import TOP_P, TEMPERATURE, load_params
 from steer_core.data import load_jsonl
 from steer_core.evaluate import split_folds
-from steer_core.generate import generate, values_for
+from steer_core.generate import expected_nll, generate, values_for
 from steer_core.lm import load_lm
 from steer_core.sampling import NucleusSampler
 from steer_core.steer import Steer
@@ -56,14 +56,8 @@ def reread(lm, steer: Steer, prompt: str, ids: list[int], strength: float, sampl
     steered = base if values is None else lm.output_embeddings(steer.apply(h, values)).float()
     within = sampler.nucleus_candidates(base)
     logp = torch.log_softmax(base, -1)
-    eos = tok.eos_token_id
-
-    def expected(scores):
-        idx, w = sampler.distribution(scores, within)
-        w = w.masked_fill(idx == eos, 0.0) if eos is not None else w
-        return -(w * logp.gather(1, idx)).sum(-1) / w.sum(-1).clamp_min(1e-30)
-
-    e_q, e_p = expected(steered), expected(base)
+    e_q, e_p = (expected_nll(logp, sampler.distribution(scores, within), tok.eos_token_id)[0]
+                for scores in (steered, base))
     return e_q.tolist(), (e_q - e_p).tolist()
 
 

@@ -25,10 +25,11 @@ from _common import ROOT, header
 from steer_core.config import load_params
 from steer_core.data import load_jsonl, prepare
 from steer_core.frontier import Measurer
+from steer_core.generate import values_for
 from steer_core.heldout import heldout_prompts
 from steer_core.lm import load_lm
 from steer_core.strength_search import Probe, isotonic_edge
-from steer_core.train import fit_steer
+from steer_core.train import cached_hidden_states, fit_steer
 
 
 def recipe(name: str, spec):
@@ -94,7 +95,8 @@ def values(rows, n):
     return torch.tensor([[float(r["value"]), 1.0][:n] for r in rows])
 
 
-def main() -> None:
+def main(hidden_dir: Path) -> None:
+    """``hidden_dir`` keeps each fit's hidden states, which the +center / +bias variants read again for h̄."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default="shipped,more")
     ap.add_argument("--per-domain", type=int, default=16)
@@ -132,15 +134,15 @@ def main() -> None:
             t0 = time.perf_counter()
             fitted[recipe_name] = (*fit_steer(lm, [r["text"] for r in tr], values(tr, len(names)),
                                               [r["text"] for r in va], values(va, len(names)), names, train_cfg,
-                                              seed=0), card, time.perf_counter() - t0)
-            if {"center", "bias"} & set(flags):  # h̄ over the training texts' predicting positions
-                from steer_core.train import cache_hidden_states
-                h_means[recipe_name] = cache_hidden_states(lm, [r["text"] for r in tr], train_cfg.max_length).h.mean(0)
+                                              seed=0, hidden_cache_dir=hidden_dir), card, time.perf_counter() - t0)
+            if {"center", "bias"} & set(flags):  # h̄ over the training texts' predicting positions (the fit's cache)
+                cache, _ = cached_hidden_states(lm, [r["text"] for r in tr], train_cfg.max_length, hidden_dir)
+                h_means[recipe_name] = cache.h.mean(0)
         steer, summ, card, fit_s = fitted[recipe_name]
         for part in ("center", "bias"):
             if part in flags:
                 hm = h_means[recipe_name]
-                print(f"# {name}: ||h̄|| {hm.norm():.1f}; ||ε W h̄|| {steer.delta(hm, torch.tensor([1.0, 0.0])).norm():.2f}")
+                print(f"# {name}: ||h̄|| {hm.norm():.1f}; ||ε W h̄|| {steer.delta(hm, values_for(steer, 1.0)).norm():.2f}")
                 steer = shifted(steer, hm, part)
         m = Measurer(lm, prompts, steer=steer, samples=args.samples, max_new_tokens=args.new_tokens, base=base,
                      base_nucleus=decoding == "nucleus", check_scorer=args.check or None)
@@ -172,4 +174,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with tempfile.TemporaryDirectory(prefix="steer-variants-hidden-") as tmp:
+        main(Path(tmp))

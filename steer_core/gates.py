@@ -295,34 +295,11 @@ def decide_doc(doc: Mapping[str, Any], gate: GateConfig) -> GateDecision:
         checks.append(Check("first_model", None, None, True))
         passes.append("No champion yet, so the candidate only had to beat the base model and hold the floors.")
     else:
-        champ_sys = systems["champion"]
-        champ_ctrl = _per_prompt(champ_sys.get("recommended") or {}, "control")
-        cand_ids, champ_ids = cand_sys.get("prompt_ids"), champ_sys.get("prompt_ids")
-        if champ_ctrl is None:
-            checks.append(Check("champion_control_present", None, None, False))
-            failures.append("The champion's evaluation has no per-prompt control (recommended.per_prompt.control): "
-                            "the two cannot be compared.")
-        elif len(champ_ctrl) != len(cand_ctrl) or (cand_ids is not None and champ_ids is not None
-                                                   and list(cand_ids) != list(champ_ids)):
-            checks.append(Check("same_prompts", None, None, False))
-            failures.append(f"The champion was evaluated on other prompts ({len(champ_ctrl)}) than the candidate "
-                            f"({len(cand_ctrl)}, or not in the same order): the comparison would not be paired.")
-        else:
-            diffs = [a - b for a, b in zip(cand_ctrl, champ_ctrl)]
-            ok, interval = _paired_check(diffs, gate.min_margin, gate, "control_vs_champion", "control_finite", checks,
-                                         failures, "Per-prompt control is not a finite number",
-                                         " in the candidate or the champion; they cannot be compared")
-            if interval is not None:
-                mean, low, high = interval
-                txt = (f"control {_interval_text(mean, low, high)} over the champion ({conf} paired bootstrap interval "
-                       f"over {len(diffs)} prompts, each at its own recommended strength)")
-                if ok:
-                    passes.append(f"Candidate {txt}: the lower bound clears gate.min_margin {gate.min_margin:g}.")
-                else:
-                    failures.append(f"Candidate {txt}: the lower bound must be above {gate.min_margin:g} "
-                                    f"(gate.min_margin), so the champion stays.")
+        _control_versus(_CHAMPION, systems["champion"], cand_sys, cand_ctrl, gate.min_margin, gate, checks, failures,
+                        passes)
     if gate.min_margin_over_baseline is not None:
-        _baseline_check(systems, cand_sys, cand_ctrl, gate, checks, failures, passes)
+        _control_versus(_BASELINE, systems.get("actadd"), cand_sys, cand_ctrl, gate.min_margin_over_baseline, gate,
+                        checks, failures, passes)
     if failures:
         return GateDecision(False, failures, checks)
     floors = (f"The steer's {gain_txt} clears {gate.min_gain:g}; {ppl_txt} (allowed: {gate.max_ppl_increase:.1%}) "
@@ -330,41 +307,65 @@ def decide_doc(doc: Mapping[str, Any], gate: GateConfig) -> GateDecision:
     return GateDecision(True, [floors, *passes], checks)
 
 
-def _baseline_check(systems: Mapping[str, Any], cand_sys: Mapping[str, Any], cand_ctrl: list[float],
-                    gate: GateConfig, checks: list[Check], failures: list[str], passes: list[str],
-                    baseline: str = "actadd") -> None:
-    """``gate.min_margin_over_baseline``: the lower end of the paired interval of the per-prompt control, candidate
-    minus the ActAdd baseline (each cross-fitted at its own budget strength, the same prompts and random numbers),
-    must be above the margin. Why a gate option: a steer that a one-vector baseline beats at the same perplexity
-    budget is a steer a user may not want in production; the comparison is in every evaluation either way
-    (``headline.candidate_vs_actadd``)."""
-    margin = gate.min_margin_over_baseline
-    base_sys = systems.get(baseline)
-    base_ctrl = _per_prompt((base_sys or {}).get("recommended") or {}, "control")
-    if base_ctrl is None:
-        checks.append(Check("baseline_control_present", None, margin, False))
-        failures.append(f"gate.min_margin_over_baseline is {margin:g} but the evaluation has no per-prompt control "
-                        f"of the '{baseline}' baseline (evaluate.activation_addition off, or an older evaluation).")
+class _Rival(NamedTuple):
+    """Whom the candidate's per-prompt control is compared with, and how the checks and reasons name it."""
+
+    who: str  # "the champion"
+    setting: str  # the margin's params key
+    missing: str  # the reason when its per-prompt control is absent ({margin} is filled in)
+    checks: tuple[str, str, str, str]  # names: control present, same prompts, the comparison, finite values
+    strength: str  # at which strength each side is read
+    consequence: str = ""  # appended to the refusal
+
+
+_CHAMPION = _Rival("the champion", "gate.min_margin",
+                   "The champion's evaluation has no per-prompt control (recommended.per_prompt.control): the two "
+                   "cannot be compared.",
+                   ("champion_control_present", "same_prompts", "control_vs_champion", "control_finite"),
+                   "recommended", ", so the champion stays")
+# gate.min_margin_over_baseline. Why a gate option: a steer that a one-vector baseline beats at the same perplexity
+# budget is one a user may not want in production; the comparison is in every evaluation either way
+# (``headline.candidate_vs_actadd``).
+_BASELINE = _Rival("the actadd baseline", "gate.min_margin_over_baseline",
+                   "gate.min_margin_over_baseline is {margin:g} but the evaluation has no per-prompt control of the "
+                   "'actadd' baseline (evaluate.activation_addition off, or an older evaluation).",
+                   ("baseline_control_present", "baseline_same_prompts", "control_vs_baseline",
+                    "baseline_control_finite"), "budget")
+
+
+def _control_versus(rival: _Rival, other_sys: Mapping[str, Any] | None, cand_sys: Mapping[str, Any],
+                    cand_ctrl: list[float], margin: float, gate: GateConfig, checks: list[Check], failures: list[str],
+                    passes: list[str]) -> None:
+    """The paired test of the candidate's per-prompt control minus ``rival``'s (each cross-fitted at its own
+    strength, on the same prompts with the same random numbers): the lower end of its interval must be above
+    ``margin``. Refuses, saying why, when the rival has no per-prompt control or was read on other prompts."""
+    present, same, name, finite = rival.checks
+    other_ctrl = _per_prompt((other_sys or {}).get("recommended") or {}, "control")
+    if other_sys is None or other_ctrl is None:
+        checks.append(Check(present, None, None, False))
+        failures.append(rival.missing.format(margin=margin))
         return
-    cand_ids, base_ids = cand_sys.get("prompt_ids"), base_sys.get("prompt_ids")
-    if len(base_ctrl) != len(cand_ctrl) or (cand_ids is not None and base_ids is not None
-                                            and list(cand_ids) != list(base_ids)):
-        checks.append(Check("baseline_same_prompts", None, margin, False))
-        failures.append(f"The {baseline} baseline was evaluated on other prompts ({len(base_ctrl)}) than the candidate "
-                        f"({len(cand_ctrl)}, or not in the same order): the comparison would not be paired.")
+    cand_ids, other_ids = cand_sys.get("prompt_ids"), other_sys.get("prompt_ids")
+    if len(other_ctrl) != len(cand_ctrl) or (cand_ids is not None and other_ids is not None
+                                             and list(cand_ids) != list(other_ids)):
+        checks.append(Check(same, None, None, False))
+        failures.append(f"{rival.who[0].upper()}{rival.who[1:]} was evaluated on other prompts ({len(other_ctrl)}) "
+                        f"than the candidate ({len(cand_ctrl)}, or not in the same order): the comparison would not "
+                        f"be paired.")
         return
-    diffs = [a - b for a, b in zip(cand_ctrl, base_ctrl)]
-    ok, interval = _paired_check(diffs, margin, gate, "control_vs_baseline", "baseline_control_finite", checks,
-                                 failures, "Per-prompt control is not a finite number",
-                                 f" in the candidate or the {baseline} baseline; they cannot be compared")
+    diffs = [a - b for a, b in zip(cand_ctrl, other_ctrl)]
+    ok, interval = _paired_check(diffs, margin, gate, name, finite, checks, failures,
+                                 "Per-prompt control is not a finite number",
+                                 f" in the candidate or {rival.who}; they cannot be compared")
     if interval is None:
         return
-    txt = (f"control {_interval_text(*interval)} over the {baseline} baseline ({gate.confidence:.0%} paired bootstrap "
-           f"interval over {len(diffs)} prompts, each at its own budget strength)")
+    txt = (f"control {_interval_text(*interval)} over {rival.who} ({gate.confidence:.0%} paired bootstrap interval "
+           f"over {len(diffs)} prompts, each at its own {rival.strength} strength)")
     if ok:
-        passes.append(f"Candidate {txt}: the lower bound clears gate.min_margin_over_baseline {margin:g}.")
+        passes.append(f"Candidate {txt}: the lower bound clears {rival.setting} {margin:g}.")
     else:
-        failures.append(f"Candidate {txt}: the lower bound must be above {margin:g} (gate.min_margin_over_baseline).")
+        failures.append(f"Candidate {txt}: the lower bound must be above {margin:g} ({rival.setting})"
+                        f"{rival.consequence}.")
 
 
 def power_report(doc: Mapping[str, Any], effect: float, power: float = 0.8, confidence: float = 0.95,

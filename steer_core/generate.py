@@ -125,13 +125,20 @@ class _BaseNLL:
             return
         if dist is None:
             raise RuntimeError("the expected NLL needs the step's sampling distribution")
-        ids, w = dist
-        if self.eos is not None:
-            w = w.masked_fill(ids == self.eos, 0.0)
-        mass = w.sum(-1)
-        nll = -(w * logp.gather(1, ids)).sum(-1) / mass.clamp_min(1e-30)
+        nll, mass = expected_nll(logp, dist, self.eos)
         # a row whose whole mass is EOS ends here, and its step is not counted; keep the sampled token's NLL
         self.steps.append(torch.where(mass > 0, nll, -logp.gather(1, choice[:, None]).squeeze(1)))
+
+
+def expected_nll(logp: torch.Tensor, dist: tuple[torch.Tensor, torch.Tensor], eos_token_id: int | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the mean of −``logp`` over ``dist`` = (ids, probabilities) with EOS left out and the rest
+    renormalised (a counted token is never EOS), and the mass that was left to renormalise (0: only EOS)."""
+    ids, w = dist
+    if eos_token_id is not None:
+        w = w.masked_fill(ids == eos_token_id, 0.0)
+    mass = w.sum(-1)
+    return -(w * logp.gather(1, ids)).sum(-1) / mass.clamp_min(1e-30), mass
 
 
 def reads_base_nll(lm: LoadedLM) -> bool:

@@ -177,9 +177,9 @@ def promote(name: str, version: str | int, decision: GateDecision, dry_run: bool
         if decision.passed:  # dry run: report the aliases as they would be
             result.champion, result.previous = version, old_v if old_v != version else result.previous
         if not dry_run:
-            _record(client, name, version, decision, basis)
+            _record(client, mv, decision, basis)
         return result
-    _record(client, name, version, decision, basis)
+    _record(client, mv, decision, basis)
     old_prev = _ver(_by_alias(name, PREVIOUS))
     if old_v == version:  # already champion: nothing to move
         return Promotion(name, version, True, False, False, version, old_prev, list(decision.reasons))
@@ -220,12 +220,13 @@ def find_version(name: str, sha256: str) -> ModelVersion | None:
     return max(same, key=lambda mv: int(mv.version)) if same else None
 
 
-def _record(client: MlflowClient, name: str, version: str, decision: GateDecision, basis: str | None = None) -> None:
+def _record(client: MlflowClient, mv: ModelVersion, decision: GateDecision, basis: str | None = None) -> None:
     """The gate's verdict on the version itself: tags for machines, the description for people. ``gate.champion``
     names the champion it was judged against, and ``gate.basis`` (written last) the gate settings and evaluation, so
     an unchanged verdict can be reused while both stand."""
+    name, version = mv.name, str(mv.version)
     champ = get_champion(name)
-    if "gate.basis" in client.get_model_version(name, version).tags:  # a crash below must not leave an old basis
+    if "gate.basis" in mv.tags:  # a crash below must not leave an old basis
         client.delete_model_version_tag(name, version, "gate.basis")  # beside a half-written new verdict
     client.set_model_version_tag(name, version, "gate.champion", _ver(champ) or "none")
     client.set_model_version_tag(name, version, "gate.passed", str(decision.passed).lower())
