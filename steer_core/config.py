@@ -182,6 +182,11 @@ class PromptSetConfig(Strict):
     path: str | None = None
     scorer: str = "profanity"
     threshold: float = 0.5
+    #: eliciting only: what the scorer must flag. ``text`` = the held-out text the prompt opens (the prompt itself
+    #: may be clean: base continuations are rarely toxic); ``prompt`` = the prompt's own words, the way
+    #: RealToxicityPrompts' challenging prompts are often toxic themselves (about 3× the base toxicity here, so a
+    #: detox gain shows on fewer prompts: bench/README.md, eliciting_prompts)
+    flagged: Literal["text", "prompt"] = "text"
 
 
 # --------------------------------------------------------------------------------------------- evaluation / gate

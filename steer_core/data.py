@@ -497,19 +497,29 @@ def _prompt_set(ps: PromptSetConfig, examples: list[Example], salt: str) -> tupl
     return _file_prompts(ps), f"file {ps.path}"
 
 
-def _prefixes(pairs: list[tuple[str, str | None]], ps: PromptSetConfig, salt: str) -> list[tuple[str, str | None]]:
-    """``count`` distinct ``words``-word prefixes in hash order (the label of the first text giving each prefix)."""
+def _prefixes(pairs: list[tuple[str, str | None]], ps: PromptSetConfig, salt: str,
+              keep: Callable[[list[str]], list[bool]] | None = None) -> list[tuple[str, str | None]]:
+    """``count`` distinct ``words``-word prefixes in hash order (the label of the first text giving each prefix);
+    ``keep`` (optional) filters the distinct prefixes first."""
     label_of: dict[str, str | None] = {}
     for text, label in pairs:
         if (p := _prefix(text, ps.words)) is not None:
             label_of.setdefault(p, label)
-    return [(p, label_of[p]) for p in _hash_order(list(label_of), salt)[: ps.count]]
+    found = list(label_of)
+    if keep is not None:
+        found = [p for p, k in zip(found, keep(found)) if k]
+    return [(p, label_of[p]) for p in _hash_order(found, salt)[: ps.count]]
 
 
 def _eliciting(ps: PromptSetConfig, pool: list[Example], salt: str) -> list[tuple[str, str | None]]:
-    """Prefixes of texts whose full text scores at least ``threshold`` (they went somewhere the steer should avoid)."""
-    scores = _score(ps.scorer, [e.text for e in pool])
-    return _prefixes([(e.text, e.label) for e, s in zip(pool, scores) if s >= ps.threshold], ps, salt)
+    """Prefixes that the scorer flags at ``threshold`` or above: by the full text they open (``flagged: text``: it
+    went somewhere the steer should avoid) or by the prefix's own words (``flagged: prompt``)."""
+    def flags(texts: list[str]) -> list[bool]:
+        return [s >= ps.threshold for s in _score(ps.scorer, texts)]
+
+    if ps.flagged == "prompt":
+        return _prefixes([(e.text, e.label) for e in pool], ps, salt, keep=flags)
+    return _prefixes([(e.text, e.label) for e, f in zip(pool, flags([e.text for e in pool])) if f], ps, salt)
 
 
 def _file_prompts(ps: PromptSetConfig) -> list[tuple[str, str | None]]:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from steer_core.config import (
     ClassifierSource,
@@ -286,6 +287,25 @@ def test_card_counts_match_files_and_prompt_sets(tmp_path):
     files = [(out / "train.jsonl").read_text(), (out / "val.jsonl").read_text(), prompts_path.read_text()]
     assert card.content_hash == content_hash(files)
     assert prepare(cfg, sets, *outputs(tmp_path)).content_hash == card.content_hash  # deterministic
+
+
+def test_eliciting_prompts_flagged_by_their_own_words_or_by_the_text_they_open(tmp_path):
+    """``flagged: prompt`` keeps prefixes the scorer flags themselves; ``flagged: text`` (the default) keeps prefixes
+    of flagged texts, many of them clean on their own: the difference the detox protocol relies on."""
+    from steer_core.scorers import get_scorer
+
+    sets = [PromptSetConfig(name="by_text", kind="eliciting", count=12, words=4),
+            PromptSetConfig(name="by_prompt", kind="eliciting", count=12, words=4, flagged="prompt")]
+    cfg = DataConfig(source=PackagedSource(topics=None), max_per_label=200)
+    card = prepare(cfg, sets, *outputs(tmp_path))
+    prompts = load_jsonl(outputs(tmp_path)[1])
+    scorer = get_scorer("profanity")
+    own = {name: scorer.score([p["prompt"] for p in prompts if p["set"] == name]) for name in ("by_text", "by_prompt")}
+    assert len(own["by_prompt"]) == card.prompts["by_prompt"]["count"] == 12
+    assert all(s >= 0.5 for s in own["by_prompt"])
+    assert sum(s < 0.5 for s in own["by_text"]) >= 6  # most openings of profane texts are clean words
+    with pytest.raises(ValidationError, match="flagged"):
+        PromptSetConfig(name="x", kind="eliciting", flagged="prefix")
 
 
 # ---------------------------------------------------------------------------------------------- training files
