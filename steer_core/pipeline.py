@@ -123,7 +123,7 @@ def prepare_stage(params: Params, name: str, root: Path = Path("."), lm: LoadedL
 
         def generate_fn(prompts: list[str], max_new_tokens: int) -> list[str]:
             return [g.text for g in generate(model, prompts, max_new_tokens=max_new_tokens,
-                                             seed=params.runtime.seed)]
+                                             seed=params.runtime.seed, progress=True)]  # minutes on a CPU
 
     return prepare(spec.data, spec.prompts, paths.prepared, paths.prompts, paths.data_card,
                    generate_fn=generate_fn)
