@@ -10,7 +10,7 @@ and at base, the swing with its 95 % paired interval over prompts (metrics.paire
 increase per side with its interval, distinct-2, and the same swing under TextBlob (a lexicon the data were not
 labelled with).
 
-    source env.sh && python bench/confirm_strength.py --project . --per-domain 24     # ~4 min on 2 cores
+    source env.sh && python bench/confirm_strength.py --project . --seeds 7,11 --also 4,-3   # ~9 min on 2 cores
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def main() -> None:
     ap.add_argument("--project", type=Path, default=Path("."))
     ap.add_argument("--steer", default="sentiment")
     ap.add_argument("--per-domain", type=int, default=24)
-    ap.add_argument("--seed", type=int, default=7, help="the held-out prompt draw (the benches use 0)")
+    ap.add_argument("--seeds", default="7", help="held-out prompt draws, pooled (the other benches use 0)")
+    ap.add_argument("--also", default="", help="another '+s,-s' pair read beside the recommended one, e.g. 4,-3")
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
@@ -61,18 +62,31 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     metrics = json.loads((args.project / "metrics" / f"{args.steer}.json").read_text())
     rec = metrics["systems"]["candidate"]["recommended"]
-    plus, minus = rec["strength"], rec["strength_minus"]
+    pairs = [(rec["strength"], rec["strength_minus"])]
+    if args.also:
+        pairs.append(tuple(float(x) for x in args.also.split(",")))
     used = {r["prompt"] for r in load_jsonl(args.project / "data" / "prompts" / f"{args.steer}.jsonl")}
-    rows = [r for r in heldout_prompts(per_domain=args.per_domain, seed=args.seed) if r["prompt"] not in used]
+    rows: list[dict] = []
+    for seed in (int(x) for x in args.seeds.split(",")):
+        rows += [r for r in heldout_prompts(per_domain=args.per_domain, seed=seed)
+                 if r["prompt"] not in used | {x["prompt"] for x in rows}]
     prompts = [r["prompt"] for r in rows]
-    header(f"confirm_strength: {args.steer} at {plus:+g} / {minus:+g} (recommended) on {len(prompts)} fresh held-out "
-           f"prompts × {args.samples} samples × {args.new_tokens} tokens")
+    header(f"confirm_strength: {args.steer} at {' and '.join(f'{p:+g} / {m:+g}' for p, m in pairs)} (the first "
+           f"recommended) on {len(prompts)} fresh held-out prompts (draws {args.seeds}) × {args.samples} samples × "
+           f"{args.new_tokens} tokens")
     lm = load_lm("default", "cpu")
     steer = Steer.load(args.project / "artifacts" / "steers" / f"{args.steer}.safetensors")
     scorers = {"vader": get_scorer("vader"), "textblob": get_scorer("textblob")}
-    r = {s: per_prompt(lm, steer, prompts, s, args.samples, args.new_tokens, scorers) for s in (0.0, plus, minus)}
+    strengths = dict.fromkeys([0.0, *[s for pair in pairs for s in pair]])
+    r = {s: per_prompt(lm, steer, prompts, s, args.samples, args.new_tokens, scorers) for s in strengths}
     print(f"pipeline: in-sample swing {rec['in_sample']['control']:+.3f} at {rec['in_sample']['ppl_increase']:+.1%}, "
           f"cross-fitted {rec['swing']:+.3f} at {rec['ppl_increase']:+.1%} (24 prompts)")
+    for plus, minus in pairs:
+        report(r, rows, plus, minus, scorers)
+
+
+def report(r: dict, rows: list[dict], plus: float, minus: float, scorers: dict) -> None:
+    print(f"## {plus:+g} / {minus:+g}")
     for name in scorers:
         mean, lo, hi = paired_interval(r[plus][name] - r[minus][name])
         print(f"{name}: positive rate {r[minus][name].mean():.3f} ({minus:+g}) → {r[0.0][name].mean():.3f} (base) → "
