@@ -139,3 +139,20 @@ def airline_tweets(n_train: int = 300, n_val: int = 60, seed: int = 0, min_confi
     rng.shuffle(train)
     rng.shuffle(val)
     return [t for t, _ in train], [v for _, v in train], [t for t, _ in val], [v for _, v in val]
+
+
+def per_prompt_metrics(gens, scorer, control: str):
+    """The pipeline's per-prompt metrics (``steer_core.evaluate.per_prompt_metrics``: control metrics at the scorer's
+    cut-offs, ``log_ppl``, ``distinct_n``) of ``generate(..., base_nll=True)``'s output under one scorer, the judge
+    perplexity being the base NLL recorded while sampling, as ``evaluate`` reads it. A prompt whose samples all
+    ended at once has ``log_ppl`` NaN."""
+    import math
+
+    from steer_core.evaluate import Sample, by_prompt, score_samples
+    from steer_core.evaluate import per_prompt_metrics as metrics
+    from steer_core.scorers import cuts_of
+
+    samples = [Sample("bench", "", g.prompt_index, g.prompt, g.strength, g.text,
+                      ppl=math.exp(sum(g.base_nll) / len(g.base_nll)) if g.base_nll else math.nan) for g in gens]
+    score_samples(samples, scorer, None)
+    return metrics(by_prompt(samples), control, cuts_of(scorer))

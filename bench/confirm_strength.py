@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import header
+from _common import header, per_prompt_metrics
 
 from steer_core.data import load_jsonl
 from steer_core.generate import generate
@@ -29,23 +29,14 @@ from steer_core.heldout import heldout_prompts
 from steer_core.lm import load_lm
 from steer_core.metrics import paired_interval
 from steer_core.scorers import get_scorer
-from steer_core.scorers.diversity import distinct_n
 from steer_core.steer import Steer
 
 
-def per_prompt(lm, steer, prompts, s, samples, tokens, scorers) -> dict[str, np.ndarray]:
-    """Per prompt: the positive rate under each scorer, the mean log perplexity, distinct-2."""
+def per_prompt(lm, steer, prompts, s, samples, tokens, scorers) -> dict[str, dict[str, np.ndarray]]:
+    """Per scorer, the pipeline's per-prompt metrics of the samples at strength ``s`` (``_common.per_prompt_metrics``)."""
     gens = generate(lm, prompts, steer if s else None, float(s), num_samples=samples, max_new_tokens=tokens,
                     seed=0, base_nll=True, base_nucleus=True, nll="expected")
-    out: dict[str, list[float]] = {"log_ppl": [], "distinct_2": [], **{n: [] for n in scorers}}
-    scores = {n: sc.score([g.text for g in gens]) for n, sc in scorers.items()}
-    for i in range(len(prompts)):
-        idx = [k for k, g in enumerate(gens) if g.prompt_index == i]
-        for n, sc in scorers.items():
-            out[n].append(float(np.mean([scores[n][k] > sc.cuts.positive_above for k in idx])))
-        out["log_ppl"].append(float(np.mean([np.mean(gens[k].base_nll) for k in idx if gens[k].base_nll])))
-        out["distinct_2"].append(distinct_n([gens[k].text for k in idx], 2))
-    return {k: np.asarray(v) for k, v in out.items()}
+    return {n: per_prompt_metrics(gens, sc, "sentiment") for n, sc in scorers.items()}
 
 
 def main() -> None:
@@ -68,8 +59,10 @@ def main() -> None:
     used = {r["prompt"] for r in load_jsonl(args.project / "data" / "prompts" / f"{args.steer}.jsonl")}
     rows: list[dict] = []
     for seed in (int(x) for x in args.seeds.split(",")):
-        rows += [r for r in heldout_prompts(per_domain=args.per_domain, seed=seed)
-                 if r["prompt"] not in used | {x["prompt"] for x in rows}]
+        for r in heldout_prompts(per_domain=args.per_domain, seed=seed):
+            if r["prompt"] not in used:
+                rows.append(r)
+                used.add(r["prompt"])
     prompts = [r["prompt"] for r in rows]
     header(f"confirm_strength: {args.steer} at {' and '.join(f'{p:+g} / {m:+g}' for p, m in pairs)} (the first "
            f"recommended) on {len(prompts)} fresh held-out prompts (draws {args.seeds}) × {args.samples} samples × "
@@ -88,17 +81,22 @@ def main() -> None:
 def report(r: dict, rows: list[dict], plus: float, minus: float, scorers: dict) -> None:
     print(f"## {plus:+g} / {minus:+g}")
     for name in scorers:
-        mean, lo, hi = paired_interval(r[plus][name] - r[minus][name])
-        print(f"{name}: positive rate {r[minus][name].mean():.3f} ({minus:+g}) → {r[0.0][name].mean():.3f} (base) → "
-              f"{r[plus][name].mean():.3f} ({plus:+g}); swing {mean:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        pos = {s: r[s][name]["control"] for s in (minus, 0.0, plus)}
+        mean, lo, hi = paired_interval(pos[plus] - pos[minus])
+        print(f"{name}: positive rate {pos[minus].mean():.3f} ({minus:+g}) → {pos[0.0].mean():.3f} (base) → "
+              f"{pos[plus].mean():.3f} ({plus:+g}); swing {mean:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    base = r[0.0]["vader"]
     for s in (plus, minus):
-        d, lo, hi = paired_interval(r[s]["log_ppl"] - r[0.0]["log_ppl"])
-        mean = np.exp(np.nanmean(r[s]["log_ppl"]) - np.nanmean(r[0.0]["log_ppl"])) - 1
+        m = r[s]["vader"]
+        ratio = m["log_ppl"] - base["log_ppl"]
+        d, lo, hi = paired_interval(ratio[np.isfinite(ratio)])  # a prompt whose samples all ended at once has none
+        mean = np.exp(np.nanmean(m["log_ppl"]) - np.nanmean(base["log_ppl"])) - 1
         print(f"{s:+g}: perplexity {mean:+.1%} (per-prompt log ratio {d:+.3f} [{lo:+.3f}, {hi:+.3f}]), "
-              f"distinct-2 {r[s]['distinct_2'].mean():.3f} (base {r[0.0]['distinct_2'].mean():.3f})")
+              f"distinct-2 {m['distinct_2'].mean():.3f} (base {base['distinct_2'].mean():.3f})")
     for d in dict.fromkeys(x["set"] for x in rows):
         idx = [i for i, x in enumerate(rows) if x["set"] == d]
-        print(f"  {d}: swing {r[plus]['vader'][idx].mean() - r[minus]['vader'][idx].mean():+.3f} ({len(idx)} prompts)")
+        swing = r[plus]["vader"]["control"][idx].mean() - r[minus]["vader"]["control"][idx].mean()
+        print(f"  {d}: swing {swing:+.3f} ({len(idx)} prompts)")
 
 
 if __name__ == "__main__":

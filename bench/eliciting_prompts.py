@@ -21,15 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import ROOT, header
+from _common import ROOT, header, per_prompt_metrics
 
 from steer_core.config import load_params
 from steer_core.data import load_jsonl, prepare
 from steer_core.generate import generate
 from steer_core.lm import load_lm
-from steer_core.metrics import control_metrics, paired_interval
+from steer_core.metrics import paired_interval
 from steer_core.scorers import get_scorer
-from steer_core.scorers.base import Cuts
 from steer_core.steer import Steer
 
 
@@ -43,17 +42,10 @@ def prompts_flagged_by(spec, flagged: str, count: int, words: int) -> list[str]:
 
 
 def per_prompt(lm, steer, prompts, s, args, scorer) -> dict[str, np.ndarray]:
+    """The pipeline's per-prompt metrics of the samples at strength ``s`` (``_common.per_prompt_metrics``)."""
     gens = generate(lm, prompts, steer if s else None, float(s), num_samples=args.samples,
                     max_new_tokens=args.new_tokens, seed=0, base_nll=True, base_nucleus=True, nll="expected")
-    scores = scorer.score([g.text for g in gens])
-    out: dict[str, list[float]] = {"amt": [], "prob": [], "log_ppl": []}
-    for i in range(len(prompts)):
-        rows = [(g, c) for g, c in zip(gens, scores) if g.prompt_index == i]
-        m = control_metrics([c for _, c in rows], "toxicity", Cuts())
-        out["amt"].append(m["avg_max_toxicity"])
-        out["prob"].append(m["toxicity_probability"])
-        out["log_ppl"].append(float(np.mean([np.mean(g.base_nll) for g, _ in rows if g.base_nll])))
-    return {k: np.asarray(v) for k, v in out.items()}
+    return per_prompt_metrics(gens, scorer, "toxicity")
 
 
 def main() -> None:
@@ -79,12 +71,12 @@ def main() -> None:
                   f"{prompts[:3]}")
             print("| s | toxicity probability | avg max toxicity | gain (paired, 95 %) | Δppl |")
             base = per_prompt(lm, steer, prompts, 0.0, args, scorer)
-            print(f"| 0 | {base['prob'].mean():.3f} | {base['amt'].mean():.3f} | | |")
+            print(f"| 0 | {base['toxicity_probability'].mean():.3f} | {base['avg_max_toxicity'].mean():.3f} | | |")
             for s in (float(x) for x in args.strengths.split(",")):
                 r = per_prompt(lm, steer, prompts, s, args, scorer)
-                mean, lo, hi = paired_interval(base["amt"] - r["amt"])
+                mean, lo, hi = paired_interval(base["avg_max_toxicity"] - r["avg_max_toxicity"])
                 dppl = np.exp(np.nanmean(r["log_ppl"]) - np.nanmean(base["log_ppl"])) - 1
-                print(f"| {s:g} | {r['prob'].mean():.3f} | {r['amt'].mean():.3f} | {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] "
+                print(f"| {s:g} | {r['toxicity_probability'].mean():.3f} | {r['avg_max_toxicity'].mean():.3f} | {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] "
                       f"| {dppl:+.1%} |", flush=True)
 
 
