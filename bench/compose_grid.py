@@ -2,7 +2,7 @@
 
 Loads the two pipeline steers (artifacts/steers/{sentiment,detox}.safetensors; trained here with
 ``steer prepare NAME && steer train NAME --quiet`` when missing), composes them with
-``steer_core.algebra.compose`` (names ``sentiment`` and ``detox``, each part's strength its own knob), samples every
+``steer_core.tools.algebra.compose`` (names ``sentiment`` and ``detox``, each part's strength its own knob), samples every
 cell of the grid in one batched sweep (per-row steer values) and scores each cell with the evaluation harness's
 scorers and per-prompt metrics: positive rate (VADER), average max toxicity (profanity), judge perplexity (the
 unsteered base model) and distinct-2; bootstrap intervals over prompts for the two style metrics.
@@ -39,7 +39,7 @@ def ensure_steer(name: str) -> Path:
 
 def grid_prompts(n: int) -> list[dict]:
     """n prompts: ⌈n/2⌉ neutral news prefixes and ⌊n/2⌋ eliciting (profane-tweet) prefixes."""
-    from steer_core.pipeline import read_jsonl
+    from steer_core.stages import read_jsonl
 
     for name in ("sentiment", "detox"):
         if not (ROOT / "data" / "prompts" / f"{name}.jsonl").is_file():
@@ -54,9 +54,10 @@ def run_grid(lm, steer, prompts: list[dict], cells: list[tuple[float, float]], s
              seed: int = 0, n_boot: int = 1000) -> list[dict]:
     """Every cell (sentiment value, detox value) of the composed steer, sampled in one batched sweep and scored."""
     import numpy as np
-    from steer_core import metrics as M
-    from steer_core.evaluate import Sample, by_prompt, per_prompt_metrics, score_samples
-    from steer_core.generate import generate
+    from steer_core.evaluate import metrics as M
+    from steer_core.evaluate.protocol import Sample, score_samples
+    from steer_core.evaluate.document import by_prompt, per_prompt_metrics
+    from steer_core.model.generate import generate
     from steer_core.scorers import get_scorer
 
     texts = [p["prompt"] for p in prompts]
@@ -117,9 +118,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from steer_core.algebra import compose
-    from steer_core.lm import load_lm
-    from steer_core.steer import Steer
+    from steer_core.tools.algebra import compose
+    from steer_core.model.lm import load_lm
+    from steer_core.model.steer import Steer
 
     paths = {n: ensure_steer(n) for n in ("sentiment", "detox")}
     t0 = time.perf_counter()

@@ -3,7 +3,7 @@
 `steer run` chooses each side's strength on its own 24 prompts (the in-sample figure) and reports a cross-fitted
 figure (each half read at the strength the other half chose), which also carries the noise of choosing on a
 10–14-prompt half. This reads the strengths the pipeline actually recommended (``metrics/<steer>.json``) on fresh
-held-out prompts from the same three domains (``steer_core.heldout``, another seed; any prompt the pipeline
+held-out prompts from the same three domains (``steer_core.data.corpora``, another seed; any prompt the pipeline
 evaluated on is dropped), beside the unsteered model with the same paired random numbers, sampled and judged as
 the pipeline does (within the base nucleus, base-model NLL expected per step). Printed: positive rate at each side
 and at base, the swing with its 95 % paired interval over prompts (metrics.paired_interval), the perplexity
@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from _common import header, per_prompt_metrics
 
-from steer_core.data import load_jsonl
-from steer_core.generate import generate
-from steer_core.heldout import heldout_prompts
-from steer_core.lm import load_lm
-from steer_core.metrics import paired_interval
+from steer_core.data.records import load_jsonl
+from steer_core.model.generate import generate
+from steer_core.data.corpora import heldout_prompts
+from steer_core.model.lm import load_lm
+from steer_core.evaluate.metrics import paired_interval
 from steer_core.scorers import get_scorer
-from steer_core.steer import Steer
+from steer_core.model.steer import Steer
 
 
 def per_prompt(lm, steer, prompts, s, samples, tokens, scorers) -> dict[str, dict[str, np.ndarray]]:

@@ -1,7 +1,7 @@
 """Evaluation throughput on a Dask cluster: 1 vs 2 worker processes (1 torch thread each), side by side in one run,
 against the ideal 2×; and what a worker spends loading the base model once against sampling.
 
-The evaluation is the pipeline's own (``steer_core.shards.evaluate`` with ``flows.executors.dask_runner``: every shard
+The evaluation is the pipeline's own (``steer_core.evaluate.driver.evaluate`` with ``flows.executors.dask_runner``: every shard
 a Prefect task on a ``DaskTaskRunner``): P prompts × K samples × strengths (−S, 0, +S) of a random steer on the
 default model, N new tokens, VADER and the base model as judge, cut into the fixed plan of 6-prompt shards. For each
 cluster size, a LocalCluster is started, then:
@@ -48,9 +48,9 @@ def main() -> None:
     from flows.executors import dask_runner, start_local_cluster
     from steer_core import shards
     from steer_core.config import EvalConfig, Params
-    from steer_core.evaluate import System
-    from steer_core.lm import load_lm
-    from steer_core.steer import Steer
+    from steer_core.evaluate.protocol import System
+    from steer_core.model.lm import load_lm
+    from steer_core.model.steer import Steer
 
     pin_threads(1)
     header("dask_eval: evaluation on 1 vs 2 Dask worker processes (1 thread each)")

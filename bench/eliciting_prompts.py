@@ -24,12 +24,13 @@ import torch
 from _common import ROOT, header, per_prompt_metrics
 
 from steer_core.config import load_params
-from steer_core.data import load_jsonl, prepare
-from steer_core.generate import generate
-from steer_core.lm import load_lm
-from steer_core.metrics import paired_interval
+from steer_core.data.records import load_jsonl
+from steer_core.data.prepare import prepare
+from steer_core.model.generate import generate
+from steer_core.model.lm import load_lm
+from steer_core.evaluate.metrics import paired_interval
 from steer_core.scorers import get_scorer
-from steer_core.steer import Steer
+from steer_core.model.steer import Steer
 
 
 def prompts_flagged_by(spec, flagged: str, count: int, words: int) -> list[str]:

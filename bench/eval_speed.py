@@ -55,13 +55,15 @@ def main() -> None:
     import torch
 
     from steer_core.config import EvalConfig
-    from steer_core.evaluate import Sample, System, evaluate, summarize
-    from steer_core.generate import generate
-    from steer_core.lm import load_lm
+    from steer_core.evaluate.protocol import Sample, System
+    from steer_core.evaluate.driver import evaluate
+    from steer_core.evaluate.document import summarize
+    from steer_core.model.generate import generate
+    from steer_core.model.lm import load_lm
     from steer_core.scorers import get_scorer
     from steer_core.scorers.diversity import distinct_n
     from steer_core.scorers.perplexity import conditional_perplexity
-    from steer_core.steer import Steer
+    from steer_core.model.steer import Steer
 
     header("eval_speed: evaluation harness (batched) vs reference (one generate() per sample)")
     lm = load_lm("default", device="cpu")

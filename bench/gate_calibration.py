@@ -59,10 +59,11 @@ def main() -> None:
     import torch
 
     from steer_core.config import EvalConfig, GateConfig, TrainConfig
-    from steer_core.evaluate import System, evaluate
-    from steer_core.gates import decide, decide_doc
-    from steer_core.lm import load_lm
-    from steer_core.steer import Steer
+    from steer_core.evaluate.protocol import System
+    from steer_core.evaluate.driver import evaluate
+    from steer_core.gate import decide, decide_doc
+    from steer_core.model.lm import load_lm
+    from steer_core.model.steer import Steer
     from steer_core.train import fit_steer
 
     header("gate calibration: promotion rates of the paired interval gate vs the point-estimate gate")
@@ -175,7 +176,7 @@ def main() -> None:
     if pairs:  # protocol sizing from the noise-equal evaluations (steer power does this for one metrics file)
         import numpy as np
 
-        from steer_core.gates import power_report
+        from steer_core.gate import power_report
 
         reps = [power_report(d, effect=0.10) for d in pairs]
         sd = float(np.sqrt(np.mean([r["sd_per_prompt"] ** 2 for r in reps])))

@@ -1,6 +1,6 @@
 """New tokens per second: steered vs unsteered sampling (batch 16, same prompts, same seeds, interleaved).
 
-Steering goes through the same hook as ``steer_core.generate.generate``: the ``steering`` context (a forward
+Steering goes through the same hook as ``steer_core.model.generate.generate``: the ``steering`` context (a forward
 pre-hook on the output layer) around Hugging Face ``generate`` with the KV cache. Every side samples with HF's own
 top-p 0.9, so only the hook differs between sides (``generate()``'s faster nucleus sampler is measured in
 ``eval_speed.py``). To make every run
@@ -41,9 +41,9 @@ def main() -> None:
 
     import torch
 
-    from steer_core.generate import steering
-    from steer_core.lm import load_lm
-    from steer_core.steer import Steer
+    from steer_core.model.generate import steering
+    from steer_core.model.lm import load_lm
+    from steer_core.model.steer import Steer
 
     header("generate_speed: steered vs unsteered sampling")
     lm = load_lm("default", device="cpu")

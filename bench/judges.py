@@ -82,11 +82,11 @@ def main() -> None:
 
     pin_threads(1)
     from steer_core.config import EvalConfig, PromptSetConfig
-    from steer_core.data import build_prompts
-    from steer_core.evaluate import System, sample_system
-    from steer_core.lm import GEMMA_SPEC, load_lm
+    from steer_core.data.prepare import build_prompts
+    from steer_core.evaluate.protocol import System, sample_system
+    from steer_core.model.lm import GEMMA_SPEC, load_lm
     from steer_core.scorers.perplexity import conditional_perplexity
-    from steer_core.steer import Steer
+    from steer_core.model.steer import Steer
 
     header("judges: the base model vs Gemma 3 270M as the perplexity judge, on the same samples")
     if not args.steer.is_file():

@@ -30,7 +30,7 @@ import json, time
 t0 = time.perf_counter()
 import torch
 torch.set_num_threads(1)
-from steer_core.lm import load_lm
+from steer_core.model.lm import load_lm
 t1, c1 = time.perf_counter(), time.process_time()
 lm = load_lm("default", device="cpu")
 t2, c2 = time.perf_counter(), time.process_time()
@@ -62,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     pin_threads()
     header("load_speed: default model, first (conversion) vs warm (cached) load, fresh subprocess each")
-    from steer_core.lm import default_gguf_path
+    from steer_core.model.lm import default_gguf_path
 
     gguf = default_gguf_path()
     print(f"# GGUF: {gguf.name}, {gguf.stat().st_size / 1e6:.0f} MB")

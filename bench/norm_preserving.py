@@ -4,7 +4,7 @@ LM-Steer, side by side on the same held-out prompts (issue 11, item 4).
 Plain LM-Steer feeds the output layer ``h + ε·s·W h``; norm-preserving steering rescales that back to ``‖h‖``
 (the direction turns, the length stays), an idea from the activation-steering literature: a logit's scale grows
 with ‖h‖, so keeping it should cost less perplexity per unit of control. Both use the same trained steer, the
-same 3-domain held-out prompts (``steer_core.heldout``) and the same paired random numbers per (prompt, sample),
+same 3-domain held-out prompts (``steer_core.data.corpora``) and the same paired random numbers per (prompt, sample),
 judged by the unsteered base model (``steer_core.frontier.Measurer``). For each: the swing (positive rate at +s
 minus at −s) and the worse side's perplexity increase per |s|, then the largest in-budget |s| per side by an
 isotonic fit over every probe (``strength_search.isotonic_edge``) and the swing there.
@@ -22,10 +22,10 @@ from pathlib import Path
 from _common import ROOT, header, pin_threads
 
 from steer_core.frontier import Measurer
-from steer_core.heldout import heldout_prompts
-from steer_core.lm import load_lm
-from steer_core.steer import Steer
-from steer_core.strength_search import Probe, isotonic_edge
+from steer_core.data.corpora import heldout_prompts
+from steer_core.model.lm import load_lm
+from steer_core.model.steer import Steer
+from steer_core.evaluate.search import Probe, isotonic_edge
 
 
 def norm_preserving(steer: Steer) -> Steer:

@@ -1,6 +1,6 @@
 """Judge perplexity from the sampled tokens' NLLs vs from each step's expected NLL, on the very same texts.
 
-``evaluate.ppl_estimate: expected`` (``steer_core.generate``) replaces each sampled token's NLL under the base model
+``evaluate.ppl_estimate: expected`` (``steer_core.model.generate``) replaces each sampled token's NLL under the base model
 by its mean over the distribution the token was drawn from. Given the text so far the two agree in expectation, so
 the perplexity estimates the same quantity with the token's own draw averaged out. Both estimates are taken here on
 the same samples (same per-(prompt, sample) random numbers, so the texts are identical token for token), at the
@@ -34,12 +34,12 @@ def main() -> None:
     pin_threads(args.threads)
     import numpy as np
 
-    from steer_core import metrics as M
+    from steer_core.evaluate import metrics as M
     from steer_core.config import load_params
-    from steer_core.pipeline import read_jsonl
-    from steer_core.evaluate import System, sample_system
-    from steer_core.lm import load_lm
-    from steer_core.steer import Steer
+    from steer_core.stages import read_jsonl
+    from steer_core.evaluate.protocol import System, sample_system
+    from steer_core.model.lm import load_lm
+    from steer_core.model.steer import Steer
 
     params = load_params(args.project / "params.yaml")
     cfg = params.steers[args.steer].evaluate

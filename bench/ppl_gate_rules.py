@@ -33,8 +33,11 @@ import numpy as np
 from _common import header
 
 from steer_core.config import load_params
-from steer_core.evaluate import Sample, control_scorer, cuts_of, recommend, split_folds, summarize
-from steer_core.gates import decide_doc
+from steer_core.evaluate.protocol import Sample, control_scorer, split_folds
+from steer_core.scorers import cuts_of
+from steer_core.evaluate.recommend import recommend
+from steer_core.evaluate.document import summarize
+from steer_core.gate import decide_doc
 
 def _gate_passes_ppl(rec: dict, gate) -> bool:
     """The gate's own perplexity check (``gates.decide_doc``) on a recommendation, at ``gate``'s confidence."""

@@ -34,12 +34,12 @@ import torch
 from _common import ROOT, header
 
 from steer_core.config import TOP_P, TEMPERATURE, load_params
-from steer_core.data import load_jsonl
-from steer_core.evaluate import split_folds
-from steer_core.generate import expected_nll, generate, values_for
-from steer_core.lm import load_lm
-from steer_core.sampling import NucleusSampler
-from steer_core.steer import Steer
+from steer_core.data.records import load_jsonl
+from steer_core.evaluate.protocol import split_folds
+from steer_core.model.generate import expected_nll, generate, values_for
+from steer_core.model.lm import load_lm
+from steer_core.model.sampling import NucleusSampler
+from steer_core.model.steer import Steer
 
 
 @torch.no_grad()

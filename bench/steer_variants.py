@@ -1,7 +1,7 @@
 """Which training recipe gives more sentiment control per unit of judge perplexity, off the training domain?
 
 Each variant is a (training data, TrainConfig) recipe for the sentiment steer. All are fitted in one process and
-measured on the same held-out prompts from three domains (steer_core.heldout: Lee test news, gensim's Wikipedia
+measured on the same held-out prompts from three domains (steer_core.data.corpora: Lee test news, gensim's Wikipedia
 pages, neutral product tweets; the steer trains on airline tweets), with the same paired random numbers per
 (prompt, sample) at every strength, judged by the unsteered base model. For each variant the table gives the
 positive rate and perplexity increase at each strength, and the swing at the budget: on each side the largest
@@ -23,12 +23,13 @@ import torch
 from _common import ROOT, header
 
 from steer_core.config import ClassifierSource, GeneratedSource, PackagedSource, load_params
-from steer_core.data import load_jsonl, prepare
+from steer_core.data.records import load_jsonl
+from steer_core.data.prepare import prepare
 from steer_core.frontier import Measurer
-from steer_core.generate import generate, values_for
-from steer_core.heldout import heldout_prompts
-from steer_core.lm import load_lm
-from steer_core.strength_search import Probe, isotonic_edge
+from steer_core.model.generate import generate, values_for
+from steer_core.data.corpora import heldout_prompts
+from steer_core.model.lm import load_lm
+from steer_core.evaluate.search import Probe, isotonic_edge
 from steer_core.train import cached_hidden_states, fit_steer
 
 

@@ -81,7 +81,7 @@ def reference_fit(lm, texts, values, head, val_cache, val_values, epochs: int, s
     """The paper's loop: LM forward on every step, 32 texts padded to the longest, pad positions in the loss."""
     import torch
 
-    from steer_core.steer import Steer
+    from steer_core.model.steer import Steer
     from steer_core.train import evaluate_loss
 
     torch.manual_seed(seed)
@@ -212,7 +212,7 @@ def streamed_fit(lm, train_texts, train_values, val_texts, val_values, head, val
     """
     import torch
 
-    from steer_core.steer import Steer
+    from steer_core.model.steer import Steer
     from steer_core.train import HiddenCache, cache_hidden_states, evaluate_loss
 
     clock = Clock()
@@ -316,7 +316,7 @@ def main() -> None:
 
     import torch
 
-    from steer_core.lm import load_lm
+    from steer_core.model.lm import load_lm
     from steer_core.train import OutputHead, cache_hidden_states, cached_hidden_states
 
     header("train_speed: time to the reference's val loss")

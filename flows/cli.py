@@ -91,7 +91,7 @@ def run(
         from flows.steer_pipeline import steer_pipeline
 
         rows = steer_pipeline(params_path=str(params_file.resolve()), steers=only or None, dry_run=dry_run,
-                              root=str(root))
+                              root=str(root), params=params)
     if as_json:
         sys.stdout.write(json.dumps(rows) + "\n")
     else:
@@ -135,7 +135,7 @@ def checkout(
 ) -> None:
     """Restore a registered version's prepared data, prompts and steer file through DVC, from its lineage tags."""
     params, root = _project(params_file)
-    from tasks.restore import restore_version
+    from tasks.mlflow_io import restore_version
 
     doc = restore_version(ref, params, root, out_dir, log=err.print)
     if as_json:

@@ -1,13 +1,13 @@
 """Where the evaluation's shards run: this process (``runtime.executor.kind: local``) or a Dask cluster (``dask``),
 each shard a Prefect task on Prefect's ``DaskTaskRunner``.
 
-The shards themselves are ``steer_core.shards``' fixed plan, so results are the same bit for bit on any executor. A
+The shards themselves are the fixed plan of ``steer_core.evaluate.driver``, so results are the same bit for bit on any executor. A
 Dask worker loads the base model (and a separate judge, if any) once per process and keeps it for every later shard,
 of any steer (:func:`worker_lm`). ``address: null`` starts a ``LocalCluster`` of ``workers`` processes for the whole
 run (every steer's evaluate stage and champion comparison share it); an address joins an existing scheduler, whose
 workers need this package installed and the same model reachable.
 
-The evaluate stage runs as DVC's subprocess (``python -m flows.evaluate_stage NAME``): it finds the run's cluster in
+The evaluate stage runs as DVC's subprocess (``python -m flows.stages evaluate NAME``): it finds the run's cluster in
 ``STEER_DASK_ADDRESS`` and the run's Prefect API (the ephemeral one of ``steer run`` included) in ``PREFECT_API_URL``,
 both set by :func:`executor` for the processes it starts.
 """
@@ -17,38 +17,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import time
 from typing import Callable, Iterator
 
 from prefect import flow, task
 
 from steer_core.config import ExecutorConfig, Params
-from steer_core.shards import Shard, ShardResult, sample_shard, use_runner
+from steer_core.evaluate.driver import Shard, ShardResult, sample_shard, use_runner
+from steer_core.model.lm import LOADS, LoadedLM, is_shared, shared_lm
 
 ADDRESS_ENV = "STEER_DASK_ADDRESS"
 
 # ------------------------------------------------------------------------------------------------ on a worker
-_LMS: dict[tuple, object] = {}
-_LMS_LOCK = threading.Lock()
-LOADS: list[dict] = []  # what this process loaded, and how long it took (the bench reads it through a task)
-
-
-def worker_lm(spec: str, device: str, threads: int | None) -> tuple[object, float]:
-    """The model ``spec`` in this process, loaded on first use and kept (one load per worker process); also the
-    seconds this call spent loading it (0.0 when it was already loaded)."""
-    from steer_core.lm import load_lm, set_threads
-
-    key = (spec, device)
-    with _LMS_LOCK:
-        if key in _LMS:
-            return _LMS[key], 0.0
-        set_threads(threads)
-        t0 = time.perf_counter()
-        _LMS[key] = load_lm(spec, device)
-        seconds = time.perf_counter() - t0
-        LOADS.append({"spec": spec, "seconds": seconds, "pid": os.getpid()})
-        return _LMS[key], seconds
+def worker_lm(spec: str, device: str, threads: int | None) -> tuple[LoadedLM, float]:
+    """The model ``spec`` in this worker process (``shared_lm``: loaded on first use and kept for every later shard,
+    of any steer), and the seconds this call spent loading it (0.0 when it was already loaded)."""
+    fresh = not is_shared(spec, device)
+    lm = shared_lm(spec, device, threads)
+    return lm, (LOADS[-1]["seconds"] if fresh else 0.0)
 
 
 def _worker_name() -> str:
@@ -82,7 +68,7 @@ def evaluate_shards(params: Params, shards: list[Shard]) -> list[ShardResult]:
 
 
 def dask_runner(params: Params, address: str) -> Callable[..., list[ShardResult]]:
-    """A ``steer_core.shards`` runner: the shards as Prefect tasks on the Dask scheduler at ``address``."""
+    """A ``steer_core.evaluate.driver`` runner: the shards as Prefect tasks on the Dask scheduler at ``address``."""
     from prefect_dask import DaskTaskRunner
 
     def run(shards: list[Shard], lm=None, judge=None) -> list[ShardResult]:  # the workers use their own models

@@ -17,7 +17,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from steer_core.config import Params, load_params
-from tasks import dvc_stages, lineage, preflight, run_lock, tracking
+from steer_core.stages import STAGES
+from tasks import dvc_stages, lineage, mlflow_io, preflight, run_lock
 from tasks.dvc_stages import DvcProject
 from tasks.promotion import SteerResult, promotion_job
 
@@ -40,15 +41,14 @@ def push_task(project: DvcProject, name: str, stages: list[str]) -> int:
     return pushed
 
 
-def run_steer(params_path: str, params: Params, name: str, project: DvcProject, parent_run_id: str,
-              dry_run: bool) -> SteerResult:
+def run_steer(params: Params, name: str, project: DvcProject, parent_run_id: str, dry_run: bool) -> SteerResult:
     """One steer's chain: DVC stages, push, lineage, promotion job."""
     logger = get_run_logger()
     result = SteerResult(steer=name)
-    stages = [dvc_stages.stage_name(s, name) for s in dvc_stages.STAGES]
+    stages = [dvc_stages.stage_name(s, name) for s in STAGES]
     with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent_run_id) as run:
         result.run_id = run.info.run_id
-    for stage, kind in zip(stages, dvc_stages.STAGES):
+    for stage, kind in zip(stages, STAGES):
         done = stage_task.with_options(retries=STAGE_RETRIES.get(kind, 0), retry_delay_seconds=5)(project, stage)
         result.stages.append(done)
     result.trained = next(s["ran"] for s in result.stages if s["stage"].startswith("train@"))
@@ -57,14 +57,14 @@ def run_steer(params_path: str, params: Params, name: str, project: DvcProject, 
     else:
         logger.warning(f"{name}: dvc.push is off: this version can be restored only from this machine's DVC cache")
     tags = lineage.steer_tags(project.root, params, name, dvc_stages.cached_outputs(project, stages[:2]))
-    return promotion_job(params_path, name, project.root, result, tags, dry_run)
+    return promotion_job(params, name, project.root, result, tags, dry_run)
 
 
 @task(name="steer-chain", task_run_name="steer-{name}")
-def steer_chain_task(params_path: str, params: Params, name: str, project: DvcProject, parent_run_id: str,
-                     dry_run: bool) -> SteerResult:
+def steer_chain_task(params: Params, name: str, project: DvcProject, parent_run_id: str, dry_run: bool
+                     ) -> SteerResult:
     """One steer's whole chain as a task, so several steers can run concurrently (they take turns at DVC's lock)."""
-    return run_steer(params_path, params, name, project, parent_run_id, dry_run)
+    return run_steer(params, name, project, parent_run_id, dry_run)
 
 
 def summary_rows(results: list[SteerResult]) -> list[dict]:
@@ -109,11 +109,12 @@ def _fmt(x) -> str:
 
 @flow(name="steer-pipeline", log_prints=True)
 def steer_pipeline(params_path: str = "params.yaml", steers: list[str] | None = None, dry_run: bool = False,
-                   root: str = ".") -> list[dict]:
-    """DVC's stages, then register and (when the gate passes) promote every configured steer."""
+                   root: str = ".", params: Params | None = None) -> list[dict]:
+    """DVC's stages, then register and (when the gate passes) promote every configured steer. ``params``: the
+    contents of ``params_path`` already parsed by the caller (``steer run``); a deployment passes only the path."""
     logger = get_run_logger()
     root_path = Path(root).resolve()
-    params = load_params(params_path)
+    params = params or load_params(params_path)
     names = steers or list(params.steers)
     preflight.check_run(params, root_path, names)
     # the executor (a Dask cluster for kind: dask) lives for the whole run: every steer's evaluation shards and
@@ -128,7 +129,7 @@ def _run(params_path: str, params: Params, names: list[str], root_path: Path, dr
     if not project.git:
         logger.warning(f"{root_path} is not a git work tree: lineage has no commit (tag git_commit=none); DVC runs "
                        f"without SCM and still versions every output by hash")
-    tracking.configure(params.tracking, root_path)
+    mlflow_io.configure(params.tracking, root_path)
     results: list[SteerResult] = []
     with mlflow.start_run(run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
         mlflow.set_tags({**lineage.run_tags(root_path, params), "dry_run": str(dry_run).lower(),
@@ -140,13 +141,13 @@ def _run(params_path: str, params: Params, names: list[str], root_path: Path, dr
             logger.info(f"steers {names}, up to {params.runtime.parallel_steers} at a time")
             width = params.runtime.parallel_steers
             for i in range(0, len(names), width):
-                futures = [steer_chain_task.submit(params_path, params, n, project, parent.info.run_id, dry_run)
+                futures = [steer_chain_task.submit(params, n, project, parent.info.run_id, dry_run)
                            for n in names[i : i + width]]
                 results += [f.result() for f in futures]
         else:
             for name in names:
                 logger.info(f"steer {name}")
-                results.append(run_steer(params_path, params, name, project, parent.info.run_id, dry_run))
+                results.append(run_steer(params, name, project, parent.info.run_id, dry_run))
     rows = summary_rows(results)
     create_table_artifact(table=rows, key="steer-pipeline-summary", description="steer pipeline summary")
     return rows

@@ -16,8 +16,8 @@ from typing import Callable, Optional
 import typer
 from rich.console import Console
 
-from .config import MAX_NEW_TOKENS, TEMPERATURE, TEXT_MAX_NEW_TOKENS, TOP_P, TrainConfig
-from .errors import USER_ERRORS, first_line
+from steer_core.config import MAX_NEW_TOKENS, TEMPERATURE, TEXT_MAX_NEW_TOKENS, TOP_P, TrainConfig
+from steer_core.errors import USER_ERRORS, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and ship LM-Steer steers.")
 err = Console(stderr=True)
@@ -42,7 +42,7 @@ def cli_errors(fn: Callable) -> Callable:
 
 
 def _runtime(threads: Optional[int]) -> None:
-    from .lm import set_threads
+    from steer_core.model.lm import set_threads
 
     set_threads(threads)
 
@@ -90,7 +90,7 @@ def labels_to_values(labels: list[str], mapping: Optional[dict[str, float]] = No
 
 def _val_split(text: str, fraction: float = 0.1) -> bool:
     """Validation membership by the text's permanent hash position (the same key `steer prepare` splits by)."""
-    from .data import normalise, unit_hash
+    from steer_core.data.clean import normalise, unit_hash
 
     return unit_hash("", normalise(text)) < fraction
 
@@ -127,8 +127,8 @@ def train(
     (``pipeline.fit_and_write``), on the file's labelled rows split by each text's hash.
     """
     if steer_name is not None:
-        from .config import load_params
-        from .pipeline import train_stage
+        from steer_core.config import load_params
+        from steer_core.stages import train_stage
 
         path = train_stage(load_params(params_file), steer_name, progress=not quiet)
         err.print(f"saved {path}")
@@ -136,10 +136,10 @@ def train(
     if data is None or out_path is None:
         raise ValueError("give a steer NAME from params.yaml, or both --data FILE and --out STEER.safetensors")
 
-    from .data import read_training_file
-    from .lm import load_lm
-    from .pipeline import fit_and_write
-    from .train import texts_hash
+    from steer_core.data.records import read_training_file
+    from steer_core.model.lm import load_lm
+    from steer_core.stages import fit_and_write
+    from steer_core.train import texts_hash
 
     if out_path.suffix != ".safetensors":
         raise ValueError(f"--out {out_path} must end in .safetensors")
@@ -187,9 +187,9 @@ def generate(
                                       "nucleus, reweighted by the steer (evaluate.base_nucleus)"),
 ) -> None:
     """Sample continuations, optionally steered at a strength."""
-    from .generate import generate as run_generate
-    from .lm import load_lm
-    from .steer import Steer, parse_strengths
+    from steer_core.model.generate import generate as run_generate
+    from steer_core.model.lm import load_lm
+    from steer_core.model.steer import Steer, parse_strengths
 
     steer = Steer.load(steer_path) if steer_path else None
     if steer is None and strength not in (None, "", "0"):
@@ -222,8 +222,8 @@ def prepare(
     params_file: Path = typer.Option(Path("params.yaml"), "--params"),
 ) -> None:
     """Pipeline stage: build train/val sets, evaluation prompts and the data card for one steer."""
-    from .config import load_params
-    from .pipeline import prepare_stage
+    from steer_core.config import load_params
+    from steer_core.stages import prepare_stage
 
     card = prepare_stage(load_params(params_file), steer_name)
     err.print(f"prepared {steer_name}: {json.dumps(getattr(card, 'counts', {}))}")
@@ -238,8 +238,8 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Pipeline stage: sweep strengths, score control / fluency / diversity, write metrics, plots and report."""
-    from .config import load_params
-    from .pipeline import evaluate_stage
+    from steer_core.config import load_params
+    from steer_core.stages import evaluate_stage
 
     doc = evaluate_stage(load_params(params_file), steer_name, champion=champion, progress=not quiet,
                          log=lambda m: err.print(m))
@@ -253,8 +253,8 @@ def _emit_json(doc: dict) -> None:
 
 def _load_for(steer_path: Path, model: Optional[str], device: str, threads: Optional[int]):
     """Load a steer and its LM (``--model``, else the steer's own base_model, else default); check the base."""
-    from .lm import load_lm
-    from .steer import Steer
+    from steer_core.model.lm import load_lm
+    from steer_core.model.steer import Steer
 
     steer = Steer.load(steer_path)
     _runtime(threads)
@@ -274,8 +274,8 @@ def compose(
     as_json: bool = typer.Option(False, "--json", help="print one JSON document on stdout"),
 ) -> None:
     """Weighted sum of steers trained on the same base model (names kept per part; clashes get a 'file.' prefix)."""
-    from .algebra import compose as run_compose, parse_part
-    from .steer import Steer
+    from steer_core.tools.algebra import compose as run_compose, parse_part
+    from steer_core.model.steer import Steer
 
     if out_path.suffix != ".safetensors":
         raise ValueError(f"--out {out_path} must end in .safetensors")
@@ -311,8 +311,8 @@ def merge(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fold a steer at a fixed strength into the output layer: a plain HF model dir, loadable without steer code."""
-    from .merge import merge_into_model
-    from .steer import parse_strengths
+    from steer_core.tools.merge import merge_into_model
+    from steer_core.model.steer import parse_strengths
 
     if out_dir.exists() and not force:
         raise ValueError(f"--out {out_dir} already exists (use --force to replace it)")
@@ -344,7 +344,7 @@ def explain(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The steer's top singular directions and the tokens each one promotes / demotes."""
-    from .explain import explain as run_explain, explain_table, write_explain_artifact
+    from steer_core.tools.explain import explain as run_explain, explain_table, write_explain_artifact
 
     steer, lm = _load_for(steer_path, model, device, threads)
     result = run_explain(steer, lm, name=name, k=k, top_tokens=top_tokens, word_like=not all_tokens, min_len=min_len,
@@ -373,12 +373,12 @@ def highlight(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Which tokens and spans of a text carry the steer's +S style (green) or −S style (red)."""
-    from .explain import highlight as run_highlight, render_html, render_terminal
+    from steer_core.tools.explain import highlight as run_highlight, render_html, render_terminal
 
     steer, lm = _load_for(steer_path, model, device, threads)
     result = run_highlight(lm, steer, text, strength=strength, top_spans=spans, name=name)
     if html_out:
-        from .files import write_atomic
+        from steer_core.files import write_atomic
 
         write_atomic(html_out, render_html(result))
     if as_json:
@@ -412,8 +412,8 @@ def transfer(
     seed: int = typer.Option(0, "--seed", help="--measure: sampling seed"),
 ) -> None:
     """Carry a steer to another LM through a least-squares map between the output embeddings (shared tokens)."""
-    from .lm import load_lm
-    from .transfer import transfer as run_transfer
+    from steer_core.model.lm import load_lm
+    from steer_core.tools.transfer import transfer as run_transfer
 
     if out_path.suffix != ".safetensors":
         raise ValueError(f"--out {out_path} must end in .safetensors")
@@ -431,9 +431,9 @@ def transfer(
     new.save(out_path)
     report = {"out": str(out_path), **{k: v for k, v in report.items() if not k.endswith("per_dim")}}
     if measure:
-        from .config import EvalConfig, PromptSetConfig
-        from .data import build_prompts
-        from .transfer import measure_transfer
+        from steer_core.config import EvalConfig, PromptSetConfig
+        from steer_core.data.prepare import build_prompts
+        from steer_core.tools.transfer import measure_transfer
 
         prompts, _ = build_prompts([PromptSetConfig(name="neutral", kind="neutral", count=n_prompts, words=5)], [])
         cfg = EvalConfig(control=control, scorer="vader" if control == "sentiment" else "profanity",
@@ -484,7 +484,7 @@ def power(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Protocol sizing: prompts (× samples) the paired gate needs to detect an improvement, from an evaluation."""
-    from .gates import power_report
+    from steer_core.gate import power_report
 
     if not metrics_json.is_file():
         raise FileNotFoundError(f"no evaluation at {metrics_json}: run `steer evaluate NAME` first")

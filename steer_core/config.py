@@ -22,7 +22,7 @@ class Strict(BaseModel):
 # --------------------------------------------------------------------------------------------- runtime / training
 class ExecutorConfig(Strict):
     """Where evaluation shards (and steer chains) run. Results never depend on it: every executor evaluates the same
-    fixed shards of prompts (steer_core.shards.plan), so it is not a DVC param."""
+    fixed shards of prompts (steer_core.evaluate.driver.plan), so it is not a DVC param."""
 
     kind: Literal["local", "dask"] = Field("local", description="local: this process; dask: a Dask cluster")
     address: str | None = Field(None, description="dask: a scheduler to join (tcp://host:8786); None starts a "
@@ -212,14 +212,14 @@ class EvalConfig(Strict):
         "paper's), or from each step's NLL expected over the distribution the token was drawn from ('expected': "
         "the same mean with the token's own draw averaged out, less noise; needs judge 'base'; ActAdd the same)")
     search_steps: int = Field(2, ge=0, description="rounds of strength search after the grid: each evaluates the "
-                              "midpoint of the budget edge's bracket (steer_core.strength_search.next_magnitude), as "
+                              "midpoint of the budget edge's bracket (steer_core.evaluate.search.next_magnitude), as "
                               "chosen on all prompts and on each cross-fitting fold; 0 = the grid only")
     search_tolerance: float = Field(0.1, gt=0, lt=1, description="the search stops once the budget edge's bracket is "
                                     "narrower than this fraction of its upper end")
     bootstrap: int = Field(1000, ge=0)
     activation_addition: bool = Field(True, description="also evaluate the ActAdd baseline")
     actadd_layer: int | None = Field(None, ge=0, description="decoder layer for ActAdd; None = the middle layer "
-                                     "(choose one by measurement: steer_core.baselines.choose_layer, "
+                                     "(choose one by measurement: steer_core.evaluate.baselines.choose_layer, "
                                      "bench/actadd_frontier.py)")
     actadd_layer_candidates: list[int] | None = Field(
         None, description="layers a layer sweep (choose_layer) tries; None = 1/4, 1/3, 1/2 and 2/3 of the depth")
@@ -313,6 +313,12 @@ class Params(Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     dvc: DvcConfig = Field(default_factory=DvcConfig)
     steers: dict[str, SteerSpec] = Field(default_factory=dict)
+
+    def steer(self, name: str) -> SteerSpec:
+        """The steer ``name``; a KeyError naming the configured ones when there is none."""
+        if name not in self.steers:
+            raise KeyError(f"no steer named {name!r} in params (configured: {sorted(self.steers)})")
+        return self.steers[name]
 
 
 class ConfigError(ValueError):

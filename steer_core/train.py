@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import TrainConfig
-from .files import file_atomic
-from .lm import LoadedLM
-from .steer import Steer
+from steer_core.config import TrainConfig
+from steer_core.files import file_atomic
+from steer_core.model.lm import LoadedLM
+from steer_core.model.steer import Steer
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class CorruptCache(Exception):
 
 def default_hidden_cache() -> Path:
     """Where hidden states are kept between runs: $STEER_HIDDEN_CACHE_DIR, else <model cache>/hidden."""
-    from .lm import cache_dir
+    from steer_core.model.lm import cache_dir
 
     return Path(os.environ.get("STEER_HIDDEN_CACHE_DIR") or cache_dir() / "hidden")
 

@@ -24,7 +24,6 @@ from typing import Callable, Iterator
 
 from steer_core.errors import SteerError
 
-STAGES = ("prepare", "train", "evaluate")
 DEFAULT_REMOTE = "local"
 DEFAULT_REMOTE_DIR = "dvc-storage"  # inside the project, ignored by git
 HEARTBEAT_SECONDS = 30.0
@@ -107,7 +106,7 @@ def open_project(root: Path, remote: str | None = None, log: Callable[[str], Non
 
     ``remote`` names a configured DVC remote (``dvc remote add NAME URL``); None uses the project's default
     remote, and a project without one gets ``local`` → ``<root>/dvc-storage`` as its default. The stage commands
-    (``python -m steer_core.pipeline``) must resolve to this interpreter, so its bin directory goes first on PATH.
+    (``python -m flows.stages``) must resolve to this interpreter, so its bin directory goes first on PATH.
     """
     from dvc.repo import Repo
 

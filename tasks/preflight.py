@@ -33,7 +33,7 @@ def check_run(params: Params, root: Path, names: list[str]) -> None:
 
 
 def check_model(spec: str, root: Path, field: str = "model") -> None:
-    from steer_core.lm import ModelLoadError, _resolve_spec, hub_reachable, _in_hub_cache
+    from steer_core.model.lm import ModelLoadError, _resolve_spec, hub_reachable, _in_hub_cache
 
     try:
         kind, _, _ = _resolve_spec(spec if not spec.startswith(("./", "../")) else str(root / spec))

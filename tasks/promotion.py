@@ -12,10 +12,8 @@ Every decision about the registry is here, in order:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +21,12 @@ from typing import Any
 import mlflow
 from prefect import get_run_logger, task
 
-from steer_core.config import GateConfig, Params, load_params
+from steer_core.config import GateConfig, Params
+from steer_core.evaluate.champion import compare_with_champion
 from steer_core.files import file_sha256
-from steer_core.gates import decide_doc
-from steer_core.lm import LoadedLM, load_lm, set_threads
-from steer_core.pipeline import SteerPaths, compare_stage, steer_spec
-
-from . import registry, tracking
+from steer_core.gate import decide_doc
+from steer_core.paths import SteerPaths
+from tasks import mlflow_io
 
 
 @dataclass
@@ -48,33 +45,18 @@ class SteerResult:
     stages: list[dict] = field(default_factory=list)
 
 
-@functools.lru_cache(maxsize=2)
-def shared_lm(spec: str, device: str, threads: int | None) -> LoadedLM:
-    """One base model per process, shared by every steer's comparison in a run."""
-    set_threads(threads)
-    return load_lm(spec, device)
-
-
-_SHARED_LOCK = threading.Lock()
-
-
-def lm_for(params: Params) -> LoadedLM:
-    with _SHARED_LOCK:  # parallel steer chains must share one load, not race two
-        return shared_lm(params.model, params.runtime.device, params.runtime.threads)
-
-
 @task(name="fetch-champion", retries=2, retry_delay_seconds=5)
 def champion_task(name: str, root: str, candidate_sha256: str) -> dict | None:
     """The current champion's version and steer file (None for a first model; no download when it equals
     the candidate)."""
-    mv = registry.get_champion(name)
+    mv = mlflow_io.get_champion(name)
     if mv is None:
         return None
     sha = mv.tags.get("steer.sha256", "")
     if sha == candidate_sha256:
         return {"version": str(mv.version), "path": None, "sha256": sha}
     dst = Path(root) / "artifacts" / "champions" / name / str(mv.version)
-    path = registry.download_steer(name, str(mv.version), dst_path=dst)
+    path = mlflow_io.download_steer(name, str(mv.version), dst_path=dst)
     return {"version": str(mv.version), "path": str(path), "sha256": sha}
 
 
@@ -93,7 +75,7 @@ def judged_version_task(name: str, sha256: str, champion_version: str | None, ba
     settings and evaluation (``basis``, :func:`verdict_basis`); None otherwise: re-evaluating it could only repeat
     the verdict. A version that passed but is not champion (a crash between the verdict and the alias move) is not
     returned: it is judged again and promoted then."""
-    mv = registry.find_version(name, sha256)
+    mv = mlflow_io.find_version(name, sha256)
     if (mv is None or mv.tags.get("gate.passed") != "false"
             or mv.tags.get("gate.champion") != (champion_version or "none") or mv.tags.get("gate.basis") != basis):
         return None
@@ -102,31 +84,28 @@ def judged_version_task(name: str, sha256: str, champion_version: str | None, ba
 
 
 @task(name="compare-with-champion")
-def compare_task(params_path: str, name: str, root: str, champion_path: str | None) -> dict:
+def compare_task(params: Params, name: str, root: str, champion_path: str | None) -> dict:
     """The candidate's evaluation (DVC's evaluate stage), with the champion's beside it when there is one."""
     paths = SteerPaths(Path(root), name)
     if champion_path is None:
         return json.loads(paths.metrics.read_text())
-    params = load_params(params_path)
     log = get_run_logger().info
     log(f"{name}: evaluating the champion on the candidate's prompts (paired samples, same base samples)")
-    return compare_stage(params, name, Path(champion_path), Path(root), lm=lm_for(params), log=log)
+    return compare_with_champion(params, name, Path(champion_path), Path(root), log=log)
 
 
 @task(name="register-and-promote", retries=1, retry_delay_seconds=5)
-def promote_task(params_path: str, name: str, root: str, doc: dict, run_id: str, tags: dict[str, str],
+def promote_task(params: Params, name: str, root: str, doc: dict, run_id: str, tags: dict[str, str], basis: str,
                  dry_run: bool) -> dict:
     """Gate the candidate, register it (once per steer file, with its lineage), and move ``champion`` only when the
     gate passed. A retry after a crash finds the version by sha256 instead of registering a second one."""
-    params, paths = load_params(params_path), SteerPaths(Path(root), name)
-    spec = steer_spec(params, name)
-    decision = decide_doc(doc, spec.gate)
-    basis = verdict_basis(spec.gate, paths.metrics)
+    paths = SteerPaths(Path(root), name)
+    decision = decide_doc(doc, params.steer(name).gate)
     cand = doc["systems"]["candidate"]["recommended"]
     with mlflow.start_run(run_id=run_id, nested=True):
-        mv = registry.find_version(name, file_sha256(paths.steer))  # same file: same version
+        mv = mlflow_io.find_version(name, file_sha256(paths.steer))  # same file: same version
         if mv is None:
-            mv = registry.log_steer_model(paths.steer, name, default_strength=float(cand["strength"]),
+            mv = mlflow_io.log_steer_model(paths.steer, name, default_strength=float(cand["strength"]),
                                           base_nucleus=bool(doc.get("protocol", {}).get("base_nucleus", False)),
                                           metrics={f"recommended_{k}": v for k, v in cand.items()
                                                    if isinstance(v, (int, float))},
@@ -135,16 +114,15 @@ def promote_task(params_path: str, name: str, root: str, doc: dict, run_id: str,
                                           device=params.runtime.device)
         mlflow.set_tags({"gate.passed": str(decision.passed).lower(), "gate.summary": decision.summary()[:5000],
                          "registered_version": str(mv.version)})
-    result = registry.promote(name, str(mv.version), decision, dry_run=dry_run, basis=basis)
+    result = mlflow_io.promote(name, str(mv.version), decision, dry_run=dry_run, basis=basis)
     return {"version": str(mv.version), "promoted": result.promoted, "champion": result.champion,
             "passed": decision.passed, "reasons": decision.reasons}
 
 
-def promotion_job(params_path: str, name: str, root: Path, result: SteerResult, tags: dict[str, str],
+def promotion_job(params: Params, name: str, root: Path, result: SteerResult, tags: dict[str, str],
                   dry_run: bool) -> SteerResult:
     """Steps 1–3 of the module doc for one steer whose DVC stages are done; fills and returns ``result``.
     Logs into the steer's nested MLflow run ``result.run_id`` (which must not be active in this thread)."""
-    params = load_params(params_path)
     paths = SteerPaths(root, name)
     sha = file_sha256(paths.steer)
     champion = champion_task(name, str(root), sha)
@@ -153,12 +131,12 @@ def promotion_job(params_path: str, name: str, root: Path, result: SteerResult, 
         result.status = "unchanged"
         result.reasons = [f"The steer equals champion version {champion['version']}: nothing to evaluate."]
         with mlflow.start_run(run_id=result.run_id, nested=True):
-            tracking.log_steer_run(params, name, root, tags, result.trained, None)
+            mlflow_io.log_steer_run(params, name, root, tags, result.trained, None)
         if paths.metrics.exists():
             result.headline = json.loads(paths.metrics.read_text()).get("headline", {})
         return result
-    judged = judged_version_task(name, sha, champion["version"] if champion else None,
-                                 verdict_basis(steer_spec(params, name).gate, paths.metrics))
+    basis = verdict_basis(params.steer(name).gate, paths.metrics)
+    judged = judged_version_task(name, sha, champion["version"] if champion else None, basis)
     if judged is not None:
         result.version, result.champion = judged["version"], champion["version"] if champion else None
         result.status = "unchanged"
@@ -168,13 +146,13 @@ def promotion_job(params_path: str, name: str, root: Path, result: SteerResult, 
         if paths.metrics.exists():
             result.headline = json.loads(paths.metrics.read_text()).get("headline", {})
         with mlflow.start_run(run_id=result.run_id, nested=True):
-            tracking.log_steer_run(params, name, root, tags, result.trained, None)
+            mlflow_io.log_steer_run(params, name, root, tags, result.trained, None)
         return result
-    doc = compare_task(params_path, name, str(root), champion["path"] if champion else None)
+    doc = compare_task(params, name, str(root), champion["path"] if champion else None)
     with mlflow.start_run(run_id=result.run_id, nested=True):
-        tracking.log_steer_run(params, name, root, tags, result.trained, doc)
+        mlflow_io.log_steer_run(params, name, root, tags, result.trained, doc)
     result.headline = doc["headline"]
-    promo = promote_task(params_path, name, str(root), doc, result.run_id, tags, dry_run)
+    promo = promote_task(params, name, str(root), doc, result.run_id, tags, basis, dry_run)
     result.version, result.promoted, result.champion = promo["version"], promo["promoted"], promo["champion"]
     result.reasons = promo["reasons"]
     result.status = ("promoted" if promo["promoted"] else

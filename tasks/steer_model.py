@@ -32,7 +32,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "top_p": TOP_P,
     "temperature": TEMPERATURE,
     "seed": 0,
-    "base_nucleus": False,  # sample within the unsteered model's nucleus (steer_core.sampling); set at registration
+    "base_nucleus": False,  # sample within the unsteered model's nucleus (steer_core.model.sampling); set at registration
 }
 
 
@@ -40,8 +40,8 @@ class SteerModel(PythonModel):
     """Steered generation: base LM + steer, loaded once per process in ``load_context``."""
 
     def load_context(self, context: PythonModelContext) -> None:
-        from steer_core.lm import load_lm
-        from steer_core.steer import Steer
+        from steer_core.model.lm import load_lm
+        from steer_core.model.steer import Steer
 
         path = context.artifacts[STEER_ARTIFACT]
         self.steer = Steer.load(path)
@@ -56,7 +56,7 @@ class SteerModel(PythonModel):
         """Params override the signature's defaults. (MLflow accepts a DataFrame hint without deriving a schema.)"""
         import torch
 
-        from steer_core.generate import generate, values_for
+        from steer_core.model.generate import generate, values_for
 
         p = {**self.defaults, **{k: v for k, v in (params or {}).items() if v is not None}}
         df = _as_frame(model_input)

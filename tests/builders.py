@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import torch
 
-from steer_core.steer import Steer
+from steer_core.model.steer import Steer
 
 
 def tiny_llama(vocab_size: int, *, hidden: int = 32, heads: int = 2, kv_heads: int = 1, max_positions: int = 256,

@@ -27,14 +27,14 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def default_dir() -> Path:
     """The converted default model directory (GGUF → safetensors, cached across runs)."""
-    from steer_core.lm import default_gguf_path, gguf_cache_path
+    from steer_core.model.lm import default_gguf_path, gguf_cache_path
 
     return gguf_cache_path(default_gguf_path())
 
 
 @pytest.fixture(scope="session")
 def default_lm():
-    from steer_core.lm import load_lm
+    from steer_core.model.lm import load_lm
 
     return load_lm("default", device="cpu")
 
@@ -60,7 +60,7 @@ def tiny_dir(tmp_path_factory, default_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_dir):
-    from steer_core.lm import load_lm
+    from steer_core.model.lm import load_lm
 
     return load_lm(str(tiny_dir), device="cpu")
 

@@ -8,10 +8,8 @@ import math
 import pytest
 import torch
 
-from steer_core.baselines import (ActAdd, actadd_steering, choose_layer, decoder_layers, default_layer_candidates,
-                                  fit_actadd)
+from steer_core.evaluate.baselines import ActAdd, actadd_steering, choose_layer, decoder_layers, default_layer_candidates, fit_actadd
 from steer_core.config import EvalConfig
-from steer_core.strength_search import search_side, search_two_sided
 
 POS = ["what a lovely flight, thank you so much", "great crew and friendly service", "love it so much"]
 NEG = ["delayed again and the staff were rude", "worst airline ever", "lost my bag, never again"]
@@ -122,7 +120,7 @@ def test_strength_zero_leaves_logits_unchanged_and_position_zero_untouched(tiny_
     real[rows, first] = False
     assert (steered - base)[real].abs().max() > 1e-3  # every later position is steered
     # in cached generation too: the prompt's first token is untouched, the sampled tokens are steered
-    from steer_core.generate import generate
+    from steer_core.model.generate import generate
 
     kw = dict(num_samples=2, max_new_tokens=6, seed=0)
     plain = generate(tiny_lm, texts, **kw)
@@ -140,7 +138,7 @@ def test_actadd_reads_the_base_model_beside_each_row_through_an_unsteered_twin(t
     every token inside the base model's nucleus, which free ActAdd draws leave."""
     from functools import partial
 
-    from steer_core.generate import generate
+    from steer_core.model.generate import generate
     from steer_core.scorers.perplexity import token_perplexity
 
     from test_sampling import _outside_base_nucleus
@@ -195,7 +193,7 @@ def test_choose_layer_keeps_best_control_at_budget(tiny_lm):
     assert [r["layer"] for r in choice.table] == [0, 1] and choice.table[1]["strength"] == 0.5
     assert choice.actadd.meta["layer_sweep"] == choice.table
     # one pass over the texts fits every candidate exactly as one fit per layer does
-    from steer_core.baselines import fit_actadd_layers
+    from steer_core.evaluate.baselines import fit_actadd_layers
 
     both = fit_actadd_layers(tiny_lm, POS + NEG, VALUES, [1, 0])
     for layer in (0, 1):
@@ -217,74 +215,9 @@ def test_eval_config_actadd_fields():
             EvalConfig(**bad)
 
 
-# ------------------------------------------------------------------------------------------ strength search
-def _synthetic(calls: list[float], k_plus: float = 0.1, k_minus: float = 0.4):
-    """Monotone in |s|: ppl increase k·s² (steeper on the minus side), control tanh(s)."""
-
-    def evaluate_at(s: float) -> tuple[float, float]:
-        calls.append(s)
-        return math.tanh(s), (k_plus if s >= 0 else k_minus) * s * s
-
-    return evaluate_at
-
-
-def test_search_side_finds_the_budget_edge():
-    calls: list[float] = []
-    res = search_side(_synthetic(calls), 0.25, start=1.0, steps=6, rel_tol=0.02, zero=(0.0, 0.0))
-    edge = math.sqrt(0.25 / 0.1)  # 1.58
-    assert res.ppl_increase <= 0.25 and res.strength <= edge
-    assert res.strength >= edge * 0.95  # within the bracket's tolerance
-    lo, hi = res.bracket
-    assert lo == res.strength and hi is not None and hi > edge
-    assert len(calls) == len(res.probes) <= 8  # a few evaluations, not a grid
-    assert res.control == pytest.approx(math.tanh(res.strength))
-    # the minus side: steeper, so a smaller magnitude
-    neg = search_side(_synthetic([]), 0.25, sign=-1, steps=6, rel_tol=0.02, zero=(0.0, 0.0))
-    assert -math.sqrt(0.25 / 0.4) <= neg.strength < 0 and neg.ppl_increase <= 0.25
-
-
-def test_search_edge_cases():
-    # never breaks the budget: stops at max_strength
-    res = search_side(lambda s: (s, 0.0), 0.25, start=1.0, max_strength=8.0, zero=(0.0, 0.0))
-    assert res.strength == 8.0 and res.bracket == (8.0, None) and "still within" in res.reason
-    # breaks it everywhere: strength 0 (the base), never a strength over the budget
-    res = search_side(lambda s: (s, 1.0 + abs(s)), 0.25, start=1.0, steps=3, zero=(0.0, 0.0))
-    assert res.strength == 0.0 and res.ppl_increase == 0.0 and "no strength" in res.reason
-    with pytest.raises(ValueError):
-        search_side(lambda s: (0, 0), 0.25, sign=2)
-
-
-def test_two_sided_search_shares_zero_and_reuses_known_grid():
-    calls: list[float] = []
-    grid = {s: _synthetic([])(s) for s in (-2.0, -1.0, 1.0, 2.0)}
-    res = search_two_sided(_synthetic(calls), 0.25, known={0.0: (0.0, 0.0), **grid}, steps=4, rel_tol=0.05)
-    assert not set(calls) & set(grid) and 0.0 not in calls  # nothing evaluated twice
-    assert 1.0 <= res.plus.strength <= 2.0 and -1.0 <= res.minus.strength < 0
-    assert res.swing == pytest.approx(math.tanh(res.plus.strength) - math.tanh(res.minus.strength))
-    assert res.ppl_increase <= 0.25 and res.evaluations == len(calls) <= 8
-
-
-def test_search_on_a_tiny_model(tiny_lm):
-    """Once end to end: a Measurer (paired samples, base-model judge) driven by the bisection."""
-    from steer_core.frontier import Measurer
-
-    torch.set_num_threads(1)
-    prompts = [{"set": "a", "prompt": "The weather today is"}, {"set": "b", "prompt": "Scientists have found"}]
-    actadd = fit_actadd(tiny_lm, POS + NEG, VALUES, layer=0)
-    m = Measurer(tiny_lm, prompts, actadd=actadd, samples=2, max_new_tokens=4)
-    res = search_two_sided(m, 0.25, start=0.5, max_strength=4.0, steps=2)
-    assert res.plus.ppl_increase <= 0.25 and res.minus.ppl_increase <= 0.25
-    assert m(0.0) == (m.rows[0.0]["control"], 0.0)
-    assert res.evaluations == len(m.rows)  # every strength evaluated once
-    # paired: the same random numbers at every strength, so strength 0 of any method is the same base samples
-    again = Measurer(tiny_lm, prompts, actadd=actadd, samples=2, max_new_tokens=4)
-    assert again.measure(0.0)["examples"] == m.rows[0.0]["examples"]
-    assert set(m.rows[0.0]["sets"]) == {"a", "b"}
-
-
 # ------------------------------------------------------------------------------------------ held-out prompts
 def test_heldout_prompts_are_fixed_three_domain_sets():
-    from steer_core.heldout import DOMAINS, heldout_prompts
+    from steer_core.data.corpora import DOMAINS, heldout_prompts
 
     rows = heldout_prompts(per_domain=6, words=5, seed=0)
     assert [r["set"] for r in rows] == [d for d in DOMAINS for _ in range(6)]
@@ -304,7 +237,7 @@ def _row(strength, control, ppl, d2=0.9):
 
 
 def test_prefer_gaining_replaces_a_strength_that_does_nothing():
-    from steer_core.evaluate import _prefer_gaining
+    from steer_core.evaluate.recommend import _prefer_gaining
 
     table = [{"strength": 1.0, "swing": 0.0, "ppl": 10.0}, {"strength": 2.0, "swing": 0.2, "ppl": 12.0},
              {"strength": 4.0, "swing": 0.5, "ppl": 30.0}]
@@ -318,7 +251,7 @@ def test_recommend_never_parks_on_a_strength_without_gain():
     """Random tables: whenever a larger in-budget strength gains, the recommended one gains too (both controls)."""
     import random
 
-    from steer_core.evaluate import recommend
+    from steer_core.evaluate.recommend import recommend
 
     rng = random.Random(0)
     for _ in range(300):
@@ -341,23 +274,16 @@ def test_recommend_never_parks_on_a_strength_without_gain():
                                    for m in mags), (control, sign, rows, rec)
 
 
-def test_isotonic_edge_pools_a_lucky_probe():
-    from steer_core.strength_search import Probe, isotonic, isotonic_edge
+def test_isotonic_pools_adjacent_violators():
+    from steer_core.evaluate.search import isotonic
 
     assert isotonic([0.0, 0.3, 0.1, 0.5]) == pytest.approx([0.0, 0.2, 0.2, 0.5])
-    # ActAdd's − side as measured: −0.0438 reads +13.9 % between −0.0375 (+23.9 %) and −0.05 (+26.5 %)
-    probes = [Probe(-0.025, 0.28, 0.164), Probe(-0.0375, 0.21, 0.239), Probe(-0.04375, 0.32, 0.139),
-              Probe(-0.05, 0.29, 0.265), Probe(-0.1, 0.32, 0.206), Probe(-0.2, 0.29, 0.50), Probe(0.0, 0.31, 0.0)]
-    edge = isotonic_edge(probes, 0.25, sign=-1)
-    # fitted: 0.164, 0.189, 0.189 (−0.0375, −0.0438 pooled), 0.235, 0.235 (−0.05, −0.1 pooled), 0.50
-    assert edge.strength == -0.1
-    assert isotonic_edge(probes, 0.10, sign=-1).strength == 0.0
-    assert isotonic_edge([Probe(1.0, 0.5, 0.1), Probe(2.0, 0.6, 0.2)], 0.25).strength == 2.0
+    assert isotonic([3.0, 2.0, 1.0]) == pytest.approx([2.0, 2.0, 2.0])
 
 
 # ------------------------------------------------------------------------------------------ the search in evaluate
 def test_next_magnitude_bisects_the_fitted_budget_edge():
-    from steer_core.strength_search import next_magnitude
+    from steer_core.evaluate.search import next_magnitude
 
     cands = lambda pairs: [{"strength": m, "ppl": p} for m, p in pairs]  # noqa: E731
     assert next_magnitude(cands([(1.0, 11.0), (2.0, 14.0)]), 12.5) == 1.5  # between in-budget 1 and over-budget 2
@@ -373,7 +299,8 @@ def test_evaluate_searches_the_strength_and_cross_fits_it(tiny_lm):
     """The grid brackets the budget edge; the search adds probes inside that bracket (placed by all prompts and by
     each fold's choosing prompts), the recommendation may land on a probe, and each fold is still read at the
     strength chosen on the other fold."""
-    from steer_core.evaluate import System, evaluate, split_folds
+    from steer_core.evaluate.protocol import System, split_folds
+    from steer_core.evaluate.driver import evaluate
     from builders import random_steer
 
     torch.set_num_threads(1)

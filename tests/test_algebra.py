@@ -9,15 +9,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from steer_core.algebra import compose, parse_part
+from steer_core.tools.algebra import compose, parse_part
 from steer_core.cli import app
-from steer_core.explain import (
-    best_spans, explain, highlight, mean_hidden_state, render_html, render_terminal, word_like_mask,
-)
-from steer_core.generate import steering
-from steer_core.merge import MERGE_INFO, merge_into_model
-from steer_core.steer import BaseModelMismatch, Steer
-from steer_core.transfer import transfer
+from steer_core.tools.explain import best_spans, explain, highlight, mean_hidden_state, render_html, render_terminal, word_like_mask
+from steer_core.model.generate import steering
+from steer_core.tools.merge import MERGE_INFO, merge_into_model
+from steer_core.model.steer import BaseModelMismatch, Steer
+from steer_core.tools.transfer import transfer
 
 from builders import random_steer
 
@@ -141,7 +139,7 @@ def rotated(tiny_dir, tmp_path_factory):
     """The tiny model with output embeddings E·Q (Q random orthogonal, untied), same body and tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from steer_core.lm import load_lm
+    from steer_core.model.lm import load_lm
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_dir))
     d = model.config.hidden_size

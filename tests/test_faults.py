@@ -129,7 +129,7 @@ def test_a_truncated_converted_model_cache_is_discarded_and_rebuilt(default_dir,
     weights = copy / "model.safetensors"
     with open(weights, "r+b") as f:
         f.truncate(weights.stat().st_size // 3)
-    code = "from steer_core.lm import load_lm; print(load_lm('default', device='cpu').fingerprint)"
+    code = "from steer_core.model.lm import load_lm; print(load_lm('default', device='cpu').fingerprint)"
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "STEER_CACHE_DIR": str(cache)},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from steer_core.config import GateConfig
-from steer_core.gates import GateDecision, decide
+from steer_core.gate import GateDecision, decide
 
 GATE = GateConfig(max_ppl_increase=0.25, min_distinct_2=0.5, min_margin=0.02)
 GOOD = {"control": 0.60, "ppl_increase": 0.10, "distinct_2": 0.80, "gain": 0.30}
@@ -115,7 +115,7 @@ def test_a_steer_that_does_not_beat_the_base_model_is_refused_even_without_a_cha
 # ------------------------------------------------------------------------------ decide_doc: the paired, interval gate
 import numpy as np  # noqa: E402
 
-from steer_core.gates import decide_doc  # noqa: E402
+from steer_core.gate import decide_doc  # noqa: E402
 
 PAIRED = GateConfig(max_ppl_increase=0.25, min_distinct_2=0.5, min_margin=0.0, min_gain=0.0, confidence=0.95)
 
@@ -319,8 +319,8 @@ def test_decision_is_deterministic() -> None:
 
 
 # ------------------------------------------------------------------------------ protocol sizing (steer power)
-from steer_core import metrics as M  # noqa: E402
-from steer_core.gates import power_report  # noqa: E402
+from steer_core.evaluate import metrics as M  # noqa: E402
+from steer_core.gate import power_report  # noqa: E402
 
 
 def sentiment_doc(cand: dict, champ: dict | None = None, samples: int = 4) -> dict:

@@ -168,9 +168,10 @@ def test_stage_deps_cover_every_module_a_stage_loads(first) -> None:
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     for stage in ("prepare", "train", "evaluate"):
         deps = [d for d in stages[stage]["do"]["deps"] if d.startswith("steer_core")]
-        code = (f"import sys\nfrom steer_core.pipeline import run_stage\nrun_stage({stage!r}, {NAME!r}, "
-                f"progress=False)\nprint(sorted(m.__file__ for n, m in sys.modules.items() "
-                f"if n.startswith('steer_core')))")
+        code = ("import sys\nfrom pathlib import Path\nfrom steer_core.config import load_params\n"
+                "from steer_core.stages import run_stage\n"
+                f"run_stage({stage!r}, load_params('params.yaml'), {NAME!r}, Path('.'), progress=False)\n"
+                "print(sorted(m.__file__ for n, m in sys.modules.items() if n.startswith('steer_core')))")
         proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         # run from the project root, a stage imports the project's own steer_core: the very files DVC hashes

@@ -7,15 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from steer_core.metrics import (
-    avg_max_toxicity,
-    bootstrap_ci,
-    mean_distinct,
-    mean_toxicity,
-    positive_rate,
-    recommend_strength,
-    toxicity_probability,
-)
+from steer_core.evaluate.metrics import avg_max_toxicity, bootstrap_ci, mean_distinct, mean_toxicity, positive_rate, recommend_strength, toxicity_probability
 from steer_core.scorers import distinct_n
 
 SCORES = [[0.1, 0.9, 0.2], [0.3, 0.4, 0.5], [0.0, 0.0, 0.6]]
@@ -122,7 +114,7 @@ def test_recommend_strength() -> None:
 
 
 def test_paired_interval() -> None:
-    from steer_core.metrics import _t, paired_interval
+    from steer_core.evaluate.metrics import _t, paired_interval
 
     assert _t(0.975, 23) == pytest.approx(2.0687, abs=1e-3) and _t(0.975, 5) == pytest.approx(2.5706, abs=5e-3)
     assert paired_interval([0.0] * 24) == (0.0, 0.0, 0.0)  # identical systems: exactly nothing
@@ -142,7 +134,7 @@ def test_paired_interval() -> None:
 
 
 def test_prompts_for_power_formula() -> None:
-    from steer_core.metrics import detectable_effect, prompts_for_power
+    from steer_core.evaluate.metrics import detectable_effect, prompts_for_power
 
     n = prompts_for_power(0.4, 0.1, 0.95, 0.8)
     assert n == math.ceil((2.8016 * 4) ** 2)
@@ -154,7 +146,7 @@ def test_prompts_for_power_formula() -> None:
 
 
 def test_half_width_is_the_inverse_of_prompts_for_precision() -> None:
-    from steer_core.metrics import half_width, prompts_for_precision
+    from steer_core.evaluate.metrics import half_width, prompts_for_precision
 
     assert half_width(0.5, 100) == pytest.approx(1.959964 * 0.05, rel=1e-5)
     n = prompts_for_precision(0.5, 0.1)

@@ -59,8 +59,9 @@ def test_bad_input_is_one_line_and_exit_2_before_any_work(change, expect, tmp_pa
 
 def test_evaluate_refuses_a_steer_whose_parts_do_not_match_params_before_sampling(tiny_dir, tmp_path) -> None:
     from steer_core.config import Params
-    from steer_core.pipeline import SteerPaths, evaluate_stage
-    from steer_core.steer import Steer
+    from steer_core.paths import SteerPaths
+    from steer_core.stages import evaluate_stage
+    from steer_core.model.steer import Steer
 
     params = Params.model_validate({**tiny_params("renamed"), "model": str(tiny_dir)})
     paths = SteerPaths(tmp_path, "renamed")

@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 
 from steer_core.config import GateConfig
-from steer_core.gates import decide
-from steer_core.lm import default_gguf_path, gguf_cache_path, load_lm
-from steer_core.steer import BaseModelMismatch
-from tasks.registry import download_steer, get_champion, log_steer_model, promote
+from steer_core.gate import decide
+from steer_core.model.lm import default_gguf_path, gguf_cache_path, load_lm
+from steer_core.model.steer import BaseModelMismatch
+from tasks.mlflow_io import download_steer, get_champion, log_steer_model, promote
 
 from builders import random_steer, tiny_llama
 from servers import free_port, start_server, stop_server, wait_http

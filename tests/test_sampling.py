@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from steer_core.generate import generate, steering, values_for
-from steer_core.sampling import NucleusSampler
+from steer_core.model.generate import generate, steering, values_for
+from steer_core.model.sampling import NucleusSampler
 
 from builders import random_steer
 

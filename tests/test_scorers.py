@@ -9,13 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from steer_core.scorers import (
-    DetoxifyScorer,
-    ScorerUnavailable,
-    get_scorer,
-    known_scorers,
-    pick_label,
-)
+from steer_core.scorers import DetoxifyScorer, ScorerUnavailable, get_scorer, known_scorers, pick_label
 from steer_core.scorers.perplexity import conditional_perplexity
 
 from builders import tiny_llama

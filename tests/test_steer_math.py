@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steer_core.generate import steering
-from steer_core.steer import BaseModelMismatch, Steer, SteerFileError, parse_strengths
+from steer_core.model.generate import steering
+from steer_core.model.steer import BaseModelMismatch, Steer, SteerFileError, parse_strengths
 
 from builders import random_steer
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from steer_core.config import TrainConfig
-from steer_core.steer import Steer
+from steer_core.model.steer import Steer
 from steer_core.train import cache_hidden_states, fit_steer
 
 POS = ["I love this, it is wonderful and great", "what a lovely happy day, thank you so much",

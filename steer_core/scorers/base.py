@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, Sequence, TypeVar
 
-from ..errors import SteerError
+from steer_core.errors import SteerError
 
 Kind = Literal["toxicity", "sentiment"]
 T = TypeVar("T")

@@ -119,7 +119,7 @@ class DetoxifyScorer(Scorer):
         import torch
         from detoxify.detoxify import get_model_and_tokenizer
 
-        from ..lm import resolve_device
+        from steer_core.model.lm import resolve_device
 
         loaded = read_checkpoint(self.checkpoint) if self.checkpoint else _download_checkpoint(self.url)
         try:

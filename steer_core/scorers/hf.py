@@ -51,7 +51,7 @@ class HFScorer(Scorer):
         if self._pipe is None:
             from transformers import pipeline
 
-            from ..lm import resolve_device
+            from steer_core.model.lm import resolve_device
 
             pipe = pipeline("text-classification", model=self.model, top_k=None, device=resolve_device(self.device_spec))
             labels = [pipe.model.config.id2label[i] for i in sorted(pipe.model.config.id2label)]

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import SteerError
-from .files import dir_atomic, file_sha256
+from steer_core.errors import SteerError
+from steer_core.files import dir_atomic, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +229,29 @@ def load_lm(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: torch.dtype =
     threads at once (steers evaluated in parallel)."""
     with _LOAD_LOCK:
         return _load_lm(spec, device, dtype)
+
+
+_SHARED: dict[tuple[str, str], LoadedLM] = {}
+LOADS: list[dict] = []  # what shared_lm loaded in this process, and how long each load took
+
+
+def is_shared(spec: str, device: str = "auto") -> bool:
+    """Whether :func:`shared_lm` already holds ``spec`` on ``device`` in this process."""
+    return (spec, device) in _SHARED
+
+
+def shared_lm(spec: str = DEFAULT_SPEC, device: str = "auto", threads: int | None = None) -> LoadedLM:
+    """The model ``spec``, loaded on first use and kept for the life of the process: the one per-process model cache,
+    shared by every stage, steer, champion comparison and evaluation shard a process runs (a load is seconds, a
+    frozen model is never changed by its users). ``threads`` sets torch's CPU threads on every call."""
+    set_threads(threads)
+    key = (spec, device)
+    with _LOAD_LOCK:
+        if key not in _SHARED:
+            t0 = time.perf_counter()
+            _SHARED[key] = _load_lm(spec, device, torch.float32)
+            LOADS.append({"spec": spec, "seconds": time.perf_counter() - t0, "pid": os.getpid()})
+        return _SHARED[key]
 
 
 def _load_lm(spec: str, device: str, dtype: torch.dtype) -> LoadedLM:

@@ -15,9 +15,9 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .files import dir_atomic
-from .lm import LoadedLM
-from .steer import Steer, primary_name
+from steer_core.files import dir_atomic
+from steer_core.model.lm import LoadedLM
+from steer_core.model.steer import Steer, primary_name
 
 MERGE_INFO = "steer_merge.json"
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from .lm import LoadedLM
-from .steer import Steer
+from steer_core.model.lm import LoadedLM
+from steer_core.model.steer import Steer
 
 
 def _token_table(tokenizer, vocab_rows: int) -> dict[str, int]:
@@ -163,8 +163,8 @@ def _effect_rows(samples: list, control: str, cuts, magnitudes: list[float], n_b
     the fluency cost of the worse side."""
     import numpy as np
 
-    from . import metrics as M
-    from .evaluate import by_prompt, per_prompt_metrics
+    from steer_core.evaluate import metrics as M
+    from steer_core.evaluate.document import by_prompt, per_prompt_metrics
 
     def per_prompt(strength: float) -> dict[str, np.ndarray]:
         return per_prompt_metrics(by_prompt([s for s in samples if s.strength == strength]), control, cuts)
@@ -211,8 +211,9 @@ def measure_transfer(
     toxicity. ``kept`` = target effect / source effect, at each m and at the headline m (the largest). A kept
     fraction is only meaningful when the source effect is clearly above zero (see ``effect_ci``).
     """
-    from .evaluate import System, evaluate
-    from .scorers import cuts_of, get_scorer
+    from steer_core.evaluate.protocol import System
+    from steer_core.evaluate.driver import evaluate
+    from steer_core.scorers import cuts_of, get_scorer
 
     raw = strengths if strengths is not None else cfg.strengths
     mags = sorted({abs(float(s)) for s in raw if float(s) != 0.0})

@@ -1,107 +1,45 @@
-"""The pipeline's stages as plain functions: prepare → train → evaluate, one steer at a time.
+"""What each DVC stage does, for one steer: prepare → train → evaluate, as plain functions of the parsed params.
 
-``dvc.yaml`` runs each stage as ``python -m steer_core.pipeline STAGE NAME`` (the ``main`` below); ``steer run``
-executes those DVC stages, and ``steer prepare|train|evaluate NAME`` call the same functions by hand. Imports are
-made inside each stage, so the modules a stage loads are the code ``dvc.yaml`` lists as its deps (a test checks
-this). Paths follow one layout under the project root::
-
-    data/prepared/<steer>/{train,val}.jsonl, card.json     data/prompts/<steer>.jsonl
-    artifacts/steers/<steer>.safetensors (+ .json card)    metrics/<steer>.json
-    plots/<steer>/{control,fluency}.{csv,png}              reports/<steer>.html (+ .samples.jsonl)
+``dvc.yaml`` runs each stage as ``python -m flows.stages STAGE NAME``, which parses params.yaml once and calls
+:func:`run_stage` (with the configured executor in place for ``evaluate``); ``steer run`` executes those DVC stages,
+and ``steer prepare|train|evaluate NAME`` call the same functions by hand. Imports are made inside each stage, so the
+modules a stage loads are the code ``dvc.yaml`` lists as its deps (a test checks this). File locations:
+``steer_core.paths.SteerPaths``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .config import Params, SteerSpec, TrainConfig, load_params
-from .errors import one_line_errors
-from .files import write_together
+from steer_core.config import Params, TrainConfig
+from steer_core.files import write_together
+from steer_core.paths import SteerPaths
 
 if TYPE_CHECKING:
     import torch
 
-    from .lm import LoadedLM
-    from .train import TrainSummary
+    from steer_core.model.lm import LoadedLM
+    from steer_core.train import TrainSummary
 
-
-@dataclass(frozen=True)
-class SteerPaths:
-    """Where one steer's files live under the project root."""
-
-    root: Path
-    name: str
-
-    @property
-    def prepared(self) -> Path:
-        return self.root / "data" / "prepared" / self.name
-
-    @property
-    def prompts(self) -> Path:
-        return self.root / "data" / "prompts" / f"{self.name}.jsonl"
-
-    @property
-    def data_card(self) -> Path:
-        return self.prepared / "card.json"
-
-    @property
-    def steer(self) -> Path:
-        return self.root / "artifacts" / "steers" / f"{self.name}.safetensors"
-
-    @property
-    def steer_card(self) -> Path:
-        return self.steer.with_suffix(".json")
-
-    @property
-    def work(self) -> Path:
-        return self.root / "artifacts" / "work" / self.name
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics" / f"{self.name}.json"
-
-    @property
-    def plots(self) -> Path:
-        return self.root / "plots" / self.name
-
-    @property
-    def report(self) -> Path:
-        return self.root / "reports" / f"{self.name}.html"
-
-    @property
-    def samples(self) -> Path:
-        return self.root / "reports" / f"{self.name}.samples.jsonl"
-
-    @property
-    def explain(self) -> Path:
-        return self.root / "reports" / f"{self.name}.explain.json"
-
-
-def steer_spec(params: Params, name: str) -> SteerSpec:
-    if name not in params.steers:
-        raise KeyError(f"no steer named {name!r} in params (configured: {sorted(params.steers)})")
-    return params.steers[name]
+STAGES = ("prepare", "train", "evaluate")
 
 
 def runtime_lm(params: Params, lm: LoadedLM | None = None) -> LoadedLM:
-    """The base model for a run (loaded once per process and shared by every steer)."""
+    """The base model for a run: ``lm`` when given, else the process's shared copy (``model.lm.shared_lm``)."""
     if lm is not None:
         return lm
-    from .lm import load_lm, set_threads
+    from steer_core.model.lm import shared_lm
 
-    set_threads(params.runtime.threads)
-    return load_lm(params.model, params.runtime.device)
+    return shared_lm(params.model, params.runtime.device, params.runtime.threads)
 
 
 def read_jsonl(path: Path) -> list[dict]:
     """A stage input; a missing one names the stage to run first."""
-    from .data import load_jsonl
+    from steer_core.data.records import load_jsonl
 
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the previous stage first")
@@ -111,13 +49,13 @@ def read_jsonl(path: Path) -> list[dict]:
 # --------------------------------------------------------------------------------------------- prepare
 def prepare_stage(params: Params, name: str, root: Path = Path("."), lm: LoadedLM | None = None):
     """Build the training / validation sets, the evaluation prompts and the data card for one steer."""
-    from .data import prepare
+    from steer_core.data.prepare import prepare
 
-    spec = steer_spec(params, name)
+    spec = params.steer(name)
     paths = SteerPaths(Path(root), name)
     generate_fn = None
     if _needs_lm(spec.data.source):
-        from .generate import generate
+        from steer_core.model.generate import generate
 
         model = runtime_lm(params, lm)
 
@@ -150,7 +88,7 @@ def train_stage(
     params: Params, name: str, root: Path = Path("."), lm: LoadedLM | None = None, progress: bool = True
 ) -> Path:
     """Fit the steer on the prepared data; write the steer file and its card (atomically)."""
-    spec = steer_spec(params, name)
+    spec = params.steer(name)
     paths = SteerPaths(Path(root), name)
     train = read_jsonl(paths.prepared / "train.jsonl")
     val = read_jsonl(paths.prepared / "val.jsonl") if (paths.prepared / "val.jsonl").exists() else []
@@ -180,7 +118,7 @@ def fit_and_write(
     The one implementation behind the train stage (``steer train NAME``, dvc.yaml) and ``steer train --data FILE``;
     ``metadata`` is what the caller knows about the data (it lands in the steer's header and the card).
     """
-    from .train import default_hidden_cache, fit_steer
+    from steer_core.train import default_hidden_cache, fit_steer
 
     names = steer_names(name, cfg)
     steer, summary = fit_steer(
@@ -209,16 +147,16 @@ def evaluate_stage(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Evaluate the candidate (and the champion, and the ActAdd baseline) on the same prompts in one run."""
-    from .baselines import fit_actadd
-    from .evaluate import System
-    from .shards import evaluate  # the fixed shard plan, run by this process's runner (local or Dask)
-    from .lm import load_lm
-    from .explain import explain
-    from .report import plot_data, png_figures, render_html
-    from .scorers import get_scorer
-    from .steer import Steer
+    from steer_core.evaluate.baselines import fit_actadd
+    from steer_core.evaluate.protocol import System
+    from steer_core.evaluate.driver import evaluate  # the fixed shard plan, run by this process's runner (local or Dask)
+    from steer_core.model.lm import shared_lm
+    from steer_core.tools.explain import explain
+    from steer_core.evaluate.report import plot_data, png_figures, render_html
+    from steer_core.scorers import get_scorer
+    from steer_core.model.steer import Steer
 
-    spec = steer_spec(params, name)
+    spec = params.steer(name)
     cfg = spec.evaluate
     paths = SteerPaths(Path(root), name)
     # everything that can be checked is checked before the model is loaded or a sample drawn
@@ -247,7 +185,7 @@ def evaluate_stage(
         systems.append(System("actadd", cfg.actadd_strengths, actadd=actadd,
                               meta={"layer": actadd.layer, "typical_norm": actadd.typical_norm,
                                     "sink_positions": actadd.sink_positions}))
-    judge = model if cfg.judge == "base" else load_lm(cfg.judge, params.runtime.device)
+    judge = model if cfg.judge == "base" else shared_lm(cfg.judge, params.runtime.device, params.runtime.threads)
     doc, samples = evaluate(model, prompts, systems, cfg, judge=judge, seed=params.runtime.seed,
                             progress=progress, log=log)
     doc["steer"] = name
@@ -266,59 +204,10 @@ def evaluate_stage(
     return doc
 
 
-# --------------------------------------------------------------------------------------------- compare (after DVC)
-def compare_stage(
-    params: Params,
-    name: str,
-    champion: Path,
-    root: Path = Path("."),
-    lm: LoadedLM | None = None,
-    progress: bool = False,
-    log: Callable[[str], None] = print,
-) -> dict:
-    """The candidate's evaluation with the champion's added, sampled on the same prompts with the same
-    per-(prompt, sample) random numbers and judged against the very base samples the evaluate stage scored.
-
-    Not a DVC stage: its input (the registry's champion) is not a file DVC can track. The candidate is not sampled
-    again; only the champion's non-zero strengths are. Returns the merged document (schema of ``evaluate``);
-    writes nothing into the workspace, so ``metrics/<steer>.json`` stays the candidate's (``dvc metrics diff``).
-    """
-    from .evaluate import Sample, System, headline
-    from .shards import evaluate  # the same shards as the candidate's, so a re-evaluated steer draws the same samples
-    from .lm import load_lm
-    from .steer import Steer
-
-    spec = steer_spec(params, name)
-    cfg = spec.evaluate
-    paths = SteerPaths(Path(root), name)
-    for need in (paths.metrics, paths.samples, paths.prompts):
-        if not need.is_file():
-            raise FileNotFoundError(f"{need} not found: run the evaluate stage first (steer evaluate {name})")
-    doc = json.loads(paths.metrics.read_text())
-    base = [Sample(**row) for row in read_jsonl(paths.samples) if row["system"] == "base"]
-    model = runtime_lm(params, lm)
-    if doc.get("base_fingerprint") != model.fingerprint:
-        raise ValueError(f"{paths.metrics} was evaluated on another base model than {params.model!r}: re-run the "
-                         f"evaluate stage")
-    champ = Steer.load(champion, expect_fingerprint=model.fingerprint)
-    judge = model if cfg.judge == "base" else load_lm(cfg.judge, params.runtime.device)
-    champ_doc, _ = evaluate(model, read_jsonl(paths.prompts), [System("champion", cfg.strengths, steer=champ)], cfg,
-                            judge=judge, seed=params.runtime.seed, progress=progress, log=log, base_samples=base)
-    doc["systems"]["champion"] = {**champ_doc["systems"]["champion"], "path": str(champion)}
-    doc["headline"] = headline(doc)
-    return doc
-
-
-# --------------------------------------------------------------------------------------------- entry point
-STAGES = ("prepare", "train", "evaluate")
-
-
-@one_line_errors
-def run_stage(stage: str, name: str, params_path: Path = Path("params.yaml"), progress: bool = True) -> None:
-    """One stage for one steer, as ``dvc.yaml`` runs it (in the project root)."""
-    params = load_params(params_path)
-    steer_spec(params, name)  # an unknown steer fails before any work
-    root = Path(params_path).resolve().parent
+# --------------------------------------------------------------------------------------------- one stage
+def run_stage(stage: str, params: Params, name: str, root: Path, progress: bool = True) -> None:
+    """One stage for one steer, as ``dvc.yaml`` runs it (through ``python -m flows.stages``), reporting on stderr."""
+    params.steer(name)  # an unknown steer fails before any work
     if stage == "prepare":
         card = prepare_stage(params, name, root)
         print(f"prepared {name}: {json.dumps(getattr(card, 'counts', {}))}", file=sys.stderr)
@@ -329,18 +218,3 @@ def run_stage(stage: str, name: str, params_path: Path = Path("params.yaml"), pr
         print(f"{name}: {json.dumps(doc['headline'], default=float)}", file=sys.stderr)
     else:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m steer_core.pipeline STAGE NAME [--params FILE] [--quiet]``: what each dvc.yaml stage runs."""
-    parser = argparse.ArgumentParser(prog="python -m steer_core.pipeline", description=main.__doc__)
-    parser.add_argument("stage", choices=STAGES)
-    parser.add_argument("name", help="a steer configured in params.yaml")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    run_stage(args.stage, args.name, args.params, progress=not args.quiet)
-
-
-if __name__ == "__main__":
-    main()

@@ -4,7 +4,7 @@ The steer is applied to the final hidden state through a forward pre-hook on the
 model is never copied and Hugging Face ``generate`` (KV cache, stopping, padding) runs unchanged. Each row of a
 batch may carry its own steer values: one batch can sweep several strengths.
 
-Sampling is ``steer_core.sampling.NucleusSampler`` (why: its docstring), run inside a greedy ``generate``.
+Sampling is ``steer_core.model.sampling.NucleusSampler`` (why: its docstring), run inside a greedy ``generate``.
 
 With ``base_nll=True`` each generation also carries, per sampled token, its negative log-likelihood under the
 *unsteered* model, read during sampling (a pre-hook registered ahead of the steer sees the unsteered h), so the
@@ -27,10 +27,10 @@ from typing import Callable, ContextManager, Iterator, Literal, Sequence
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
-from .config import MAX_NEW_TOKENS, TEMPERATURE, TOP_P
-from .lm import LoadedLM
-from .sampling import NucleusSampler, row_uniforms
-from .steer import Steer, primary_name
+from steer_core.config import MAX_NEW_TOKENS, TEMPERATURE, TOP_P
+from steer_core.model.lm import LoadedLM
+from steer_core.model.sampling import NucleusSampler, row_uniforms
+from steer_core.model.steer import Steer, primary_name
 
 _INTERNAL = ("token_ids", "base_nll")
 
@@ -274,7 +274,7 @@ def _sample_batch(lm, prompts, steer, values, *, max_new_tokens, top_p, temperat
                   recorder: _BaseNLL | None, base_nucleus: bool = False
                   ) -> list[tuple[str, list[int], list[float] | None]]:
     """(text, sampled token ids up to EOS, their base NLLs or None) per prompt row, drawn at ``uniforms``
-    (rows × max_new_tokens, :func:`~steer_core.sampling.row_uniforms`)."""
+    (rows × max_new_tokens, :func:`~steer_core.model.sampling.row_uniforms`)."""
     tok = lm.tokenizer
     enc = tok(list(prompts), return_tensors="pt", padding=True).to(lm.device)
     config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,

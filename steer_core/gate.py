@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple
 
-from steer_core import metrics as M
+from steer_core.evaluate import metrics as M
 from steer_core.config import GateConfig
 
 REQUIRED = ("control", "ppl_increase", "distinct_2", "gain")

@@ -1,16 +1,15 @@
-"""The evaluation, split by prompt into a fixed plan of shards that run anywhere (in this process, on Dask
-workers, on other machines), then gathered; the metrics are computed only after gathering.
+"""The one evaluation driver: prompts × samples × strengths of every system → the metrics document.
+
+The prompts are split into a fixed plan of shards that run anywhere (in this process, on Dask workers, on other
+machines), then gathered; the metrics are computed only after gathering (``steer_core.evaluate.document``). After
+the grid, rounds of strength search add more shards of the same plan (``steer_core.evaluate.search``).
 
 Why a *fixed* plan: a sample's random numbers are keyed by (seed, prompt index, sample index)
-(``steer_core.sampling.row_uniforms``), but its floating-point numbers are not quite independent of its batch: a
-batch is left-padded to its longest prompt, and a different padding changes logits in the last bits (measured:
-1.2e-7), which can flip a nucleus draw and always moves perplexities. So the shards are a function of the prompts
-alone (:func:`plan`: ``PROMPTS_PER_SHARD`` contiguous prompts each, never of the executor or its worker count),
-and every executor evaluates exactly these shards: the local executor one after another in its own process, the Dask
-executor on its workers. Results are then equal bit for bit whatever runs them (``tests/test_dask.py``).
-
-A contiguous slice sampled with :func:`keyed_seed` draws the rows the whole prompt list would draw for those
-prompts. :func:`merge_shards` is the tail of ``steer_core.evaluate.evaluate`` over the gathered samples.
+(``steer_core.model.sampling.row_uniforms``), but its floating-point numbers are not quite independent of its batch:
+a batch is left-padded to its longest prompt, and a different padding changes logits in the last bits, which can
+flip a nucleus draw and always moves perplexities. So the shards are a function of the prompts alone (:func:`plan`:
+``PROMPTS_PER_SHARD`` contiguous prompts each, never of the executor or its worker count), and every executor
+evaluates exactly these shards. Results are then equal bit for bit whatever runs them (``tests/test_dask.py``).
 
 No orchestration here: shards run through the process's *runner* (:func:`use_runner`), by default in this process;
 ``flows.executors`` installs one that runs each shard as a Prefect task on a Dask cluster.
@@ -23,13 +22,15 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
-from .config import EvalConfig
-from .evaluate import (Sample, System, control_scorer, document, judged_in_sampling, reused_base, sample_and_score,
-                       search_strengths)
-from .lm import LoadedLM
-from .scorers import cuts_of, get_scorer
+from steer_core.config import EvalConfig
+from steer_core.evaluate.document import document
+from steer_core.evaluate.protocol import (Sample, System, control_scorer, judged_in_sampling, reused_base,
+                                          sample_and_score)
+from steer_core.evaluate.search import search_strengths
+from steer_core.model.lm import LoadedLM
+from steer_core.scorers import cuts_of
 
-_KEY_MULT = 1_000_003  # steer_core.sampling.row_uniforms: seed * 1_000_003 + prompt * 10_007 + sample (mod 2**63)
+_KEY_MULT = 1_000_003  # steer_core.model.sampling.row_uniforms: seed * 1_000_003 + prompt * 10_007 + sample (mod 2**63)
 _PROMPT_MULT = 10_007
 _MOD = 2**63
 
@@ -81,11 +82,11 @@ class ShardResult:
 
 
 def sample_shard(lm: LoadedLM, shard: Shard, judge: LoadedLM | None = None) -> list[Sample]:
-    """Sample and score one shard exactly as ``evaluate`` does for those prompts (``evaluate.sampling_plan``).
+    """Sample and score one shard exactly as ``evaluate`` does for those prompts (``protocol.sampling_plan``).
     Returned samples carry the prompts' indices in the whole run."""
     cfg, judge = shard.cfg, judge or lm
     in_sampling = judged_in_sampling(lm, judge, cfg)
-    base, per_system = sample_and_score(lm, shard.prompts, shard.systems, cfg, get_scorer(cfg.scorer),
+    base, per_system = sample_and_score(lm, shard.prompts, shard.systems, cfg, control_scorer(cfg),
                                         sample_base=shard.sample_base, judge=None if in_sampling else judge,
                                         seed=keyed_seed(shard.seed, shard.start))
     samples = base + [s for part in per_system for s in part]
@@ -103,7 +104,7 @@ def merge_shards(lm: LoadedLM, prompts: Sequence[dict], systems: Sequence[System
                  samples: Sequence[Sample], *, judge: LoadedLM | None = None, seed: int = 0) -> tuple[dict, list[Sample]]:
     """The metrics document from every shard's samples: the same computation ``evaluate`` does after sampling."""
     judge = judge or lm
-    scorer = get_scorer(cfg.scorer)
+    scorer = control_scorer(cfg)
     in_sampling = judged_in_sampling(lm, judge, cfg)
     base_samples = sorted([s for s in samples if s.system == "base"], key=lambda s: s.prompt_index)
     if {s.prompt_index for s in base_samples} != set(range(len(prompts))):
@@ -128,10 +129,14 @@ def evaluate(
     per_shard: int = PROMPTS_PER_SHARD,
     progress: bool = False,
 ) -> tuple[dict, list[Sample]]:
-    """``steer_core.evaluate.evaluate`` (same arguments, same document) over the shards of :func:`plan`: sample and
-    score them through ``map_shards`` (default: the process's runner, :func:`use_runner`), then compute the document
-    from them all. ``base_samples`` (the champion comparison): only the systems are sampled, against these.
-    (``progress`` is accepted for the same signature; shards report per shard through ``log``.)"""
+    """Run the protocol for every system on the same prompts; return the metrics document and all samples.
+
+    ``prompts`` are dicts with ``set`` and ``prompt``. Strength 0 (the base model) is sampled once and shared, so
+    every system is compared against the same base samples. The shards of :func:`plan` are sampled and scored
+    through ``map_shards`` (default: the process's runner, :func:`use_runner`), then the document is computed from
+    them all. ``base_samples``: strength-0 samples already generated and scored on these prompts with this seed and
+    config (the candidate's, read back for the champion comparison): only the systems are sampled, against these.
+    ``progress`` is accepted and unused: each shard logs one line through ``log`` as it finishes."""
     if not prompts:
         raise ValueError("no evaluation prompts")
     control_scorer(cfg)  # fail before sampling when the scorer does not measure the control metric

@@ -50,10 +50,10 @@ class NucleusSampler(LogitsProcessor):
 
     The step is read from the sequence length (``input_ids`` holds the ``prompt_length`` padded prompt tokens and
     the tokens generated so far), so a call depends on its arguments only. ``recorder`` (optional) is told each
-    step's scores and choice (``recorder.record(scores, choice, dist)``: the base-model NLLs of ``steer_core.generate``;
+    step's scores and choice (``recorder.record(scores, choice, dist)``: the base-model NLLs of ``steer_core.model.generate``;
     ``dist`` is the step's distribution, :meth:`distribution`, when the recorder's ``expected`` is true, else None).
     ``twins`` > 0: rows [twins, 2·twins) are unsteered twins of rows [0, twins) and take their draws, token for token
-    (``steer_core.generate``: the base model's logits beside a body-changing baseline).
+    (``steer_core.model.generate``: the base model's logits beside a body-changing baseline).
     """
 
     def __init__(self, top_p: float, temperature: float, uniforms: torch.Tensor, first_k: int = 256, *,

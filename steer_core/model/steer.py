@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from .files import write_atomic
+from steer_core.files import write_atomic
 
 FORMAT_VERSION = "1"
 

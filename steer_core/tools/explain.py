@@ -36,9 +36,9 @@ from typing import Any
 
 import torch
 
-from .lm import LoadedLM
-from .files import write_atomic
-from .steer import Steer, primary_name
+from steer_core.model.lm import LoadedLM
+from steer_core.files import write_atomic
+from steer_core.model.steer import Steer, primary_name
 
 SPACE_MARKERS = ("Ġ", "▁", " ")
 

@@ -1,17 +1,23 @@
-"""Thin MLflow registry functions for steers: log + register a version, read the champion, promote by alias.
+"""Every MLflow read and write of the pipeline, in one place: tracking (where a run writes, what it records),
+the model registry (log and register a steer version, read the champion, carry out a gate decision by alias) and
+the restore of a registered version through its lineage (``steer checkout``).
 
 One registered model per steer (model name = steer name). Promotion uses aliases only (``champion``, ``previous``),
-never stages. The gate (``steer_core.gates.decide``) is pure and runs first; ``promote`` only carries its decision
-out, so a failed gate, a dry run, or an exception anywhere before the alias write leaves the aliases as they were.
+never stages. The gate (``steer_core.gate.decide``) is pure and runs first; :func:`promote` only carries its
+decision out, so a failed gate, a dry run, or an exception anywhere before the alias write leaves the aliases as they
+were. The embedded default store is a SQLite file and an artifact folder inside the project; any tracking server
+works by URI (``tracking.uri`` in params.yaml, or MLFLOW_TRACKING_URI).
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import mlflow
 import pandas as pd
@@ -21,12 +27,109 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+from steer_core.config import Params, TrackingConfig
 from steer_core.errors import SteerError
 from steer_core.files import file_sha256
-from steer_core.gates import GateDecision
-from steer_core.steer import Steer
+from steer_core.gate import GateDecision
+from steer_core.model.steer import Steer
+from steer_core.paths import SteerPaths
+from tasks import dvc_stages, lineage
 from tasks.steer_model import DEFAULT_PARAMS, STEER_ARTIFACT
 
+
+# ============================================================================================== tracking
+# The URI configure() last took from params. mlflow.set_tracking_uri exports it as MLFLOW_TRACKING_URI, so without
+# this a second configure() in the same process (another project, edited params) would mistake it for the user's.
+_from_params: str | None = None
+
+
+def configure(tracking: TrackingConfig, root: Path, create: bool = True) -> str:
+    """Point MLflow at the configured store (relative sqlite paths and artifact folders live under ``root``).
+
+    ``create=False`` (read-only commands such as ``steer checkout``): a missing sqlite store is an error, and no
+    experiment is created."""
+    global _from_params
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    user_env = bool(env) and env != _from_params
+    uri = env if user_env else tracking.uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{(root / uri[len('sqlite:///'):]).resolve()}"
+    if not create and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise FileNotFoundError(f"no MLflow registry at {uri}: nothing has been registered in this project yet "
+                                f"(run `steer run`), or set tracking.uri / MLFLOW_TRACKING_URI")
+    _from_params = None if user_env else uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if not create:
+        return uri
+    client = MlflowClient()
+    if client.get_experiment_by_name(tracking.experiment) is None:
+        location = None
+        if not uri.startswith("http"):
+            location = (root / tracking.artifact_location).resolve().as_uri()
+        client.create_experiment(tracking.experiment, artifact_location=location)
+    mlflow.set_experiment(tracking.experiment)
+    return uri
+
+
+def flatten(prefix: str, value: Any) -> dict[str, str]:
+    """Nested params → MLflow params ``a.b.c`` (values as strings, at most 6000 chars)."""
+    out: dict[str, str] = {}
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return {k: v[:6000] for k, v in out.items()}
+
+
+def metric_name(system: str, strength: float, key: str) -> str:
+    """``candidate/s-4/control``: MLflow metric names allow letters, digits, _ - . / and spaces."""
+    return f"{system}/s{strength:g}/{key}"
+
+
+def log_eval_metrics(doc: dict) -> None:
+    """Every system × strength × headline metric, plus the recommended operating point."""
+    metrics: dict[str, float] = {}
+    for system, sysdoc in doc["systems"].items():
+        for row in sysdoc["rows"]:
+            for key in ("control", "ppl", "ppl_increase", "distinct_1", "distinct_2", "distinct_3",
+                        "positive_rate", "avg_max_toxicity", "toxicity_probability"):
+                if key in row and row[key] == row[key]:
+                    metrics[metric_name(system, row["strength"], key)] = float(row[key])
+        for key, value in sysdoc["recommended"].items():
+            if isinstance(value, (int, float)) and value == value:
+                metrics[f"{system}/recommended/{key}"] = float(value)
+    metrics["base/ppl"] = float(doc["base"]["ppl"])
+    metrics["base/control"] = float(doc["base"]["control"])
+    mlflow.log_metrics(metrics)
+
+
+def log_steer_run(params: Params, name: str, root: Path, tags: dict[str, str], trained: bool, doc: dict | None) -> None:
+    """Everything a reviewer needs in the steer's MLflow run: params, lineage tags, data card, metrics, artifacts."""
+    spec = params.steer(name)
+    paths = SteerPaths(root, name)
+    card = json.loads(paths.data_card.read_text()) if paths.data_card.exists() else {}
+    mlflow.log_params(flatten("", {"model": params.model, "seed": params.runtime.seed, **spec.model_dump()}))
+    mlflow.set_tags({"steer": name, "data.content_hash": card.get("content_hash", ""),
+                     "steer.sha256": file_sha256(paths.steer), "trained": str(trained).lower(), **tags})
+    mlflow.log_dict(card, "data/card.json")
+    mlflow.log_artifact(str(paths.steer), "steer")
+    if paths.steer_card.exists():
+        mlflow.log_artifact(str(paths.steer_card), "steer")
+        timings = json.loads(paths.steer_card.read_text()).get("run", {})
+        mlflow.log_metrics({f"train/{k}": float(v) for k, v in timings.items() if isinstance(v, (int, float))})
+    if doc is not None:
+        log_eval_metrics(doc)
+        mlflow.log_dict(doc, "evaluation/comparison.json")
+        for p in (paths.metrics, paths.report, paths.samples, paths.explain):
+            if p.exists():
+                mlflow.log_artifact(str(p), "evaluation")
+        if paths.plots.exists():
+            mlflow.log_artifacts(str(paths.plots), "evaluation/plots")
+
+
+# ============================================================================================== registry
 CHAMPION, PREVIOUS = "champion", "previous"
 MODEL_CODE = Path(__file__).resolve().with_name("steer_model.py")
 STEER_CORE = Path(__file__).resolve().parent.parent / "steer_core"
@@ -200,8 +303,6 @@ def promote(name: str, version: str | int, decision: GateDecision, dry_run: bool
 
 def verify_artifact(mv: ModelVersion) -> None:
     """Raise unless the version's registered steer file has the sha256 its ``steer.sha256`` tag names."""
-    import tempfile
-
     want = mv.tags.get("steer.sha256", "")
     with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
         got = file_sha256(download_steer(mv.name, str(mv.version), dst_path=tmp))
@@ -240,3 +341,51 @@ def _record(client: MlflowClient, mv: ModelVersion, decision: GateDecision, basi
 def _ver(mv: ModelVersion | None) -> str | None:
     """Versions as strings: the sqlite store hands back ints, the REST store strings."""
     return str(mv.version) if mv else None
+
+
+# ============================================================================================== restore
+def resolve(name: str, which: str):
+    """The model version for ``NAME@VERSION`` or ``NAME@ALIAS``; a clear error when there is none."""
+    client = MlflowClient()
+    try:
+        if which.isdigit():
+            return client.get_model_version(name, which)
+        return client.get_model_version_by_alias(name, which)
+    except MlflowException:
+        try:
+            versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        except MlflowException:
+            versions = []
+        if not versions:
+            raise ValueError(f"no registered model named {name!r}") from None
+        raise ValueError(f"{name}@{which}: no such version or alias (versions: {versions})") from None
+
+
+def restore_version(ref: str, params: Params, root: Path, out_dir: Path | None = None,
+                    log: Callable[[str], None] = print) -> dict:
+    """Restore the files of ``ref`` into ``out_dir`` (default: the project root) and return what was done."""
+    name, _, which = ref.partition("@")
+    if not name or not which:
+        raise ValueError(f"{ref!r} is not NAME@VERSION or NAME@ALIAS (e.g. sentiment@champion, sentiment@3)")
+    configure(params.tracking, root, create=False)
+    mv = resolve(name, which)
+    files = lineage.outputs_from_tags(mv.tags)
+    want = mv.tags.get("steer.sha256", "")
+    steer_files = [p for p in files if p.endswith(".safetensors")]
+    if not files or not steer_files or not want:
+        raise ValueError(f"{name} version {mv.version} has no DVC lineage tags (registered before lineage was "
+                         f"recorded?): it cannot be restored through DVC")
+    project = dvc_stages.open_project(root, params.dvc.remote, log=log)
+
+    def verify(staged: Path) -> None:
+        got = file_sha256(staged / steer_files[0])
+        if got != want:
+            raise ValueError(f"{steer_files[0]} restored from DVC has sha256 {got[:12]}…, but {name} version "
+                             f"{mv.version} was registered with {want[:12]}…: refusing to restore it")
+
+    dest = (out_dir or root).resolve()
+    written = dvc_stages.restore_objects(project, files, dest, verify=verify, log=log)
+    return {"name": name, "version": str(mv.version), "dest": str(dest), "sha256": want,
+            "files": [str(p.relative_to(dest)) for p in written], "git_commit": mv.tags.get("git_commit", "unknown"),
+            "git_dirty": mv.tags.get("git_dirty", "unknown"),
+            "params_sha256": mv.tags.get("lineage.params_sha256", "")}

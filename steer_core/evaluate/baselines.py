@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from .lm import LoadedLM
+from steer_core.model.lm import LoadedLM
 
 
 @dataclass
@@ -194,7 +194,7 @@ def actadd_steering(lm: LoadedLM, actadd: ActAdd, strength: float,
     but the first ``actadd.sink_positions`` of each sequence. Strength 0 adds exact zeros.
 
     ``rows`` (optional, one bool per batch row) steers only those rows: the others run the unsteered model in the
-    same pass (``steer_core.generate``'s unsteered twins, which read the base model's logits beside each row)."""
+    same pass (``steer_core.model.generate``'s unsteered twins, which read the base model's logits beside each row)."""
     layer = decoder_layers(lm)[actadd.layer]
     vec = actadd.added(strength).to(lm.device)
     thread = threading.get_ident()  # a model shared by threads is steered only in this thread's passes
@@ -260,7 +260,7 @@ def choose_layer(
     """Fit one vector per candidate layer and keep the one whose control at the perplexity budget is best.
 
     ``control_at_budget(actadd) -> (control, details)`` measures a fitted vector (e.g. the ±s swing at the largest
-    in-budget strength found by :func:`steer_core.strength_search.search_two_sided` on a small prompt set); it is
+    in-budget strength found by :func:`steer_core.evaluate.search.search_two_sided` on a small prompt set); it is
     a callable so the choice is testable without sampling. Ties go to the earlier candidate. ``layers=None``:
     :func:`default_layer_candidates`.
     """

@@ -11,7 +11,7 @@ and each part's strength can still be set on its own at generation time.
 Rules (documented here, relied on by the CLI):
 
 - **Same base.** Every part must carry the same ``base_fingerprint`` (a part without one is accepted and takes the
-  others'); different fingerprints raise :class:`~steer_core.steer.BaseModelMismatch`. Different ``dim`` raises
+  others'); different fingerprints raise :class:`~steer_core.model.steer.BaseModelMismatch`. Different ``dim`` raises
   ``ValueError``. ``steer transfer`` is the way across base models.
 - **Names.** A name that appears in one part only is kept as it is. A name that appears in several parts is
   prefixed with each part's label, ``"<label>.<name>"`` (labels default to ``p0, p1, …``; the CLI uses the file
@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .steer import BaseModelMismatch, Steer, primary_name
+from steer_core.model.steer import BaseModelMismatch, Steer, primary_name
 
 DUMMY = "dummy"
 

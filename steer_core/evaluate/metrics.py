@@ -13,9 +13,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .scorers.base import Cuts
-from .scorers.diversity import distinct_n
-from .scorers.lexical import VaderScorer
+from steer_core.scorers.base import Cuts
+from steer_core.scorers.diversity import distinct_n
+from steer_core.scorers.lexical import VaderScorer
 
 
 def _groups(scores_by_prompt: Sequence[Sequence[float]]) -> list[np.ndarray]:
