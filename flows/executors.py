@@ -94,8 +94,8 @@ def start_local_cluster(workers: int, threads_per_worker: int):
 #: Dask's housekeeping, slowed down for a cluster whose every task is seconds of CPU-bound sampling: with one core
 #: per worker, each wake-up is taken from the sampling. Dask's defaults (a 20 ms event-loop tick, a 10 ms
 #: statistical profiler in every worker, memory polled every 100 ms) serve interactive dashboards, which this
-#: cluster does not run (what this saves is measured in bench/README.md, dask_eval). The memory limit is still
-#: enforced, once a second.
+#: cluster does not run (``bench/dask_eval.py`` measures the scaling). The memory limit is still enforced, once a
+#: second.
 QUIET_CLUSTER = {
     "distributed.admin.tick.interval": "1s",
     "distributed.admin.system-monitor.interval": "2s",

@@ -51,7 +51,7 @@ class TrainConfig(Strict):
     rank: int | None = Field(None, ge=1, description="None = full rank (d x d); else W = A B^T of rank r")
     epsilon: float = Field(1e-3, gt=0)
     optimizer: Literal["adam", "lbfgs"] = "adam"
-    lr: float = Field(0.1, gt=0, description="Adam on the cache: 0.1 fits in a few epochs (1e-2 underfits, measured)")
+    lr: float = Field(0.1, gt=0, description="Adam's learning rate on the hidden-state cache")
     epochs: int = Field(6, ge=1)
     tokens_per_batch: int = Field(512, ge=16, description="token-packed batch: no padding is ever computed")
     max_length: int = Field(64, ge=4, description="tokens per text (longer texts are cut)")
@@ -184,8 +184,8 @@ class PromptSetConfig(Strict):
     threshold: float = 0.5
     #: eliciting only: what the scorer must flag. ``text`` = the held-out text the prompt opens (the prompt itself
     #: may be clean: base continuations are rarely toxic); ``prompt`` = the prompt's own words, the way
-    #: RealToxicityPrompts' challenging prompts are often toxic themselves (about 3× the base toxicity here, so a
-    #: detox gain shows on fewer prompts: bench/README.md, eliciting_prompts)
+    #: RealToxicityPrompts' challenging prompts are often toxic themselves (a higher base toxicity, so a detox gain
+    #: shows on fewer prompts)
     flagged: Literal["text", "prompt"] = "text"
 
 

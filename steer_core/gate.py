@@ -194,8 +194,8 @@ def _ppl_interval_check(ppl: float, ratios: list[list[float]], gate: GateConfig,
 
     Why not the point estimate: the strength is chosen at the budget's edge, so its cross-fitted perplexity lands
     above the limit about half the time on noise alone, and scheduled retraining would flip between promoted and
-    refused (bench/README.md, ppl_gate_rules: the point check refused 60 % of draws of the shipped protocol's size,
-    half of them steers that stayed within the limit on other prompts). Returns the text for the pass reason."""
+    refused (``bench/ppl_gate_rules.py`` measures how often each rule refuses on noise). Returns the text for the pass
+    reason."""
     limit = gate.max_ppl_increase
     worst: tuple[float, float, float] | None = None
     for vals in ratios:
@@ -446,8 +446,7 @@ def power_report(doc: Mapping[str, Any], effect: float, power: float = 0.8, conf
 def _perplexity_precision(rec: Mapping[str, Any], confidence: float) -> dict[str, Any] | None:
     """How well the protocol pins the judge-perplexity increase the gate checks: from the worse side's cross-fitted
     per-prompt log(ppl / base's), the increase, the ± points of its central ``confidence`` interval now, and the
-    prompts (at this many samples) for ±5 and ±10 points (normal approximation; see bench/README.md, ppl_gate_rules:
-    at the shipped size the deployed strength's perplexity is known to about ±15 points). None without the ratios."""
+    prompts (at this many samples) for ±5 and ±10 points (normal approximation). None without the ratios."""
     import numpy as np
 
     sides = []

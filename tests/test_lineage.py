@@ -4,8 +4,7 @@ restores any version's data and steer byte for byte. Real DVC, git, MLflow and P
 pipeline params on the real default model.
 
 The module's project is run once by the ``first`` fixture, which records what the first run left; every test that
-changes the project runs the flow again, so each test starts from a project the flow has converged (the new-data test,
-which leaves its new params behind, comes last).
+changes a project gets its own copy of it (``project``), so each test runs alone and in any order.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from projects import git, isolated_tracking, make_project, sha256, write_params
+from projects import copy_project, git, isolated_tracking, make_project, sha256, write_params
 from tiny_pipeline import tiny_params
 
 pytestmark = pytest.mark.slow
@@ -92,6 +91,12 @@ def first(tmp_path_factory: pytest.TempPathFactory, harness) -> Iterator[dict[st
                "commit": git(root, "rev-parse", "HEAD"), "repro": dvc(root, "repro").stdout}
 
 
+@pytest.fixture
+def project(first, tmp_path: Path) -> Path:
+    """A copy of the first run's project (git, DVC cache and remote, MLflow store) for one test to change."""
+    return copy_project(first["root"], tmp_path / "project")
+
+
 # ------------------------------------------------------------------------------------------------ tests
 def test_first_run_writes_the_lock_fills_the_remote_and_tags_the_version(first) -> None:
     root, (row,) = first["root"], first["rows"]
@@ -114,9 +119,8 @@ def test_first_run_writes_the_lock_fills_the_remote_and_tags_the_version(first) 
     assert parent.data.tags["git_commit"] == first["commit"] and "lineage.params_sha256" in parent.data.tags
 
 
-def test_a_second_run_reruns_nothing_and_registers_nothing(first) -> None:
-    root = first["root"]
-    run_flow(root)  # converge, whatever an earlier test changed
+def test_a_second_run_reruns_nothing_and_registers_nothing(project) -> None:
+    root = project
     before = versions(root)
     (row,) = run_flow(root)
     assert ran(row) == [] and row["status"] == "unchanged", row
@@ -124,11 +128,10 @@ def test_a_second_run_reruns_nothing_and_registers_nothing(first) -> None:
     assert "up to date" in dvc(root, "status").stdout
 
 
-def test_a_code_change_reruns_exactly_the_stages_that_run_that_code(first) -> None:
-    root = first["root"]
-    run_flow(root)
+def test_a_code_change_reruns_exactly_the_stages_that_run_that_code(project) -> None:
+    root = project
     before = versions(root)
-    with open(root / "steer_core" / "evaluate.py", "a") as f:
+    with open(root / "steer_core" / "evaluate" / "metrics.py", "a") as f:
         f.write("\n# a code change\n")
     (row,) = run_flow(root)
     assert ran(row) == ["evaluate"], row
@@ -141,30 +144,26 @@ def test_a_code_change_reruns_exactly_the_stages_that_run_that_code(first) -> No
     assert "up to date" in dvc(root, "status").stdout
 
 
-def test_checkout_fails_clearly_when_the_remote_lacks_the_data(first, tmp_path) -> None:
-    root = first["root"]
+def test_checkout_fails_clearly_when_the_remote_lacks_the_data(project, tmp_path) -> None:
+    root = project
     shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
     empty = tmp_path / "empty-remote"
     empty.mkdir()
     dvc(root, "remote", "add", "--local", "-f", "local", str(empty))  # config.local overrides the project's remote
-    try:
-        out = tmp_path / "out"
-        proc = steer_cli(root, "checkout", f"{NAME}@1", "--out", str(out))
-        assert proc.returncode == 2, proc.stderr
-        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-        assert len(lines) == 1 and "lacks" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
-        assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))  # nothing half-restored
-        bad = steer_cli(root, "checkout", f"{NAME}@99")
-        assert bad.returncode == 2 and "no such version" in bad.stderr, bad.stderr
-    finally:
-        dvc(root, "remote", "remove", "--local", "local")
-        dvc(root, "fetch")  # refill the cache from the project's remote for later tests
+    out = tmp_path / "out"
+    proc = steer_cli(root, "checkout", f"{NAME}@1", "--out", str(out))
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "lacks" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))  # nothing half-restored
+    bad = steer_cli(root, "checkout", f"{NAME}@99")
+    assert bad.returncode == 2 and "no such version" in bad.stderr, bad.stderr
 
 
-def test_stage_deps_cover_every_module_a_stage_loads(first) -> None:
+def test_stage_deps_cover_every_module_a_stage_loads(project) -> None:
     """dvc.yaml must list all the code a stage runs: run each stage outside DVC and compare its loaded modules
     (all of them from the project's own steer_core, as under DVC)."""
-    root = first["root"]
+    root = project
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     for stage in ("prepare", "train", "evaluate"):
         deps = [d for d in stages[stage]["do"]["deps"] if d.startswith("steer_core")]
@@ -185,9 +184,8 @@ def test_stage_deps_cover_every_module_a_stage_loads(first) -> None:
     assert "up to date" in dvc(root, "status").stdout
 
 
-def test_new_data_registers_a_version_and_checkout_restores_v1_byte_identically(first, tmp_path) -> None:
-    """The module's last test on the ``first`` project: it leaves new params behind (no run back to them)."""
-    root, snap = first["root"], first["snapshot"]
+def test_new_data_registers_a_version_and_checkout_restores_v1_byte_identically(first, project, tmp_path) -> None:
+    root, snap = project, first["snapshot"]
     git(root, "add", "-A")  # dvc.lock, metrics and plot data go to git; DVC git-ignores what it caches
     git(root, "commit", "-q", "-m", "a run")
     committed = [p for p in git(root, "ls-files").splitlines()

@@ -239,7 +239,6 @@ def test_second_run_with_nothing_changed_skips_training_and_registers_nothing(pr
     assert run.data.tags["trained"] == "false"
     assert run.data.tags["data.content_hash"]
     assert "candidate/s4/control" not in run.data.metrics  # not re-evaluated
-    assert seconds < project["first_seconds"]  # no training, no evaluation: much faster (first run ~10x longer)
 
 
 @pytest.mark.slow

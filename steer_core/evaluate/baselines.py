@@ -1,8 +1,9 @@
 """Activation addition (ActAdd / CAA mean-difference steering): the baseline LM-Steer is compared against.
 
 The vector is the mean hidden state of the +1 texts minus that of the −1 texts at one decoder layer's output;
-during generation it is added to that layer's output. Made *fair* (issue 11) in three ways, because the naive
-version was broken rather than weak (at ±1 the default model's perplexity went 10 → 3,473 and 138,413):
+during generation it is added to that layer's output. Made *fair* in three ways, because the naive version breaks
+the text rather than steering it (at a multiplier of 1 the default model's perplexity grows by orders of
+magnitude):
 
 - **Sinks are excluded.** Small Llama-style models carry huge "attention sink" activations on the first position
   (‖h‖ there is tens of times the typical norm). Averaged over all positions, the mean difference is dominated by

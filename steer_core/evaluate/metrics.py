@@ -162,8 +162,7 @@ def paired_interval(
     With few prompts the plain percentile bootstrap is too narrow (it ignores that the spread itself is estimated),
     so this is the *expanded* percentile interval (Hesterberg 2015): the percentiles are taken at
     ``2 * Phi(-sqrt(n / (n - 1)) * t_{n-1, 1 - alpha/2})`` instead of ``alpha``, which for 24 prompts and 95 % reads
-    the 1.7 / 98.3 percentiles (its false-promotion rate at zero effect against the plain interval's: bench/README.md,
-    gate_calibration).
+    the 1.7 / 98.3 percentiles (``bench/gate_calibration.py`` measures its false-promotion rate at zero effect).
     """
     d = np.asarray(diffs, dtype=float).ravel()
     if d.size == 0:

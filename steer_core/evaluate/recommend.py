@@ -64,7 +64,7 @@ def base_ppl_over(base: dict, idx: list[int]) -> float:
 
 def _prefer_gaining(cands: list[dict], strength: float, key: str, base_control: float, limit: float
                     ) -> tuple[float, str]:
-    """Never a strength with zero or negative gain while a larger in-budget strength gains (issue 11).
+    """Never a strength with zero or negative gain while a larger in-budget strength gains.
 
     ``gain`` is control minus the base's (toxicity; each side of sentiment includes the base itself, s = 0, so
     its best in-budget choice gains whenever any in-budget strength does). The choice of

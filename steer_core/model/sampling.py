@@ -1,8 +1,8 @@
 """Nucleus sampling with per-row random numbers, as a logits processor inside a greedy ``generate``.
 
 Why not ``generate``'s own top-p: HF sorts the whole vocabulary for every row at every step and then draws over
-the whole vocabulary, which on a CPU costs more than the model's forward pass (measured in bench/README.md,
-eval_speed, "+ nucleus sampler"). :class:`NucleusSampler` finds the nucleus with ``topk`` (widening only for rows
+the whole vocabulary, which on a CPU costs more than the model's forward pass (``bench/eval_speed.py``).
+:class:`NucleusSampler` finds the nucleus with ``topk`` (widening only for rows
 whose nucleus is larger) and hands ``generate`` (run with ``do_sample=False``) a one-hot score row, so greedy
 decoding picks exactly the sampled token.
 

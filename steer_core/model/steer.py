@@ -114,8 +114,7 @@ class Steer(nn.Module):
             if h.dim() == 2:  # token-packed: one value row per vector → Σ_i s_i (W_i h)
                 Wh = torch.einsum("nij,tj->tni", W, h)
                 return self.epsilon * torch.einsum("tn,tni->ti", values, Wh)
-            # per-row values: weight each W_i h rather than build a d×d matrix per row (cheaper per step:
-            # bench/README.md, generate_speed)
+            # per-row values: weight each W_i h rather than build a d×d matrix per row (cheaper per step)
             Wh = torch.einsum("nij,b...j->b...ni", W, h)
             shape = (values.shape[0],) + (1,) * (h.dim() - 2) + (values.shape[1], 1)
             return self.epsilon * (Wh * values.view(shape)).sum(-2)

@@ -12,8 +12,8 @@ from .base import Cuts, Scorer, register
 class ProfanityScorer(Scorer):
     """alt-profanity-check's probability of offensive language (TF-IDF + calibrated linear SVM).
 
-    One ``predict_prob`` call per batch, because one text at a time is orders of magnitude slower (bench/README.md,
-    eval_speed). It mostly detects profanity, not subtler toxicity.
+    One ``predict_prob`` call per batch, because one text at a time is orders of magnitude slower. It mostly detects
+    profanity, not subtler toxicity.
     """
 
     name = "profanity"

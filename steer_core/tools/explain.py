@@ -15,12 +15,8 @@ lists the tokens whose logits +1 strength raises / lowers most at h̄ (all direc
 filtered to word-like ones by default: alphabetic once decoded and the leading space stripped, at least
 ``min_len`` characters, and (``word_start``) starting a word, so subword fragments ('elled', 'ORS') drop out.
 
-Measured on a full-rank sentiment steer of SmolLM2-135M (785 airline tweets, +1 positive / −1 negative): the top
-direction holds 32 % of ‖W‖²; promoted: thanks, great, wonderful, amazing, excellent; demoted: Flight, hold,
-flights, haven. With raw dot products and no orientation the same direction reads "Flight, ORS, hypocr" vs
-"thanks, great": rare fragments with large embeddings crowd the lists and the sign is arbitrary. ``overall``
-(ε eᵀ W h̄): thanks, Thanks, OrderedDict, wonderful, thank, amazing (+0.24 to +0.36 nats per unit strength) vs
-Flight, flight, hold, haven, shouldn.
+Why orient and filter: with raw dot products and no orientation, rare subword fragments with large embeddings crowd
+the lists and the sign of each direction is arbitrary.
 
 **highlight**. Per-token evidence for the +s style: ``loss(token | −s) − loss(token | +s)`` = log p₊ − log p₋ (in
 nats): positive where the token is more likely under +s. The spans are the best few non-overlapping
