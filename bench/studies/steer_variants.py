@@ -13,6 +13,8 @@ the budget.
 
 from __future__ import annotations
 
+import sys
+
 import argparse
 import json
 import tempfile
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for _common
 from _common import ROOT, header
 
 from steer_core.config import ClassifierSource, GeneratedSource, PackagedSource, load_params

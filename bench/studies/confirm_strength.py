@@ -15,12 +15,15 @@ labelled with).
 
 from __future__ import annotations
 
+import sys
+
 import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for _common
 from _common import header, per_prompt_metrics
 
 from steer_core.data.records import load_jsonl
