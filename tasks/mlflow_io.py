@@ -14,7 +14,9 @@ from __future__ import annotations
 import importlib.metadata as md
 import json
 import os
+import socket
 import tempfile
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -345,11 +347,17 @@ def _ver(mv: ModelVersion | None) -> str | None:
 
 # ============================================================================================== restore
 def resolve(name: str, which: str):
-    """The model version for ``NAME@VERSION`` or ``NAME@ALIAS``; a clear error when there is none."""
+    """The model version for ``NAME@VERSION``, ``NAME@ALIAS`` or ``NAME@latest`` (the newest version); a clear error
+    when there is none."""
     client = MlflowClient()
     try:
         if which.isdigit():
             return client.get_model_version(name, which)
+        if which == "latest":
+            newest = model_versions(name)
+            if newest:
+                return newest[-1]
+            raise MlflowException(f"{name} has no versions")
         return client.get_model_version_by_alias(name, which)
     except MlflowException:
         try:
@@ -389,3 +397,66 @@ def restore_version(ref: str, params: Params, root: Path, out_dir: Path | None =
             "files": [str(p.relative_to(dest)) for p in written], "git_commit": mv.tags.get("git_commit", "unknown"),
             "git_dirty": mv.tags.get("git_dirty", "unknown"),
             "params_sha256": mv.tags.get("lineage.params_sha256", "")}
+
+
+# ============================================================================================== reads (the playground)
+class TrackingUnavailable(SteerError):
+    """The tracking server does not answer."""
+
+
+def check_reachable(uri: str, timeout: float = 3.0) -> None:
+    """Raise :class:`TrackingUnavailable` unless an http(s) tracking server accepts a connection within ``timeout``.
+
+    Why: MLflow retries a refused request with back-off for minutes, and a page that reads the registry must answer
+    at once. A local store (sqlite, file) is always reachable."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    parts = urllib.parse.urlsplit(uri)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "localhost", port), timeout=timeout).close()
+    except OSError as exc:
+        why = exc.strerror or exc.__class__.__name__
+        raise TrackingUnavailable(f"the MLflow tracking server at {uri} is not reachable ({why.lower()}): start it, "
+                                  f"or point tracking.uri / MLFLOW_TRACKING_URI at one that runs") from None
+
+
+def registered_names() -> list[str]:
+    """Every registered model's name, sorted."""
+    client, names, token = MlflowClient(), [], None
+    while True:
+        page = client.search_registered_models(max_results=100, page_token=token)
+        names += [m.name for m in page]
+        token = page.token
+        if not token:
+            return sorted(names)
+
+
+def model_versions(name: str) -> list[ModelVersion]:
+    """The versions of model ``name``, oldest first (empty when there is no such model)."""
+    try:
+        found = MlflowClient().search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return []
+    return sorted(found, key=lambda mv: int(mv.version))
+
+
+def model_aliases(name: str) -> dict[str, str]:
+    """Alias → version (as a string) of model ``name``."""
+    return {alias: str(v) for alias, v in MlflowClient().get_registered_model(name).aliases.items()}
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    """The latest value of every metric of a run (e.g. the ``recommended_*`` figures a registered version was
+    chosen on)."""
+    return dict(MlflowClient().get_run(run_id).data.metrics)
+
+
+def download_run_file(run_id: str, path: str, dst_path: str | Path) -> Path | None:
+    """One artifact file of a run (e.g. ``evaluation/plots/frontier.png``) under ``dst_path``; None when the run
+    has no such file."""
+    folder, _, _ = path.rpartition("/")
+    if path not in {f.path for f in MlflowClient().list_artifacts(run_id, folder or None)}:
+        return None
+    Path(dst_path).mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst_path)))
