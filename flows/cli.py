@@ -1,8 +1,10 @@
-"""The orchestration commands, added onto the library's ``steer`` app: ``run``, ``deploy`` and ``checkout``.
+"""The orchestration commands, added onto the library's ``steer`` app: ``run``, ``deploy``, ``checkout`` and
+``playground``.
 
-They live here, not in ``steer_core``, because they need Prefect, MLflow and DVC; the console script ``steer``
-points at this module's ``app``, which is ``steer_core.cli.app`` plus these commands. Prefect reads PREFECT_HOME
-when it is imported, so each command sets the project's tool state (``project_env``) before importing the flow.
+They live here, not in ``steer_core``, because they need Prefect, MLflow and DVC (the playground: Gradio); the
+console script ``steer`` points at this module's ``app``, which is ``steer_core.cli.app`` plus these commands. Prefect
+reads PREFECT_HOME when it is imported, so each command sets the project's tool state (``project_env``) before
+importing the flow.
 """
 
 from __future__ import annotations
@@ -147,6 +149,23 @@ def checkout(
         out.print(f"  {path}", highlight=False)
     out.print(f"code: git commit {doc['git_commit']} (dirty: {doc['git_dirty']}); params sha256 "
               f"{doc['params_sha256'][:12]}…", highlight=False)
+
+
+@app.command()
+@cli_errors
+def playground(
+    port: int = typer.Option(7860, "--port", min=1, max=65535),
+    host: str = typer.Option("127.0.0.1", "--host", help="the address to serve on (0.0.0.0: every interface)"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: "
+                                          "params.yaml's runtime.threads)"),
+) -> None:
+    """Serve a local page that puts the base model and registered steers (default: each steer's champion beside its
+    newest version) side by side on your prompts, with the same random numbers in every column."""
+    params, root = _project(params_file)
+    from flows.playground import serve
+
+    serve(params, root, port=port, host=host, threads=threads, log_line=lambda m: err.print(m, highlight=False))
 
 
 def main() -> None:  # pragma: no cover - console entry point
