@@ -76,19 +76,36 @@ def _project(params_file: Path):
     return params, root
 
 
+def front_door(params_file: Path, only: Optional[list[str]] = None):
+    """Everything ``steer run`` checks before it takes the run lock or starts any work: the params file parses and
+    validates, and the run's preflight passes (steers, model, data and prompt files, scorers, tracking store, DVC
+    remote). Writes nothing; raises one of ``USER_ERRORS`` (one line) on the first problem. Returns
+    ``(params, root, names)``."""
+    params, root = _project(params_file)
+    from tasks import preflight
+
+    names = list(only or params.steers)
+    preflight.check_run(params, root, names)  # before any model, sample or registry write
+    return params, root, names
+
+
 @app.command()
 @cli_errors
 def run(
     params_file: Path = typer.Option(Path("params.yaml"), "--params"),
     only: Optional[list[str]] = typer.Option(None, "--steer", help="run only these steers (repeatable)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="evaluate and gate, but move no registry alias"),
+    check: bool = typer.Option(False, "--check", help="only validate params.yaml and the project (what a run "
+                               "checks before any work), then exit: nothing is run or written"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The whole job: DVC's stages (prepare → train → evaluate), push, register, gated promotion, for every steer."""
-    params, root = _project(params_file)
-    from tasks import preflight, run_lock
+    params, root, names = front_door(params_file, only)
+    if check:
+        err.print(f"{params_file}: ok, ready to run {', '.join(names)}", highlight=False, soft_wrap=True)
+        return
+    from tasks import run_lock
 
-    preflight.check_run(params, root, list(only or params.steers))  # before any model, sample or registry write
     with run_lock.hold(root, log=err.print):  # one run per project; a second one is refused at once
         from flows.steer_pipeline import steer_pipeline
 

@@ -23,8 +23,9 @@ NAME = "sentiment"
 def steer_run(root: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     env.update(PREFECT_HOME=str(root / ".prefect"))
-    return subprocess.run([str(BIN / "steer"), "run", "--params", str(root / "params.yaml"), *args], cwd=root,
-                          env=env, capture_output=True, text=True, timeout=120)
+    params = [] if "--params" in args else ["--params", str(root / "params.yaml")]
+    return subprocess.run([str(BIN / "steer"), "run", *params, *args], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=120)
 
 
 def untouched(root: Path) -> bool:
@@ -44,7 +45,7 @@ def untouched(root: Path) -> bool:
     (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME], "evaluate": {"strengths": [0.0, 2.0]}}}},
      "at least one pair"),
     (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME], "data": {"source": {"kind": "file", "path": "x.csv"}}}}},
-     "file x.csv not found"),
+     "data file x.csv not found"),
 ], ids=["unknown-steer", "missing-model-dir", "tracking-down", "unknown-remote", "scorer-kind", "missing-judge", "no-pair",
         "missing-data-file"])
 def test_bad_input_is_one_line_and_exit_2_before_any_work(change, expect, tmp_path) -> None:
@@ -55,6 +56,28 @@ def test_bad_input_is_one_line_and_exit_2_before_any_work(change, expect, tmp_pa
     assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and proc.stdout.strip() == ""
     assert untouched(root), sorted(p.name for p in root.iterdir())  # no mlflow.db, no data, no dvc.lock
+
+
+def test_an_empty_prompt_list_and_a_directory_as_params_are_refused_in_one_line(tmp_path) -> None:
+    """The two cases of issue #30 that started work: a steer with ``prompts: []`` (a 574-line traceback after
+    creating the MLflow store) and ``--params`` naming a directory (an IsADirectoryError traceback)."""
+    params = tiny_params(NAME)
+    params["steers"][NAME]["prompts"] = []
+    for root, args, expect in ((make_project(tmp_path / "empty", params, with_git=False), (),
+                                f"steers.{NAME}.prompts is empty"),
+                               (make_project(tmp_path / "dir", tiny_params(NAME), with_git=False), ("--params", "."),
+                                "is a directory; expected a YAML file")):
+        proc = steer_run(root, *args)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and expect in lines[0], proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and untouched(root), sorted(p.name for p in root.iterdir())
+
+
+def test_check_validates_a_good_project_and_writes_nothing(tmp_path) -> None:
+    root = make_project(tmp_path / "project", tiny_params(NAME), with_git=False)
+    proc = steer_run(root, "--check")
+    assert proc.returncode == 0 and "ok, ready to run sentiment" in proc.stderr, proc.stderr[-2000:]
+    assert untouched(root), sorted(p.name for p in root.iterdir())
 
 
 def test_evaluate_refuses_a_steer_whose_parts_do_not_match_params_before_sampling(tiny_dir, tmp_path) -> None:

@@ -187,11 +187,21 @@ def _resolve_spec(spec: str) -> tuple[str, Path | None, str]:
     if p.suffix == ".gguf":
         if not p.is_file():
             raise ModelLoadError(f"GGUF file not found: {spec}")
+        try:
+            with open(p, "rb") as f:
+                magic = f.read(4)
+        except OSError as exc:
+            raise ModelLoadError(f"GGUF file {spec} cannot be read ({exc.strerror})") from None
+        if magic != b"GGUF":
+            raise ModelLoadError(f"{spec} is not a GGUF file (no GGUF header: empty, truncated or another format)")
         return "gguf", p, p.stem
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise ModelLoadError(f"{spec} is a directory but holds no config.json (not a model directory)")
         return "dir", p, p.name
+    if p.is_file() and spec.startswith((".", "/", "~")):
+        raise ModelLoadError(f"{spec} is a file but not a .gguf; expected a model directory (with config.json) or a "
+                             f".gguf file")
     if spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1:
         raise ModelLoadError(f"model path not found: {spec}")
     return "hub", None, spec
