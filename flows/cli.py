@@ -129,17 +129,23 @@ def deploy(
     """Deploy the pipeline (needs a Prefect server: PREFECT_API_URL): to a work pool's workers (--pool), or served
     from this process on a cron schedule (--cron alone; blocks)."""
     params, root = _project(params_file)
+    if pool is None and cron is None:
+        raise ValueError("give --cron SCHEDULE (serve from this machine) or --pool NAME (a work pool's workers run "
+                         "it), or both")
+    from flows.deployments import check_cron, prefect_api, shared_tracking_uri
+
+    if pool is not None:
+        shared_tracking_uri(params)  # before Prefect is touched
+    prefect_api()  # a deployment outlives this command only on a real Prefect server
+    if cron is not None:
+        check_cron(cron)
     if pool is None:
-        if cron is None:
-            raise ValueError("give --cron SCHEDULE (serve from this machine) or --pool NAME (a work pool's workers "
-                             "run it), or both")
         from flows.steer_pipeline import serve_scheduled
 
         serve_scheduled(cron, name, str(params_file.resolve()), str(root), log=err.print)
         return
-    from flows.deployments import deploy_to_pool, shared_tracking_uri
+    from flows.deployments import deploy_to_pool
 
-    shared_tracking_uri(params)  # before Prefect is touched
     ref = deploy_to_pool(pool, name, params, str(params_file.resolve()), str(root), cron=cron, log=err.print)
     out.print(ref, highlight=False)
 
@@ -153,6 +159,11 @@ def checkout(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Restore a registered version's prepared data, prompts and steer file through DVC, from its lineage tags."""
+    name, at, which = ref.partition("@")
+    if not name or not at or not which or "@" in which:
+        raise ValueError(f"{ref!r} is not NAME@VERSION or NAME@ALIAS (e.g. sentiment@champion, sentiment@3)")
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; expected a folder to restore into")
     params, root = _project(params_file)
     from tasks.mlflow_io import restore_version
 

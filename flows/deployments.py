@@ -32,6 +32,44 @@ def shared_tracking_uri(params: Params) -> str:
     return uri
 
 
+def check_cron(cron: str) -> None:
+    """A one-line ``ValueError`` unless ``cron`` is a cron expression Prefect schedules."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron)
+    except Exception:
+        raise ValueError(f"--cron {cron!r} is not a valid cron expression (e.g. '0 3 * * 1')") from None
+
+
+def prefect_api(timeout: float = 5.0) -> str:
+    """The Prefect server a deployment registers with (PREFECT_API_URL, from the environment or the Prefect
+    profile), checked to answer: without one, Prefect would start a temporary server that vanishes with this
+    process, and its deployment with it."""
+    import urllib.error
+    import urllib.request
+
+    url = os.environ.get("PREFECT_API_URL")
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    if not url and profiles.is_file():  # importing Prefect creates PREFECT_HOME: only when a profile may name a URL
+        from prefect.settings import PREFECT_API_URL
+
+        url = PREFECT_API_URL.value()
+    if not url:
+        raise ValueError("steer deploy needs a Prefect server: start one (prefect server start) and set "
+                         "PREFECT_API_URL, e.g. http://127.0.0.1:4200/api")
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as resp:
+            ok = resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ValueError(f"Prefect server {url} (PREFECT_API_URL) is not reachable ({exc.__class__.__name__}): "
+                         f"start it, or point PREFECT_API_URL at a running one") from None
+    if not ok:
+        raise ValueError(f"Prefect server {url} answered /health with HTTP {resp.status}")
+    return url
+
+
 def source_dir() -> Path:
     """The directory holding ``flows/``, ``tasks/`` and ``steer_core/``: what a pool's workers load the flow from."""
     return Path(__file__).resolve().parents[1]
@@ -59,12 +97,7 @@ def deploy_to_pool(pool: str, name: str, params: Params, params_path: str, root:
 
     shared_tracking_uri(params)
     if cron is not None:
-        from prefect.client.schemas.schedules import CronSchedule
-
-        try:
-            CronSchedule(cron=cron)
-        except Exception:
-            raise ValueError(f"--cron {cron!r} is not a valid cron expression (e.g. '0 3 * * 1')") from None
+        check_cron(cron)
     if params.dvc.remote is None:
         log("warning: params.yaml names no dvc.remote: runs push to the project's default remote; on workers of "
             "other machines that must be shared storage (dvc remote add -d NAME s3://…)")

@@ -155,11 +155,8 @@ def _run(params_path: str, params: Params, names: list[str], root_path: Path, dr
 
 def serve_scheduled(cron: str, name: str, params_path: str, root: str, log=print) -> None:
     """Serve ``steer_pipeline`` as a deployment on a cron schedule (blocks; SIGTERM stops it and pauses it)."""
-    from prefect.client.schemas.schedules import CronSchedule
+    from flows.deployments import check_cron
 
-    try:
-        CronSchedule(cron=cron)
-    except Exception:
-        raise ValueError(f"--cron {cron!r} is not a valid cron expression (e.g. '0 3 * * 1')") from None
+    check_cron(cron)
     log(f"serving deployment steer-pipeline/{name} on cron {cron!r} (Ctrl-C or SIGTERM stops it)")
     steer_pipeline.serve(name=name, cron=cron, parameters={"params_path": params_path, "root": root})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -16,7 +17,7 @@ from typing import Callable, Optional
 import typer
 from rich.console import Console
 
-from steer_core.config import MAX_NEW_TOKENS, TEMPERATURE, TEXT_MAX_NEW_TOKENS, TOP_P, TrainConfig
+from steer_core.config import MAX_NEW_TOKENS, MAX_SEED, TEMPERATURE, TEXT_MAX_NEW_TOKENS, TOP_P, TrainConfig
 from steer_core.errors import USER_ERRORS, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and ship LM-Steer steers.")
@@ -39,6 +40,58 @@ def cli_errors(fn: Callable) -> Callable:
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+# ------------------------------------------------------------------------------------------- argument checks
+#: the bound params.yaml's schema puts on the same setting (steer_core.config)
+MAX_THREADS = 1024
+
+
+def _finite(value: Optional[float]) -> Optional[float]:
+    """An option callback: NaN and ±inf pass every min/max bound, so refuse them here (a usage error, exit 2)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def _top_p(value: float) -> float:
+    if not 0 < value <= 1:
+        raise typer.BadParameter(f"{value} is not in (0, 1]: the nucleus keeps the tokens that make up this much of "
+                                 f"the probability")
+    return value
+
+
+def _device(value: str) -> str:
+    if value not in ("auto", "cpu") and not value.startswith("cuda"):
+        raise typer.BadParameter(f"{value!r} is not a device: expected auto, cpu or cuda[:N]")
+    return value
+
+
+def _train_config(**settings) -> TrainConfig:
+    """``TrainConfig(**settings)``, with a refusal naming the command-line option rather than the config field."""
+    from pydantic import ValidationError
+
+    options = {"tokens_per_batch": "--batch-tokens"}
+    try:
+        return TrainConfig(**settings)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        option = options.get(field, "--" + field.replace("_", "-"))
+        raise ValueError(f"{option} {settings.get(field)!r}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+def _work_dir(path: Optional[Path]) -> Optional[Path]:
+    if path is not None and path.exists() and not path.is_dir():
+        raise ValueError(f"--work-dir {path} is a file; expected a folder for the checkpoints")
+    return path
+
+
+def _out_file(path: Optional[Path], option: str = "--out") -> Optional[Path]:
+    """A file the command will write: refused up front when it is a directory."""
+    if path is not None and path.is_dir():
+        raise ValueError(f"{option} {path} is a directory; expected a file to write")
+    return path
 
 
 def _runtime(threads: Optional[int]) -> None:
@@ -106,17 +159,17 @@ def train(
     labels: Optional[str] = typer.Option(None, "--labels", help="label→value map, e.g. positive=1,negative=-1"),
     name: str = typer.Option("style", "--name", help="name of the style steer"),
     rank: Optional[int] = typer.Option(None, "--rank", min=1, help="low rank r (default: full rank)"),
-    epsilon: float = typer.Option(_TRAIN["epsilon"], "--epsilon", min=0.0),
+    epsilon: float = typer.Option(_TRAIN["epsilon"], "--epsilon", min=0.0, callback=_finite),
     epochs: int = typer.Option(_TRAIN["epochs"], "--epochs", min=1),
-    lr: float = typer.Option(_TRAIN["lr"], "--lr", min=0.0),
+    lr: float = typer.Option(_TRAIN["lr"], "--lr", min=0.0, callback=_finite),
     optimizer: str = typer.Option("adam", "--optimizer", help="adam | lbfgs"),
     batch_tokens: int = typer.Option(_TRAIN["tokens_per_batch"], "--batch-tokens", min=16,
                                      help="tokens per packed batch"),
     max_texts: Optional[int] = typer.Option(None, "--max-texts", min=2),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.9),
-    device: str = typer.Option("auto", "--device"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1),
-    seed: int = typer.Option(0, "--seed"),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", min=0.0, max=0.9, callback=_finite),
+    device: str = typer.Option("auto", "--device", callback=_device),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=MAX_THREADS),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="checkpoints (resume by rerunning)"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
@@ -143,9 +196,16 @@ def train(
 
     if out_path.suffix != ".safetensors":
         raise ValueError(f"--out {out_path} must end in .safetensors")
+    _out_file(out_path)
     if optimizer not in ("adam", "lbfgs"):
         raise ValueError(f"--optimizer {optimizer!r}: expected adam or lbfgs")
-    texts, raw_labels = read_training_file(data)
+    cfg = _train_config(rank=rank, epsilon=epsilon, optimizer=optimizer, lr=lr, epochs=epochs,
+                        tokens_per_batch=batch_tokens)  # max_length, dummy: params.yaml's train section sets them
+    work_dir = _work_dir(work_dir)
+    try:
+        texts, raw_labels = read_training_file(data)
+    except OSError as exc:  # a directory, an unreadable file (a missing one is a DataError naming it)
+        raise ValueError(f"--data {data} cannot be read ({exc.strerror or exc.__class__.__name__})") from None
     values = labels_to_values([str(x) for x in raw_labels], parse_label_map(labels))
     rows = [{"text": t, "value": v} for t, v in zip(texts, values) if v == v]
     if max_texts:
@@ -154,8 +214,6 @@ def train(
     va = [r for r in rows if _val_split(r["text"], val_fraction)]
     if len({r["value"] for r in tr}) < 2:
         raise ValueError("the training split holds fewer than two steer values; add data or lower --val-fraction")
-    cfg = TrainConfig(rank=rank, epsilon=epsilon, optimizer=optimizer, lr=lr, epochs=epochs,
-                      tokens_per_batch=batch_tokens)  # max_length, dummy: params.yaml's train section sets them
     _runtime(threads)
     s = fit_and_write(load_lm(model, device), name, tr, va, cfg, out_path, seed=seed,
                       work=work_dir or out_path.parent / f".{out_path.stem}.work", progress=not quiet,
@@ -175,13 +233,13 @@ def generate(
     model: str = typer.Option("default", "--model"),
     steer_path: Optional[Path] = typer.Option(None, "--steer", help="a .safetensors steer"),
     strength: Optional[str] = typer.Option(None, "--strength", help="e.g. 3, -2 or name=2,other=-1"),
-    num_samples: int = typer.Option(1, "--num-samples", min=1),
-    max_new_tokens: int = typer.Option(TEXT_MAX_NEW_TOKENS, "--max-new-tokens", min=1),
-    top_p: float = typer.Option(TOP_P, "--top-p", min=0.0, max=1.0),
-    temperature: float = typer.Option(TEMPERATURE, "--temperature", min=1e-4),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    num_samples: int = typer.Option(1, "--num-samples", min=1, max=100_000),
+    max_new_tokens: int = typer.Option(TEXT_MAX_NEW_TOKENS, "--max-new-tokens", min=1, max=4096),
+    top_p: float = typer.Option(TOP_P, "--top-p", callback=_top_p),
+    temperature: float = typer.Option(TEMPERATURE, "--temperature", min=1e-4, callback=_finite),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED),
+    device: str = typer.Option("auto", "--device", callback=_device),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=MAX_THREADS),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document on stdout"),
     base_nucleus: bool = typer.Option(False, "--base-nucleus", help="sample within the unsteered model's top-p "
                                       "nucleus, reweighted by the steer (evaluate.base_nucleus)"),
@@ -251,12 +309,13 @@ def _emit_json(doc: dict) -> None:
     sys.stdout.write(json.dumps(doc, ensure_ascii=False, default=str) + "\n")
 
 
-def _load_for(steer_path: Path, model: Optional[str], device: str, threads: Optional[int]):
-    """Load a steer and its LM (``--model``, else the steer's own base_model, else default); check the base."""
+def _load_for(steer_path: Path, model: Optional[str], device: str, threads: Optional[int], steer=None):
+    """Load a steer (unless given, already read) and its LM (``--model``, else the steer's own base_model, else
+    default); check the base."""
     from steer_core.model.lm import load_lm
     from steer_core.model.steer import Steer
 
-    steer = Steer.load(steer_path)
+    steer = steer if steer is not None else Steer.load(steer_path)
     _runtime(threads)
     lm = load_lm(model or steer.metadata.get("base_model") or "default", device)
     steer.check_base(lm.fingerprint, source=str(steer_path))
@@ -279,6 +338,7 @@ def compose(
 
     if out_path.suffix != ".safetensors":
         raise ValueError(f"--out {out_path} must end in .safetensors")
+    _out_file(out_path)
     specs = [parse_part(p) for p in parts]
     steers = []
     for path, _ in specs:
@@ -306,18 +366,21 @@ def merge(
     out_dir: Path = typer.Option(..., "--out", help="model directory to write"),
     model: Optional[str] = typer.Option(None, "--model", help="base model (default: the steer's base_model)"),
     force: bool = typer.Option(False, "--force", help="replace --out if it exists"),
-    device: str = typer.Option("cpu", "--device"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    device: str = typer.Option("cpu", "--device", callback=_device),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=MAX_THREADS),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fold a steer at a fixed strength into the output layer: a plain HF model dir, loadable without steer code."""
     from steer_core.tools.merge import merge_into_model
-    from steer_core.model.steer import parse_strengths
+    from steer_core.model.steer import Steer, parse_strengths
 
     if out_dir.exists() and not force:
         raise ValueError(f"--out {out_dir} already exists (use --force to replace it)")
-    steer, lm = _load_for(steer_path, model, device, threads)
-    values = parse_strengths(strength, steer)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; expected a model directory to write")
+    steer = Steer.load(steer_path)
+    values = parse_strengths(strength, steer)  # a bad strength is refused before the model loads
+    steer, lm = _load_for(steer_path, model, device, threads, steer=steer)
     merge_into_model(lm, steer, values, out_dir, overwrite=force, source=str(steer_path))
     doc = {"out": str(out_dir), "model": lm.spec, "values": dict(zip(steer.names, values.tolist()))}
     if as_json:
@@ -332,21 +395,30 @@ def explain(
     steer_path: Path = typer.Argument(..., help="a .safetensors steer"),
     model: Optional[str] = typer.Option(None, "--model", help="base model (default: the steer's base_model)"),
     name: Optional[str] = typer.Option(None, "--name", help="which steer (default: the primary one)"),
-    k: int = typer.Option(5, "--k", min=1, help="singular directions to show"),
-    top_tokens: int = typer.Option(10, "--top-tokens", min=1),
+    k: int = typer.Option(5, "--k", min=1, max=4096, help="singular directions to show"),
+    top_tokens: int = typer.Option(10, "--top-tokens", min=1, max=10_000),
     all_tokens: bool = typer.Option(False, "--all-tokens", help="do not filter to word-like tokens"),
     min_len: int = typer.Option(3, "--min-len", min=1, help="shortest word-like token"),
     fragments: bool = typer.Option(False, "--fragments", help="also list word-like tokens that do not start a word"),
     score: str = typer.Option("cosine", "--score", help="cosine | dot: how tokens align with a direction"),
     out_json: Optional[Path] = typer.Option(None, "--out", help="also write the result as JSON here"),
-    device: str = typer.Option("cpu", "--device"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    device: str = typer.Option("cpu", "--device", callback=_device),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=MAX_THREADS),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The steer's top singular directions and the tokens each one promotes / demotes."""
+    from steer_core.model.steer import Steer
     from steer_core.tools.explain import explain as run_explain, explain_table, write_explain_artifact
 
-    steer, lm = _load_for(steer_path, model, device, threads)
+    if score not in ("cosine", "dot"):
+        raise ValueError(f"--score {score!r}: expected cosine or dot")
+    _out_file(out_json)
+    steer = Steer.load(steer_path)
+    if name is not None and name not in steer.names:
+        raise ValueError(f"--name {name!r}: {steer_path} holds steers {steer.names}")
+    if k > steer.dim:
+        raise ValueError(f"--k {k}: {steer_path} has {steer.dim} dimensions, so at most {steer.dim} directions")
+    steer, lm = _load_for(steer_path, model, device, threads, steer=steer)
     result = run_explain(steer, lm, name=name, k=k, top_tokens=top_tokens, word_like=not all_tokens, min_len=min_len,
                          word_start=not fragments, score=score)
     result["steer"] = str(steer_path)
@@ -363,19 +435,25 @@ def explain(
 def highlight(
     steer_path: Path = typer.Argument(..., help="a .safetensors steer"),
     text: str = typer.Option(..., "--text", help="the text to analyse"),
-    strength: float = typer.Option(1.0, "--strength", help="compare the text's likelihood at +S and -S"),
+    strength: float = typer.Option(1.0, "--strength", help="compare the text's likelihood at +S and -S",
+                                   callback=_finite),
     model: Optional[str] = typer.Option(None, "--model", help="base model (default: the steer's base_model)"),
     name: Optional[str] = typer.Option(None, "--name", help="which steer (default: the primary one)"),
     spans: int = typer.Option(3, "--spans", min=0, help="how many spans to pick"),
     html_out: Optional[Path] = typer.Option(None, "--html", help="write an HTML rendering here"),
-    device: str = typer.Option("cpu", "--device"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    device: str = typer.Option("cpu", "--device", callback=_device),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=MAX_THREADS),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Which tokens and spans of a text carry the steer's +S style (green) or −S style (red)."""
+    from steer_core.model.steer import Steer
     from steer_core.tools.explain import highlight as run_highlight, render_html, render_terminal
 
-    steer, lm = _load_for(steer_path, model, device, threads)
+    _out_file(html_out, "--html")
+    steer = Steer.load(steer_path)
+    if name is not None and name not in steer.names:
+        raise ValueError(f"--name {name!r}: {steer_path} holds steers {steer.names}")
+    steer, lm = _load_for(steer_path, model, device, threads, steer=steer)
     result = run_highlight(lm, steer, text, strength=strength, top_spans=spans, name=name)
     if html_out:
         from steer_core.files import write_atomic
@@ -396,9 +474,10 @@ def transfer(
     to_model: str = typer.Option(..., "--to", help="target model spec (default | hub id | local dir | .gguf)"),
     out_path: Path = typer.Option(..., "--out", help="where to write the transferred .safetensors"),
     from_model: Optional[str] = typer.Option(None, "--from", help="source model (default: the steer's base_model)"),
-    ridge: float = typer.Option(0.0, "--ridge", min=0.0, help="ridge penalty of the least-squares fit"),
-    device: str = typer.Option("cpu", "--device"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    ridge: float = typer.Option(0.0, "--ridge", min=0.0, help="ridge penalty of the least-squares fit",
+                                callback=_finite),
+    device: str = typer.Option("cpu", "--device", callback=_device),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=MAX_THREADS),
     as_json: bool = typer.Option(False, "--json"),
     measure: bool = typer.Option(False, "--measure", help="also measure (with the evaluation harness) how much of "
                                  "the source's control effect the transferred steer keeps on the target"),
@@ -409,7 +488,7 @@ def transfer(
     max_new_tokens: int = typer.Option(MAX_NEW_TOKENS, "--max-new-tokens", min=1,
                                        help="--measure: tokens per continuation"),
     control: str = typer.Option("sentiment", "--control", help="--measure: sentiment (vader) | toxicity (profanity)"),
-    seed: int = typer.Option(0, "--seed", help="--measure: sampling seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="--measure: sampling seed"),
 ) -> None:
     """Carry a steer to another LM through a least-squares map between the output embeddings (shared tokens)."""
     from steer_core.model.lm import load_lm
@@ -490,6 +569,8 @@ def power(
         raise FileNotFoundError(f"no evaluation at {metrics_json}: run `steer evaluate NAME` first")
     try:
         doc = json.loads(metrics_json.read_text())
+    except OSError as exc:
+        raise ValueError(f"{metrics_json} cannot be read ({exc.strerror or exc.__class__.__name__})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{metrics_json} is not an evaluation document (not JSON: {exc})") from None
     if not isinstance(doc, dict):

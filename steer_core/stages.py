@@ -172,11 +172,12 @@ def evaluate_stage(
         raise ValueError(f"steers.{name}.evaluate.scorer {cfg.scorer!r} measures {kind}, but the control is "
                          f"{cfg.control!r}")
     prompts = read_jsonl(paths.prompts)
+    champ = Steer.load(champion) if champion is not None else None  # a bad file is refused before the model loads
     model = runtime_lm(params, lm)
     candidate = Steer.load(paths.steer, expect_fingerprint=model.fingerprint)
     systems = [System("candidate", cfg.strengths, steer=candidate)]
-    if champion is not None:
-        champ = Steer.load(champion, expect_fingerprint=model.fingerprint)
+    if champ is not None:
+        champ.check_base(model.fingerprint, source=str(champion))
         systems.append(System("champion", cfg.strengths, steer=champ, meta={"path": str(champion)}))
     if cfg.activation_addition:
         train = read_jsonl(paths.prepared / "train.jsonl")[:256]

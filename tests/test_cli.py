@@ -110,7 +110,14 @@ def test_unreachable_hub_model_fails_fast_with_advice(tmp_path):
     assert_one_line_error(proc, "default")
 
 
-def test_deploy_rejects_a_bad_cron_before_serving(tmp_path):
+def test_deploy_rejects_a_bad_cron_and_a_missing_prefect_server_before_serving(tmp_path, monkeypatch):
+    """Without a Prefect server (PREFECT_API_URL) a deployment would live on a temporary server that dies with the
+    command (and serve forever meanwhile): refused first, before Prefect is imported; a bad cron is refused too."""
+    from flows.deployments import check_cron
+
     root = Path(__file__).resolve().parents[1]
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
     proc = steer_cmd("deploy", "--cron", "every tuesday", "--params", str(root / "params.yaml"))
-    assert_one_line_error(proc, "every tuesday", "cron")
+    assert_one_line_error(proc, "needs a Prefect server", "PREFECT_API_URL")
+    with pytest.raises(ValueError, match="--cron 'every tuesday' is not a valid cron expression"):
+        check_cron("every tuesday")
