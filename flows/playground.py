@@ -517,7 +517,8 @@ def build_page(pg: Playground):
                 with gr.Column():
                     shown.append(gr.HighlightedText(label="base model" if key == "base" else f"column {key}",
                                                     color_map=SHADES, show_legend=key != "base",
-                                                    show_inline_category=False, combine_adjacent=True,
+                                                    show_inline_category=False,
+                                                    combine_adjacent=False,  # lines wrap between words
                                                     elem_id=f"text-{key.lower()}"))
                     shown.append(gr.Markdown(elem_id=f"caption-{key.lower()}"))
         why: list = []  # per steered column: its card, then its frontier plot
