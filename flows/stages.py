@@ -5,6 +5,7 @@ executor in place: with ``runtime.executor.kind: local`` its shards run in this 
 with ``dask`` each shard is a Prefect task on the run's Dask cluster (``STEER_DASK_ADDRESS``, set by ``steer run``),
 the executor's ``address``, or, for a stage run by hand (``dvc repro``), a LocalCluster started for this stage. The
 outputs are the same bytes either way, so this module is not a DVC dependency: switching executors re-runs nothing.
+A stage never outlives the run that started it, and never works beside a new run (``run``).
 """
 
 from __future__ import annotations
@@ -21,9 +22,16 @@ from steer_core.stages import STAGES, run_stage
 
 @one_line_errors
 def run(stage: str, name: str, params_path: Path, progress: bool = True) -> None:
-    """One stage for one steer, in the project that holds ``params_path``."""
-    params = load_params(params_path)
+    """One stage for one steer, in the project that holds ``params_path``.
+
+    Started by a run (``steer run``), it ends the moment that run is gone (``tasks.run_lock.follow_run``), and it
+    shares the project's stage lock for as long as it lives, so no new run takes the project over while it works."""
+    from tasks.run_lock import follow_run, share_project
+
     root = params_path.resolve().parent
+    follow_run()
+    share_project(root)
+    params = load_params(params_path)
     if stage != "evaluate" or params.runtime.executor.kind == "local":
         run_stage(stage, params, name, root, progress=progress)
         return

@@ -4,6 +4,7 @@ points) and bench/fault_sweep.py (all of them)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -30,11 +31,14 @@ DETERMINISTIC = [f"data/prepared/{NAME}/train.jsonl", f"data/prepared/{NAME}/val
 
 @dataclass(frozen=True)
 class KillPoint:
-    """Kill the run ``delay`` seconds after its output shows ``marker``."""
+    """Kill the run ``delay`` seconds after its output shows ``marker``: its whole process group (``scope``
+    "group"), or its main process alone ("main": the OOM killer, ``kill -9 PID``, a scheduler that kills the
+    process it started)."""
 
     name: str
     marker: str
     delay: float
+    scope: str = "group"
 
 
 KILL_POINTS = [
@@ -50,7 +54,24 @@ KILL_POINTS = [
     KillPoint("registering", "Successfully registered model", 0.0),
     KillPoint("version-created", "Created version", 0.0),
     KillPoint("version-created-late", "Created version", 1.0),
+    # the main process alone: every process it started (stage commands through DVC's shell, Prefect's temporary
+    # server, the run's reaper) must end with it, and the next run must find none of them
+    KillPoint("prepare-main", f"prepare@{NAME}: running", 1.0, "main"),
+    KillPoint("train-main", f"train@{NAME}: running", 5.0, "main"),
+    KillPoint("evaluate-main", f"evaluate@{NAME}: running", 8.0, "main"),
+    KillPoint("registering-main", "Successfully registered model", 0.0, "main"),
 ]
+#: how long after a kill every process of the run must be gone
+GONE_WITHIN_S = 5.0
+
+
+@dataclass
+class Killed:
+    """What a kill did: whether it landed before the run ended, and the processes of the run still alive
+    ``GONE_WITHIN_S`` after it (pid and command line; they are killed once listed)."""
+
+    landed: bool
+    survivors: list[str]
 
 
 def run_env(root: Path, **extra: str) -> dict[str, str]:
@@ -72,9 +93,26 @@ def run(root: Path, timeout: float = 600, **env: str) -> subprocess.CompletedPro
                           env=run_env(root, **env), capture_output=True, text=True, timeout=timeout)
 
 
-def run_killed_at(root: Path, point: KillPoint, log: Path, timeout: float = 600) -> bool:
-    """Start ``steer run`` and SIGKILL its whole process group at ``point``; True when the kill landed (False when
-    the run finished first)."""
+def session_processes(sid: int) -> list[str]:
+    """The live processes of session ``sid`` ("pid command"): ``steer run`` started in its own session is the
+    leader, and everything it starts stays in it (DVC's stage shells, Prefect's server, Dask's workers)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            out.append(f"{entry} {cmd.strip()[:160]}")
+    return out
+
+
+def run_killed_at(root: Path, point: KillPoint, log: Path, timeout: float = 600) -> Killed:
+    """Start ``steer run`` and SIGKILL it at ``point`` (its process group, or its main process alone); then wait up
+    to ``GONE_WITHIN_S`` for every process of the run to end and report the ones that did not."""
     proc = start_run(root, log)
     seen = threading.Event()
     lines: list[str] = []
@@ -94,12 +132,22 @@ def run_killed_at(root: Path, point: KillPoint, log: Path, timeout: float = 600)
     if seen.is_set():
         time.sleep(point.delay)
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            if point.scope == "main":
+                os.kill(proc.pid, signal.SIGKILL)
+            else:
+                os.killpg(proc.pid, signal.SIGKILL)
             landed = True
     proc.wait(timeout=60)
+    deadline = time.monotonic() + GONE_WITHIN_S
+    while session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = session_processes(proc.pid)
+    if survivors:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # leave nothing running behind a failed check
     reader.join(timeout=10)
     log.write_text("".join(lines))
-    return landed
+    return Killed(landed, survivors)
 
 
 def state(root: Path) -> dict:

@@ -43,7 +43,7 @@ def make_project(root: Path, params: dict, with_git: bool = True) -> Path:
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "steer_core", root / "steer_core", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n.prefect/\n.dvc-site/\ndvc-storage/\n.tmp/\n"
-                                     "artifacts/champions/\n.steer-run.lock\n.steer-run.json\n")
+                                     "artifacts/champions/\n.steer-run.lock\n.steer-run.json\n.steer-run.stages.lock\n")
     write_params(root / "params.yaml", params)
     (root / ".dvc").mkdir()  # like a clone (or a copy) of this repo: .dvc/ with its default local remote
     for name in ("config", ".gitignore"):

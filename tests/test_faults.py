@@ -3,7 +3,8 @@
 Each case ends with the state of an undisturbed run (registry versions and champion, dvc.lock, DVC status, output
 bytes). The kill points are sampled with a fixed seed to stay inside CI's time; ``bench/fault_sweep.py`` runs them
 all. Cases: kill -9 in each stage and in the promotion job; the MLflow tracking server down before a run and killed
-during one; two runs at once; corrupted model and hidden-state caches; a read-only project directory.
+during one; two runs at once; corrupted model and hidden-state caches; a read-only project directory; a stage
+command left working by an earlier run.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from servers import free_port, start_server, stop_server, wait_http
 
 pytestmark = pytest.mark.slow
 
-# one kill point per CI run keeps it under 30 min; the full sweep: bench/fault_sweep.py. The point killed after the
-# registry created a version (the registry's consistency after a crash); a killed fit's resume has its own test
-# (tests/test_train.py::test_kill_9_then_rerun_resumes_to_the_same_steer)
-SAMPLED = [p for p in KILL_POINTS if p.name == "version-created-late"]
-assert SAMPLED, "the sampled kill point is gone from tests/faults.py"
+# two kill points per CI run keep it under 30 min; the full sweep: bench/fault_sweep.py. The group killed after the
+# registry created a version (the registry's consistency after a crash), and the main process killed alone during
+# the evaluate stage (the stage command DVC started, and everything else the run started, must end with it); a
+# killed fit's resume has its own test (tests/test_train.py::test_kill_9_then_rerun_resumes_to_the_same_steer)
+SAMPLED = [p for p in KILL_POINTS if p.name in ("version-created-late", "evaluate-main")]
+assert len(SAMPLED) == 2, "a sampled kill point is gone from tests/faults.py"
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,12 @@ def test_an_undisturbed_run_promotes_v1_and_a_concurrent_run_is_refused(referenc
 
 @pytest.mark.parametrize("point", SAMPLED, ids=[p.name for p in SAMPLED])
 def test_kill_9_then_rerun_ends_like_an_undisturbed_run(point, reference, tmp_path) -> None:
+    """No process of the killed run is alive 5 s after the kill (its group, or its main process alone), and the
+    next run, finding none of them, ends in the undisturbed run's state."""
     root = fresh_project(tmp_path / "project")
-    run_killed_at(root, point, tmp_path / "killed.log")
+    killed = run_killed_at(root, point, tmp_path / "killed.log")
+    assert killed.landed, (tmp_path / "killed.log").read_text()[-2000:]
+    assert not killed.survivors, killed.survivors
     again = run(root)
     assert again.returncode == 0, (tmp_path / "killed.log").read_text()[-2000:] + again.stderr[-3000:]
     assert state(root) == reference["state"]
