@@ -43,14 +43,16 @@ def project_env(root: Path) -> None:
 
 
 def print_summary(rows: list[dict]) -> None:
-    """The run's table, readable at 80 columns: short columns that never truncate; per steer, the DVC stages that
-    ran and the gate's reasons below it."""
+    """The run's table, readable at 80 columns: short columns that never truncate; per steer, the control, the DVC
+    stages that ran, the gate's reasons and the comparison with each baseline below it."""
     from rich import box
     from rich.table import Table
 
-    table = Table(title="steer run", box=box.SIMPLE_HEAD, caption="control: positive rate (sentiment), "
-                  "1 − avg max toxicity (toxicity); s: recommended strength (sentiment: +side/−side)", caption_justify="left")
-    cols = [("steer", "steer"), ("s", "s"), ("base", "base"), ("-s", "−s"), ("+s", "+s"), ("ppl +%", "ppl+%"),
+    table = Table(title="steer run", box=box.SIMPLE_HEAD, caption="gain: control gained over the unsteered model "
+                  "(sentiment: the ±s swing in positive rate; toxicity: 1 − avg max toxicity), cross-fitted, by the "
+                  "labeller; judge: the same by the independent judge; fluency: cost ≤ its 95 % upper end; s: "
+                  "recommended strength (+side/−side)", caption_justify="left")
+    cols = [("steer", "steer"), ("s", "s"), ("gain", "gain"), ("judge", "judge"), ("fluency", "fluency"),
             ("distinct-2", "d-2"), ("version", "v"), ("status", "status")]
     for key, title in cols:
         cells = [str(r.get(key, "")) for r in rows]
@@ -61,10 +63,12 @@ def print_summary(rows: list[dict]) -> None:
         table.add_row(*[str(row.get(key, "")) for key, _ in cols])
     out.print(table)
     for row in rows:
+        if row.get("control"):
+            out.print(f"[bold]{row['steer']}[/bold]: {row['control']}", highlight=False)
         out.print(f"[bold]{row['steer']}[/bold] (DVC ran: {row.get('ran', '')}): {row.get('why', '')}",
                   highlight=False)
-        if row.get("vs_baseline"):
-            out.print(f"[bold]{row['steer']}[/bold] vs the baseline: {row['vs_baseline']}", highlight=False)
+        for line in row.get("vs_baseline") or []:
+            out.print(f"[bold]{row['steer']}[/bold] vs {line}", highlight=False)
 
 
 def _project(params_file: Path):

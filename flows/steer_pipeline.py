@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from steer_core.config import Params, load_params
+from steer_core.evaluate.document import BASELINES
 from steer_core.stages import STAGES
 from tasks import dvc_stages, lineage, mlflow_io, preflight, run_lock
 from tasks.dvc_stages import DvcProject
@@ -68,39 +69,65 @@ def steer_chain_task(params: Params, name: str, project: DvcProject, parent_run_
 
 
 def summary_rows(results: list[SteerResult]) -> list[dict]:
-    """The table a user reads at the end: base vs steered control, fluency, diversity, version, decision."""
+    """The table a user reads at the end: the control gained (by the labeller and by the independent judge), the
+    fluency cost with its upper end, diversity, version and decision; and, per steer, the lines below it."""
     rows = []
     for r in results:
         h = r.headline or {}
         cand = h.get("candidate", {})
         two_sided = "positive_rate_plus" in cand
+        fl = cand.get("fluency") or {}
+        judges = cand.get("judges") or {}
+        judge, judged = next(iter(judges.items()), (None, {}))
         rows.append({
             "steer": r.steer,
-            "base": _fmt(h.get("base_control")),
-            "+s": _fmt(cand.get("positive_rate_plus", cand.get("control"))),
-            "-s": _fmt(cand.get("positive_rate_minus")) if two_sided else "",
             "s": _fmt(cand.get("strength")) + (f"/{_fmt(cand['strength_minus'])}" if two_sided and
                                                  cand.get("strength_minus") is not None else ""),
-            "ppl +%": _fmt(100 * cand["ppl_increase"]) if "ppl_increase" in cand else "",
+            "gain": _signed(cand.get("gain")),
+            "judge": _signed(judged.get("gain")),
+            "fluency": (f"{100 * fl['increase']:+.0f}≤{100 * fl['high']:+.0f}%" if fl.get("high") is not None
+                        else _fmt(100 * cand["ppl_increase"]) + "%" if "ppl_increase" in cand else ""),
             "distinct-2": _fmt(cand.get("distinct_2")),
             "version": r.version or "",
             "status": r.status,
             "ran": " ".join(s["stage"].split("@")[0] for s in r.stages if s["ran"]) or "none",
             "why": " ".join(r.reasons)[:600],
-            "vs_baseline": _versus_text(h),
+            "control": _control_text(h, cand, two_sided, judge),
+            "vs_baseline": [x for x in (_versus_text(h, b) for b in BASELINES) if x],
         })
     return rows
 
 
-def _versus_text(h: dict) -> str:
-    """One line on the candidate against the ActAdd baseline, each at its own budget strength ('' when not run)."""
-    v, base = h.get("candidate_vs_actadd"), h.get("actadd", {})
+def _control_text(h: dict, cand: dict, two_sided: bool, judge: str | None) -> str:
+    """The control itself: base → steered, by the labeller; and which judge read it independently."""
+    base = h.get("base_control")
+    if base is None or not cand:
+        return ""
+    if two_sided:
+        txt = (f"positive rate {cand.get('positive_rate_minus', float('nan')):.3f} at −s, {base:.3f} unsteered, "
+               f"{cand.get('positive_rate_plus', float('nan')):.3f} at +s")
+    else:
+        txt = f"control {base:.3f} unsteered → {cand.get('control', float('nan')):.3f}"
+        if "toxicity_probability" in cand:
+            txt += f" (toxicity probability {cand['toxicity_probability']:.3f})"
+    return txt + (f"; independent judge: {judge}" if judge else "")
+
+
+def _versus_text(h: dict, baseline: str) -> str:
+    """One line on the candidate against a baseline, each at its own budget strength ('' when not run)."""
+    v, base = h.get(f"candidate_vs_{baseline}"), h.get(baseline, {})
     if not v:
         return ""
-    return (f"the ActAdd baseline at its budget strength reads {base.get('control', float('nan')):.3f} at "
-            f"{100 * base.get('ppl_increase', float('nan')):+.1f} % perplexity; steer minus baseline "
-            f"{v['difference']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}] ({v['confidence']:.0%} paired interval over "
-            f"{v['prompts']} prompts)")
+    name = {"actadd": "ActAdd", "prompting": "prompting"}.get(baseline, baseline)
+    fl = base.get("fluency") or {}
+    cost = fl.get("increase", base.get("ppl_increase", float("nan")))
+    return (f"the {name} baseline at its budget strength reads {base.get('control', float('nan')):.3f} at "
+            f"{100 * cost:+.1f} % fluency cost; steer minus baseline {v['difference']:+.3f} [{v['low']:+.3f}, "
+            f"{v['high']:+.3f}] ({v['confidence']:.0%} paired interval over {v['prompts']} prompts)")
+
+
+def _signed(x) -> str:
+    return "" if x is None else f"{x:+.2f}"
 
 
 def _fmt(x) -> str:

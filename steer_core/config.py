@@ -6,6 +6,8 @@ once, early, with the key's dotted path. Models forbid unknown keys for that rea
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -145,7 +147,9 @@ class GeneratedSource(Strict):
 
     kind: Literal["generated"] = "generated"
     prompts: Annotated[Union[HubSource, FileSource, PackagedSource], Field(discriminator="kind")]
-    count: int = Field(200, ge=1, le=1_000_000)
+    count: int | None = Field(200, ge=1, le=1_000_000, description="continuations to sample; None (inside a "
+                              "classifier source) = as many as data.max_per_label needs: the classifier keeps its "
+                              "quantiles and the split keeps its train fraction of them, with a margin")
     max_new_tokens: int = Field(TEXT_MAX_NEW_TOKENS, ge=1, le=4096)
     prompt_words: int = Field(5, ge=1, le=256, description="each generation starts from the first words of a prompt text")
 
@@ -203,6 +207,30 @@ class DataConfig(Strict):
     clean: CleanConfig = Field(default_factory=CleanConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
 
+    def pool_size(self) -> int | None:
+        """The generated pool a classifier source over generated texts needs when its ``count`` is None: enough
+        that the smaller label's quantile, in the train split, fills ``max_per_label`` with a 15 % margin. None
+        when the source is not such a pool."""
+        src = self.source
+        if not (isinstance(src, ClassifierSource) and isinstance(src.texts, GeneratedSource) and src.texts.count is None):
+            return None
+        share = min(1.0 - src.high_quantile, src.low_quantile)
+        train = max(1e-9, 1.0 - self.split.val_fraction - self.split.holdout_fraction)
+        return math.ceil(self.max_per_label / (share * train) * 1.15)
+
+    @model_validator(mode="after")
+    def _pool_size_needs_a_cap(self) -> "DataConfig":
+        src = self.source
+        texts = getattr(src, "texts", src)
+        if isinstance(texts, GeneratedSource) and texts.count is None:
+            if not isinstance(src, ClassifierSource):
+                raise ValueError("source.count is null (sized from max_per_label), which needs a classifier source "
+                                 "around the generated texts; give a count")
+            if self.max_per_label is None:
+                raise ValueError("source.texts.count is null (sized from max_per_label), but max_per_label is not set: "
+                                 "set max_per_label or a count")
+        return self
+
     @model_validator(mode="after")
     def _labels_make_a_steer(self) -> "DataConfig":
         if len(set(self.labels.values())) < 2:
@@ -242,6 +270,23 @@ class PromptSetConfig(Strict):
 
 
 # --------------------------------------------------------------------------------------------- evaluation / gate
+class PromptingConfig(Strict):
+    """The prompting baseline: the base model told what style to write in. Its strength is a classifier-free
+    guidance weight on the instructed prompt (0 = the base model, 1 = the plain instruction, more = amplified), its
+    sign the side (sentiment: + uses ``plus``, − uses ``minus``)."""
+
+    plus: str = Field("Continue the text in a warm, positive and upbeat tone.", min_length=1,
+                      description="the instruction for the steer's + direction")
+    minus: str | None = Field("Continue the text in a cold, negative and gloomy tone.", min_length=1,
+                              description="the instruction for the − direction (two-sided controls)")
+    template: Literal["chat", "prefix"] = Field(
+        "chat", description="chat: the instruction as the user's turn of the model's chat template and the prompt as "
+        "the start of its answer; prefix: the instruction, a newline, then the prompt")
+    strengths: list[Strength] = Field(default_factory=lambda: [-2.0, -1.0, 1.0, 2.0],
+                                      description="guidance weights swept for the plots (signed by side); the "
+                                      "strength search adds more")
+
+
 class EvalConfig(Strict):
     control: Literal["sentiment", "toxicity"] = "sentiment"
     scorer: str = "vader"
@@ -285,6 +330,17 @@ class EvalConfig(Strict):
         "same across layers and models; false = the raw mean difference times the strength")
     actadd_strengths: list[Strength] = Field(default_factory=lambda: [-0.25, 0.25],
                                              description="ActAdd multipliers (see actadd_normalise)")
+    prompting: PromptingConfig | None = Field(None, description="also evaluate the prompting baseline; None = off")
+    judges: list[str] = Field(default_factory=list, description="independent judges of the control: scorers of the "
+                              "same kind as `scorer` that read every sample too (e.g. textblob beside vader, jigsaw "
+                              "beside profanity); reported beside the labeller, and the gate can require them")
+    fluency: Literal["text", "paired"] = Field(
+        "text", description="what the perplexity budget is held to: text = the judge perplexity of the steered "
+        "texts against the base texts; paired = the steer's per-step cost, the base model's expected NLL of each "
+        "step's sampling distribution minus that of its own, at the steered text's own context (far less noise; "
+        "needs ppl_estimate 'expected')")
+    confidence: float = Field(0.95, gt=0, lt=1, description="level of the intervals over prompts: a strength is "
+                              "within budget when the upper end of its fluency interval is")
 
     @field_validator("actadd_layer_candidates")
     @classmethod
@@ -308,6 +364,15 @@ class EvalConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _paired_needs_the_expected_estimate(self) -> "EvalConfig":
+        if self.fluency == "paired" and self.ppl_estimate != "expected":
+            raise ValueError(f"evaluate.fluency 'paired' is read from each step's expected NLL: it needs ppl_estimate "
+                             f"'expected', got {self.ppl_estimate!r}")
+        if self.prompting is not None and self.control == "sentiment" and self.prompting.minus is None:
+            raise ValueError("evaluate.prompting.minus is empty, but sentiment is two-sided: give the − instruction")
+        return self
+
+    @model_validator(mode="after")
     def _expected_needs_the_base_judge(self) -> "EvalConfig":
         if self.ppl_estimate == "expected" and self.judge != "base":
             raise ValueError(f"evaluate.ppl_estimate 'expected' needs judge 'base' (read while sampling), got judge "
@@ -324,6 +389,8 @@ class GateConfig(Strict):
     confidence: float = Field(0.95, gt=0, lt=1, description="the paired intervals' level: a margin or gain counts "
                               "only when the lower end of this central bootstrap interval over prompts clears it")
     bootstrap: int = Field(2000, ge=100, le=1_000_000, description="bootstrap resamples of the prompts for the gate's intervals")
+    independent_judge: bool = Field(False, description="also require the gain over the base model on evidence by every "
+                                    "independent judge of evaluate.judges (someone other than the labeller)")
     min_margin_over_baseline: float | None = Field(
         None, description="None = not checked (the comparison is still reported). Set: the candidate's control minus "
         "the ActAdd baseline's, per prompt (each at its own budget strength), must have the lower end of its paired "
@@ -348,6 +415,14 @@ class SteerSpec(Strict):
         if twice:
             raise ValueError(f"prompt set name {twice[0]!r} is used twice; each prompt set needs its own name")
         return v
+
+    @model_validator(mode="after")
+    def _independent_judge_needs_a_judge(self) -> "SteerSpec":
+        if self.gate.independent_judge and not self.evaluate.judges:
+            raise ValueError("gate.independent_judge is on, but evaluate.judges is empty: name a judge other than the "
+                             f"labeller (e.g. {'textblob' if self.evaluate.control == 'sentiment' else 'jigsaw'}) or "
+                             "turn the option off")
+        return self
 
     @model_validator(mode="after")
     def _baseline_gate_needs_the_baseline(self) -> "SteerSpec":

@@ -7,11 +7,11 @@ lower end of a paired bootstrap interval over prompts (``gate.confidence``, defa
 "Beats the unsteered base model" is the same test on the per-prompt gain over base against ``gate.min_gain``. The
 per-prompt values are cross-fitted (each prompt read at the strength chosen on the other half of the prompts, see
 ``steer_core.evaluate.recommend``), so the recommended strength's winner's curse does not enter the decision. The
-floors (perplexity increase, distinct-2) are checked on those same reporting numbers; the perplexity floor, too, on
-evidence: it refuses when the lower end of the paired interval of the increase is above the limit (the strength is
-chosen at the budget's edge, so a point check would refuse about half the time on noise alone). Every check is recorded,
-passed or not, so the registry can show why a version was (not) promoted; every reason is a sentence with numbers,
-e.g. "control +0.080 [+0.020, +0.140] over the champion".
+floors (fluency, distinct-2) are checked on those same reporting numbers, and fluency on evidence, symmetric with
+control: the upper end of the fluency cost's interval must be within the budget. With ``gate.independent_judge``
+the gain must also be shown by a judge other than the labeller. Every check is recorded, passed or not, with its
+point estimate and, for a check on evidence, both ends of its interval, so the registry can show why a version was
+(not) promoted; every reason is a sentence with numbers, e.g. "control +0.080 [+0.020, +0.140] over the champion".
 
 ``decide(candidate, champion, gate)`` is the older point-estimate comparison of two summaries
 (``{"control", "ppl_increase", "distinct_2", "gain"}``); it is kept for callers that only hold summaries and for the
@@ -30,12 +30,15 @@ REQUIRED = ("control", "ppl_increase", "distinct_2", "gain")
 
 
 class Check(NamedTuple):
-    """One gate check: the metric's value, the threshold it was held to, and whether it held."""
+    """One gate check: the metric's value (its point estimate), the threshold it was held to, whether it held, and,
+    for a check on evidence, the ends of the value's interval (``low``, ``high``)."""
 
     name: str
     value: float | None
     threshold: float | None
     ok: bool
+    low: float | None = None
+    high: float | None = None
 
 
 @dataclass
@@ -186,39 +189,90 @@ def _paired_check(values: list[float], floor: float, gate: GateConfig, name: str
     return ok, (mean, low, high)
 
 
-def _ppl_interval_check(ppl: float, ratios: list[list[float]], gate: GateConfig, checks: list[Check],
-                        failures: list[str]) -> str:
-    """The perplexity floor on evidence: refuse only when the lower end of the paired bootstrap interval
-    (``gate.confidence``, over prompts) of the cross-fitted perplexity increase is above ``gate.max_ppl_increase``,
-    on either side of a two-sided control (``ratios``: per side, each prompt's log(judge perplexity / the base's)).
+def _fluency_check(rec: Mapping[str, Any], gate: GateConfig, checks: list[Check], failures: list[str]) -> str | None:
+    """Fluency on evidence, as control is: pass only when the upper end of the fluency cost's interval (the worse
+    side's, cross-fitted, ``recommended.fluency``) is within ``gate.max_ppl_increase``; a steer whose evidence cannot
+    say it is within budget is refused like one shown over it. When the budget is held to the paired per-step cost,
+    the judge perplexity of the text is checked too: its interval's lower end above the limit is evidence of harm.
+    Returns the text for the pass reason (None when the document predates the fluency interval)."""
+    fl = rec.get("fluency")
+    if not isinstance(fl, Mapping):
+        return None
+    limit = gate.max_ppl_increase
+    inc, low, high = (_number(fl, k) for k in ("increase", "low", "high"))
+    what = "paired per-step cost" if fl.get("estimate") == "paired" else "judge perplexity"
+    if high is None or inc is None:
+        checks.append(Check("fluency_finite", None, limit, False))
+        failures.append(f"The candidate's {what} has no finite interval over the reporting prompts: fluency cannot "
+                        f"be shown within the {limit:.1%} allowed (gate.max_ppl_increase).")
+        return ""
+    ok = high <= limit
+    checks.append(Check("fluency_increase", inc, limit, ok, low, high))
+    conf = _number(fl, "confidence") or gate.confidence
+    txt = (f"{what} {inc:+.1%} [{low:+.1%}, {high:+.1%}] over the base model ({conf:.0%} paired interval over "
+           f"prompts, the worse side)")
+    if not ok:
+        failures.append(f"The {txt}: its upper end is above the {limit:.1%} allowed (gate.max_ppl_increase), so the "
+                        f"evidence does not show the steer within budget.")
+    if fl.get("estimate") == "paired":
+        txt += _text_overshoot(rec, gate, checks, failures)
+    return txt
 
-    Why not the point estimate: the strength is chosen at the budget's edge, so its cross-fitted perplexity lands
-    above the limit about half the time on noise alone, and scheduled retraining would flip between promoted and
-    refused (``bench/ppl_gate_rules.py`` measures how often each rule refuses on noise). Returns the text for the pass
-    reason."""
+
+def _text_overshoot(rec: Mapping[str, Any], gate: GateConfig, checks: list[Check], failures: list[str]) -> str:
+    """The judge perplexity of the text beside a paired-cost budget: refuse when its interval's lower end (the
+    worse side) is above the limit. Returns the text for the pass reason."""
     limit = gate.max_ppl_increase
     worst: tuple[float, float, float] | None = None
-    for vals in ratios:
-        finite = [v for v in vals if math.isfinite(v)]  # as the point estimate: prompts without a scored sample drop
-        if not finite:
-            continue
-        mean, low, high = M.paired_interval(finite, gate.confidence, gate.bootstrap)
-        if worst is None or low > worst[1]:
-            worst = (mean, low, high)
+    for key in ("log_ppl_ratio_plus", "log_ppl_ratio_minus"):
+        finite = [v for v in _per_prompt(rec, key) or [] if math.isfinite(v)]
+        if len(finite) >= 2:
+            iv = M.paired_interval(finite, gate.confidence, gate.bootstrap)
+            if worst is None or iv[1] > worst[1]:
+                worst = iv
     if worst is None:
-        checks.append(Check("ppl_increase_finite", None, None, False))
-        failures.append("The candidate's per-prompt perplexity is not a finite number on any prompt; it cannot be "
-                        "judged.")
         return ""
-    low_inc, high_inc = math.expm1(worst[1]), math.expm1(worst[2])
-    ok = low_inc <= limit
-    checks.append(Check("ppl_increase", low_inc, limit, ok))
-    txt = (f"perplexity +{ppl:.1%} [{low_inc:+.1%}, {high_inc:+.1%}] over the base model ({gate.confidence:.0%} "
-           f"paired bootstrap interval over prompts, the worse side)")
+    inc, low, high = (math.expm1(x) for x in worst)
+    ok = low <= limit
+    checks.append(Check("text_perplexity_increase", inc, limit, ok, low, high))
+    txt = f"; judge perplexity of the text {inc:+.1%} [{low:+.1%}, {high:+.1%}]"
     if not ok:
-        failures.append(f"Judge {txt} on the reporting prompts: even its lower end is above the "
-                        f"{limit:.1%} allowed (gate.max_ppl_increase).")
+        failures.append(f"The judge perplexity of the steered text rose {inc:+.1%} [{low:+.1%}, {high:+.1%}]: even "
+                        f"its lower end is above the {limit:.1%} allowed (gate.max_ppl_increase).")
     return txt
+
+
+def _judge_checks(doc: Mapping[str, Any], cand: Mapping[str, Any], gate: GateConfig, checks: list[Check],
+                  failures: list[str]) -> list[str]:
+    """Control as read by someone other than the labeller: each independent judge's per-prompt gain over the base
+    model (cross-fitted, at the labeller's strengths) must have the lower end of its paired interval above
+    ``gate.min_gain``. Returns the pass texts."""
+    judges = list(doc.get("judges") or [])
+    if not judges:
+        checks.append(Check("independent_judge_present", None, None, False))
+        failures.append("gate.independent_judge is on, but no independent judge read this evaluation "
+                        "(evaluate.judges is empty): control is only the labeller's word.")
+        return []
+    out = []
+    per = (cand.get("per_prompt") or {}).get("judges") or {}
+    for name in judges:
+        gains = _per_prompt({"per_prompt": per.get(name) or {}}, "gain")
+        if gains is None:
+            checks.append(Check(f"gain_by_{name}_present", None, None, False))
+            failures.append(f"The independent judge {name!r} has no per-prompt gain in the candidate's evaluation.")
+            continue
+        ok, iv = _paired_check(gains, gate.min_gain, gate, f"gain_by_{name}", f"gain_by_{name}_finite", checks,
+                               failures, f"The per-prompt gain read by {name!r} is not a finite number",
+                               "; it cannot be judged")
+        if iv is None:
+            continue
+        txt = f"gain {_interval_text(*iv)} by the independent judge {name} ({gate.confidence:.0%} paired interval)"
+        if ok:
+            out.append(f"The steer's {txt} clears {gate.min_gain:g}.")
+        else:
+            failures.append(f"The steer's {txt}: the lower bound must be above {gate.min_gain:g} (gate.min_gain "
+                            f"under gate.independent_judge).")
+    return out
 
 
 def _interval_text(mean: float, low: float, high: float) -> str:
@@ -236,9 +290,12 @@ def decide_doc(doc: Mapping[str, Any], gate: GateConfig) -> GateDecision:
     per prompt, in prompt order), ``ppl_increase`` and ``distinct_2``; and ``["prompt_ids"]`` to check that the
     champion's prompt i is the candidate's prompt i. The candidate passes when
 
-    - its perplexity increase and distinct-2 (cross-fitted, i.e. on the reporting prompts) hold the floors: the
-      perplexity's interval (per side, from ``per_prompt.log_ppl_ratio_plus`` / ``_minus``) must not lie wholly
-      above ``gate.max_ppl_increase``; a document without those per-prompt ratios is held to the point estimate;
+    - its fluency and distinct-2 (cross-fitted, i.e. on the reporting prompts) hold the floors: the upper end of the
+      fluency cost's interval (``recommended.fluency``, the worse side) must be within ``gate.max_ppl_increase``
+      (with a paired-cost budget, the text's judge perplexity must also not lie wholly above it); a document
+      without the fluency interval is held to the point estimate of ``ppl_increase``;
+    - with ``gate.independent_judge``: the same gain test on each independent judge's per-prompt gain
+      (``per_prompt.judges``);
     - the lower end of the central ``gate.confidence`` paired-bootstrap interval (over prompts) of its per-prompt
       gain over the unsteered base model is above ``gate.min_gain``;
     - with a champion: the lower end of the same interval on the per-prompt differences of control (candidate −
@@ -272,10 +329,9 @@ def decide_doc(doc: Mapping[str, Any], gate: GateConfig) -> GateDecision:
             checks.append(Check(f"{key}_present", None, None, False))
             failures.append(_why_unusable(cand, key, "candidate"))
     ppl_txt = f"perplexity +{ppl:.1%}" if ppl is not None else ""
-    ratios = [r for r in (_per_prompt(cand, "log_ppl_ratio_plus"), _per_prompt(cand, "log_ppl_ratio_minus")) if r]
-    if ratios and ppl is not None:
-        ppl_txt = _ppl_interval_check(ppl, ratios, gate, checks, failures)
-        ppl = None  # checked on its interval; the point check below is for documents without per-prompt ratios
+    fluency_txt = _fluency_check(cand, gate, checks, failures)
+    if fluency_txt is not None:
+        ppl_txt, ppl = fluency_txt, None  # checked on its interval; the point check is for documents without it
     _floors(ppl, d2, gate, checks, failures, " on the reporting prompts")
 
     # beats the unsteered base model: paired per-prompt gain
@@ -291,6 +347,8 @@ def decide_doc(doc: Mapping[str, Any], gate: GateConfig) -> GateDecision:
             failures.append(f"At its recommended strength the steer's {gain_txt}: the lower bound must be above "
                             f"{gate.min_gain:g} (gate.min_gain).")
 
+    if gate.independent_judge:
+        passes += _judge_checks(doc, cand, gate, checks, failures)
     if "champion" not in systems:
         checks.append(Check("first_model", None, None, True))
         passes.append("No champion yet, so the candidate only had to beat the base model and hold the floors.")

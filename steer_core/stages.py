@@ -146,7 +146,7 @@ def evaluate_stage(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Evaluate the candidate (and the champion, and the ActAdd baseline) on the same prompts in one run."""
+    """Evaluate the candidate (and the champion, and the baselines: ActAdd, prompting) on the same prompts in one run."""
     from steer_core.evaluate.baselines import fit_actadd
     from steer_core.evaluate.protocol import System
     from steer_core.evaluate.driver import evaluate  # the fixed shard plan, run by this process's runner (local or Dask)
@@ -186,6 +186,10 @@ def evaluate_stage(
         systems.append(System("actadd", cfg.actadd_strengths, actadd=actadd,
                               meta={"layer": actadd.layer, "typical_norm": actadd.typical_norm,
                                     "sink_positions": actadd.sink_positions}))
+    if cfg.prompting is not None:
+        systems.append(System("prompting", cfg.prompting.strengths, prompting=cfg.prompting,
+                              meta={"instructions": {"plus": cfg.prompting.plus, "minus": cfg.prompting.minus},
+                                    "template": cfg.prompting.template}))
     judge = model if cfg.judge == "base" else shared_lm(cfg.judge, params.runtime.device, params.runtime.threads)
     doc, samples = evaluate(model, prompts, systems, cfg, judge=judge, seed=params.runtime.seed,
                             progress=progress, log=log)

@@ -99,9 +99,17 @@ def log_eval_metrics(doc: dict) -> None:
                         "positive_rate", "avg_max_toxicity", "toxicity_probability"):
                 if key in row and row[key] == row[key]:
                     metrics[metric_name(system, row["strength"], key)] = float(row[key])
-        for key, value in sysdoc["recommended"].items():
+        rec = sysdoc["recommended"]
+        for key, value in rec.items():
             if isinstance(value, (int, float)) and value == value:
                 metrics[f"{system}/recommended/{key}"] = float(value)
+        for key, value in (rec.get("fluency") or {}).items():  # the fluency cost's point and interval
+            if isinstance(value, (int, float)) and value == value:
+                metrics[f"{system}/recommended/fluency_{key}"] = float(value)
+        for judge, vals in (rec.get("judges") or {}).items():  # control as read by each independent judge
+            for key, value in vals.items():
+                if isinstance(value, (int, float)) and value == value:
+                    metrics[f"{system}/recommended/{judge}/{key}"] = float(value)
     metrics["base/ppl"] = float(doc["base"]["ppl"])
     metrics["base/control"] = float(doc["base"]["control"])
     mlflow.log_metrics(metrics)

@@ -166,7 +166,7 @@ def test_actadd_reads_the_base_model_beside_each_row_through_an_unsteered_twin(t
     # at strength 0 the held draws are the base model's own
     zero = generate(tiny_lm, prompts, body=partial(actadd_steering, tiny_lm, actadd, 0.0), base_nucleus=True, **kw)
     assert [g.token_ids for g in zero] == [g.token_ids for g in generate(tiny_lm, prompts, **kw)]
-    with pytest.raises(ValueError, match="steer or a body change"):
+    with pytest.raises(ValueError, match="one of a steer, a body change"):
         from builders import random_steer
 
         generate(tiny_lm, prompts, random_steer(tiny_lm), 1.0, body=body)
@@ -239,12 +239,13 @@ def _row(strength, control, ppl, d2=0.9):
 def test_prefer_gaining_replaces_a_strength_that_does_nothing():
     from steer_core.evaluate.recommend import _prefer_gaining
 
-    table = [{"strength": 1.0, "swing": 0.0, "ppl": 10.0}, {"strength": 2.0, "swing": 0.2, "ppl": 12.0},
-             {"strength": 4.0, "swing": 0.5, "ppl": 30.0}]
-    s, note = _prefer_gaining(table, 1.0, "swing", 0.0, 12.5)
+    table = [{"strength": 1.0, "oriented": 0.0, "fluency_high": 0.0}, {"strength": 2.0, "oriented": 0.2,
+                                                                      "fluency_high": 0.2},
+             {"strength": 4.0, "oriented": 0.5, "fluency_high": 2.0}]
+    s, note = _prefer_gaining(table, 1.0, 0.0, 0.25)
     assert s == 2.0 and "recommended instead" in note  # 4 gains more but is over the budget
-    assert _prefer_gaining(table, 2.0, "swing", 0.0, 12.5) == (2.0, "")  # a gaining choice stays
-    assert _prefer_gaining(table, 1.0, "swing", 0.0, 11.0) == (1.0, "")  # nothing larger in budget gains
+    assert _prefer_gaining(table, 2.0, 0.0, 0.25) == (2.0, "")  # a gaining choice stays
+    assert _prefer_gaining(table, 1.0, 0.0, 0.1) == (1.0, "")  # nothing larger in budget gains
 
 
 def test_recommend_never_parks_on_a_strength_without_gain():

@@ -22,6 +22,7 @@ import yaml
 from steer_core.evaluate import protocol as ev
 from steer_core.evaluate.baselines import ActAdd, actadd_steering, decoder_layers, fit_actadd
 from steer_core.config import EvalConfig
+from steer_core.evaluate import metrics as M
 from steer_core.evaluate.protocol import Sample, System
 from steer_core.evaluate.driver import evaluate
 from steer_core.evaluate.recommend import recommend
@@ -66,10 +67,24 @@ def assert_row_schema(row: dict, control: str, sets: set[str]) -> None:
         assert {"control", "ppl", "distinct_2"} | extra <= set(m)
 
 
-def assert_recommendation(rec: dict, rows: list[dict], base: dict, budget: float, control: str) -> None:
-    assert {"strength", "reason", "control", "ppl_increase", "distinct_2"} <= set(rec)
+def upper_end(row: dict, base: dict, fluency: str = "text", confidence: float = 0.95) -> float:
+    """The upper end of a row's fluency cost over all prompts, computed here from its per-prompt values."""
+    if row["strength"] == 0:
+        return 0.0
+    if fluency == "paired":
+        logs = row["per_prompt"]["log_cost"]
+    else:
+        logs = [a - b for a, b in zip(row["per_prompt"]["log_ppl"], base["per_prompt"]["log_ppl"])]
+    finite = [x for x in logs if math.isfinite(x)]
+    return math.expm1(M.paired_interval(finite, confidence)[2]) if len(finite) >= 2 else math.inf
+
+
+def assert_recommendation(rec: dict, rows: list[dict], base: dict, budget: float, control: str,
+                          fluency: str = "text") -> None:
+    """The strength is the strongest control whose fluency cost's upper end (over all prompts) is within budget."""
+    assert {"strength", "reason", "control", "ppl_increase", "distinct_2", "fluency"} <= set(rec)
     by_s = {r["strength"]: r for r in rows}
-    limit = (1 + budget) * base["ppl"]
+    feasible = {s for s, r in by_s.items() if upper_end(r, base, fluency) <= budget}
     if "in_sample" in rec:  # the strength is chosen on all prompts; the other numbers are cross-fitted
         assert_cross_fitted(rec, rows, base, control)
         rec = {**rec, **rec["in_sample"]}
@@ -78,19 +93,18 @@ def assert_recommendation(rec: dict, rows: list[dict], base: dict, budget: float
         assert plus >= 0 >= minus and plus in by_s and minus in by_s, rec
         assert rec["control"] == pytest.approx(by_s[plus]["control"] - by_s[minus]["control"])
         for sign, chosen in ((1, plus), (-1, minus)):
-            side = [s for s in by_s if s * sign >= 0 and by_s[s]["ppl"] <= limit]
+            side = [s for s in feasible if s * sign >= 0]
             assert chosen in side, (sign, chosen, side)
             assert sign * by_s[chosen]["control"] == max(sign * by_s[s]["control"] for s in side)
-        assert rec["ppl_increase"] <= budget + 1e-12
+        assert rec["fluency"]["high"] <= budget + 1e-12 or (plus == 0 and minus == 0)
         return
     positive = {r["strength"] for r in rows if r["strength"] > 0}
     assert rec["strength"] in positive, rec
-    feasible = [m for m in positive if by_s[m]["ppl"] <= limit]
-    if feasible:
+    if feasible & positive:
         assert rec["strength"] in feasible
-        assert rec["ppl_increase"] <= budget + 1e-12
+        assert rec["fluency"]["high"] <= budget + 1e-12
     else:
-        assert "no strength keeps" in rec["reason"]
+        assert "no strength's" in rec["reason"]
 
 
 def assert_cross_fitted(rec: dict, rows: list[dict], base: dict, control: str) -> None:
@@ -276,12 +290,12 @@ def test_recommendation_respects_ppl_budget(tiny_dir, monkeypatch):
     assert rows[1000.0]["control"] > rows[1.0]["control"]  # and would win on control alone
     assert rows[1.0]["ppl_increase"] <= cfg.ppl_budget
     rec = doc["systems"]["candidate"]["recommended"]
-    assert rec["strength"] == 1.0, rec
-    assert rec["ppl_increase"] <= cfg.ppl_budget
+    assert 0 < rec["strength"] <= 1.0, rec  # within budget with confidence: never the exploding strength
+    assert rec["fluency"]["high"] <= cfg.ppl_budget
     assert_recommendation(rec, list(rows.values()), base, cfg.ppl_budget, "toxicity")
-    # without the budget an exploding strength wins (the search's probes between 1 and 1000 explode too)
+    # the search bisected towards the edge (within the grid's bracket); without the budget an exploding strength wins
     probes = doc["systems"]["candidate"]["search"]["probes"]
-    assert probes and all(1.0 < p < 1000.0 and rows[p]["ppl_increase"] > cfg.ppl_budget for p in probes)
+    assert probes and all(0.0 < p < 1000.0 for p in probes)
     assert recommend(list(rows.values()), base, "toxicity", budget=1e40)["strength"] > 1.0
 
 

@@ -24,7 +24,7 @@ def test_pass_beats_champion_and_floors() -> None:
     assert all(c.ok for c in d.checks)
     c = by_name(d)["control_vs_champion"]
     assert c.value == 0.60 and c.threshold == pytest.approx(0.52)
-    name, value, threshold, ok = c  # checks are plain (name, value, threshold, ok) tuples too
+    name, value, threshold, ok, low, high = c  # checks are plain tuples too; low/high: an interval's ends
     assert ok and "passed" in d.summary()
 
 
@@ -225,41 +225,89 @@ def test_floors_still_hold(override: dict, metric: str) -> None:
     assert not nan.passed and any("ppl_increase" in r and "not a finite number" in r for r in nan.reasons)
 
 
-def with_ppl_ratios(sys_entry: dict, plus: np.ndarray, minus: np.ndarray) -> dict:
-    """``sys_entry`` with per-prompt log(perplexity / base's) on each side and the point increase they imply (the
-    worse side's exp(mean) − 1), as recommend() writes them."""
+def with_fluency(sys_entry: dict, plus: np.ndarray, minus: np.ndarray, estimate: str = "text",
+                 text: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """``sys_entry`` with per-prompt log fluency costs on each side and the worse side's interval over them, as
+    recommend() writes them; ``text``: the judge-perplexity log ratios beside a paired estimate."""
+    from steer_core.evaluate.recommend import interval
+
     rec = sys_entry["recommended"]
-    rec["per_prompt"].update(log_ppl_ratio_plus=list(plus), log_ppl_ratio_minus=list(minus))
-    rec["ppl_increase"] = math.expm1(max(float(np.mean(plus)), float(np.mean(minus))))
+    rec["per_prompt"].update(log_fluency_plus=list(plus), log_fluency_minus=list(minus))
+    text_plus, text_minus = text if text is not None else (plus, minus)
+    rec["per_prompt"].update(log_ppl_ratio_plus=list(text_plus), log_ppl_ratio_minus=list(text_minus))
+    sides = [interval(np.asarray(v), 0.95) for v in (plus, minus)]
+    inc, low, high = max(sides, key=lambda x: x[2] if math.isfinite(x[2]) else math.inf)
+    rec["fluency"] = {"estimate": estimate, "increase": inc, "low": low, "high": high, "confidence": 0.95}
+    rec["ppl_increase"] = math.expm1(max(float(np.mean(text_plus)), float(np.mean(text_minus))))
     return sys_entry
 
 
-def test_the_perplexity_floor_refuses_on_evidence_not_on_noise() -> None:
-    """A steer chosen at the +25 % edge whose cross-fitted increase reads +30 % on 24 noisy prompts is not refused
-    (its interval covers the limit); one whose interval lies wholly above the limit is, with both ends in the
-    reason."""
+def test_fluency_must_be_shown_within_budget_by_its_upper_end() -> None:
+    """Harm must be shown absent, as control must be shown present: a steer whose fluency interval reaches over the
+    budget is refused even when its point estimate is within it; the check records the point and both ends."""
     rng = np.random.default_rng(0)
+    quiet = np.log(1.05) + rng.normal(0, 0.02, 24)
     noise = rng.normal(0, 0.25, 24)
-    edge = np.log(1.30) + noise - noise.mean()  # mean exactly log 1.30: +30 %
-    quiet = np.log(1.05) + rng.normal(0, 0.05, 24)
-    d = decide_doc(doc_of(with_ppl_ratios(system([0.4] * 24), quiet, edge)), PAIRED)
+    within = np.log(1.10) + rng.normal(0, 0.03, 24)
+    d = decide_doc(doc_of(with_fluency(system([0.4] * 24), quiet, within)), PAIRED)
     assert d.passed, d.reasons
-    c = by_name(d)["ppl_increase"]
-    assert c.ok and c.value < 0.25 < 0.30 and c.threshold == 0.25
-    assert any("perplexity +30.0% [" in r and "the worse side" in r for r in d.reasons), d.reasons
-    # the same spread around +60 %: the lower end is above +25 % → refused, the gate's point check would agree
-    far = np.log(1.60) + noise - noise.mean()
-    bad = decide_doc(doc_of(with_ppl_ratios(system([0.4] * 24), quiet, far)), PAIRED)
-    assert not bad.passed and not by_name(bad)["ppl_increase"].ok
-    assert len(bad.reasons) == 1 and "perplexity +60.0% [" in bad.reasons[0] and "25.0% allowed" in bad.reasons[0]
-    # a prompt without a scored sample (NaN) drops out, as in the point estimate; all NaN cannot be judged
-    gap = edge.copy()
-    gap[3] = math.nan
-    assert decide_doc(doc_of(with_ppl_ratios(system([0.4] * 24), quiet, gap)), PAIRED).passed
-    none = with_ppl_ratios(system([0.4] * 24), quiet, edge)
-    none["recommended"]["per_prompt"].update(log_ppl_ratio_plus=[math.nan] * 24, log_ppl_ratio_minus=[math.nan] * 24)
-    nan = decide_doc(doc_of(none), PAIRED)
-    assert not nan.passed and not by_name(nan)["ppl_increase_finite"].ok
+    c = by_name(d)["fluency_increase"]
+    assert c.ok and c.threshold == 0.25 and c.low < c.value < c.high <= 0.25
+    assert c.value == pytest.approx(0.10, abs=0.02)
+    assert any("judge perplexity +" in r and "the worse side" in r for r in d.reasons), d.reasons
+    # +15 % on average, but 24 noisy prompts cannot show it is within +25 %: refused, with both ends in the reason
+    noisy = np.log(1.15) + noise - noise.mean()
+    bad = decide_doc(doc_of(with_fluency(system([0.4] * 24), quiet, noisy)), PAIRED)
+    c = by_name(bad)["fluency_increase"]
+    assert not bad.passed and not c.ok and c.value == pytest.approx(0.15) and c.high > 0.25 > c.value > c.low
+    assert len(bad.reasons) == 1 and "+15.0% [" in bad.reasons[0] and "upper end is above" in bad.reasons[0]
+    # nothing finite: fluency cannot be shown, refused
+    nan = decide_doc(doc_of(with_fluency(system([0.4] * 24), quiet, np.full(24, math.nan))), PAIRED)
+    assert not nan.passed and not by_name(nan)["fluency_finite"].ok
+
+
+def test_a_paired_budget_still_refuses_text_that_is_shown_over_it() -> None:
+    """With the budget held to the paired per-step cost, the judge perplexity of the text is checked too: a lower end
+    above the limit refuses; a wide text interval around the limit does not."""
+    rng = np.random.default_rng(1)
+    cheap = np.log(1.08) + rng.normal(0, 0.03, 24)
+    noise = rng.normal(0, 0.3, 24)
+    around = np.log(1.25) + noise - noise.mean()
+    ok = decide_doc(doc_of(with_fluency(system([0.4] * 24), cheap, cheap, "paired", (around, around))), PAIRED)
+    assert ok.passed, ok.reasons
+    assert by_name(ok)["text_perplexity_increase"].ok and by_name(ok)["fluency_increase"].ok
+    over = np.log(1.80) + rng.normal(0, 0.05, 24)
+    bad = decide_doc(doc_of(with_fluency(system([0.4] * 24), cheap, cheap, "paired", (over, cheap))), PAIRED)
+    assert not bad.passed and not by_name(bad)["text_perplexity_increase"].ok
+    assert "judge perplexity of the steered text rose" in bad.reasons[0]
+
+
+def test_an_independent_judge_must_see_the_gain_too() -> None:
+    """gate.independent_judge: the gain over the base model must also clear its margin as read by each judge."""
+    gate = PAIRED.model_copy(update={"independent_judge": True})
+    rng = np.random.default_rng(2)
+    gain = 0.4 + rng.normal(0, 0.1, 24)
+    cand = system(list(gain))
+    doc = {**doc_of(cand), "judges": ["textblob"]}
+    cand["recommended"]["per_prompt"]["judges"] = {"textblob": {"control": list(gain), "gain": list(gain * 0.8)}}
+    d = decide_doc(doc, gate)
+    assert d.passed and by_name(d)["gain_by_textblob"].ok, d.reasons
+    assert any("independent judge textblob" in r for r in d.reasons)
+    cand["recommended"]["per_prompt"]["judges"]["textblob"]["gain"] = list(rng.normal(0, 0.2, 24))
+    d = decide_doc(doc, gate)
+    assert not d.passed and not by_name(d)["gain_by_textblob"].ok
+    assert any("by the independent judge textblob" in r and "lower bound must be above" in r for r in d.reasons)
+    no_judge = decide_doc(doc_of(system(list(gain))), gate)
+    assert not no_judge.passed and "no independent judge read this evaluation" in no_judge.reasons[0]
+    assert decide_doc(doc_of(system(list(gain))), PAIRED).passed  # off: the labeller's gain is enough
+
+
+def test_independent_judge_without_a_judge_is_a_config_error() -> None:
+    from steer_core.config import SteerSpec
+
+    with pytest.raises(Exception, match="evaluate.judges is empty"):
+        SteerSpec.model_validate({"gate": {"independent_judge": True}})
+    SteerSpec.model_validate({"gate": {"independent_judge": True}, "evaluate": {"judges": ["textblob"]}})
 
 
 def test_unpaired_or_old_documents_are_refused() -> None:
@@ -371,7 +419,7 @@ def test_power_report_from_an_evaluation() -> None:
     assert "perplexity" not in rep  # no per-prompt perplexity ratios in this document
     # with them: how well the perplexity the gate checks is pinned, and the prompts for ±5 / ±10 points
     lr = np.log(1.25) + rng.normal(0, 0.4, n)
-    with_ppl = with_ppl_ratios(system(list(a)), np.log(1.05) + rng.normal(0, 0.1, n), lr)
+    with_ppl = with_fluency(system(list(a)), np.log(1.05) + rng.normal(0, 0.1, n), lr)
     q = power_report(sentiment_doc(with_ppl), effect=0.10)["perplexity"]
     assert q["increase"] == pytest.approx(math.expm1(lr.mean())) and q["prompts"] == n  # the worse side
     width = 1.959964 * float(np.std(lr, ddof=1)) / math.sqrt(n) * math.exp(lr.mean())

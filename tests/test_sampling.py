@@ -186,3 +186,45 @@ def test_expected_nll_is_the_sampled_nlls_mean_given_the_text_so_far(tiny_lm, ba
     assert len(set(later)) > 1  # the text so far differs per sample after the first token
     with pytest.raises(ValueError, match="'sampled' or 'expected'"):
         generate(tiny_lm, [prompt], steer, 1.0, nll="mean")
+
+
+# ------------------------------------------------------------------------------------------ paired cost, prompting
+PROMPTS = ["The weather today is", "Scientists have found", "My neighbour said that"]
+
+
+def test_the_paired_cost_is_zero_for_the_base_model_and_read_for_a_steer(tiny_lm) -> None:
+    """Per step, the expected base NLL of the sampling distribution minus that of the base model's own: exactly 0
+    where the row samples as the base model does (strength 0), non-zero where a steer reweights the nucleus; and
+    one value per counted token, beside the base NLLs."""
+    torch.set_num_threads(1)
+    steer = random_steer(tiny_lm, names=("style", "dummy"), eps=1e-3, scale=20.0, seed=1)
+    gens = generate(tiny_lm, PROMPTS, steer, [0.0, 3.0], num_samples=2, max_new_tokens=6, seed=5, base_nll=True,
+                    nll="expected", base_nucleus=True)
+    for g in gens:
+        assert g.cost is not None and len(g.cost) == len(g.base_nll) == len(g.token_ids)
+        if g.strength == 0.0:
+            assert all(c == 0.0 for c in g.cost)
+    steered = [c for g in gens if g.strength == 3.0 for c in g.cost]
+    assert steered and all(math.isfinite(c) for c in steered) and any(abs(c) > 1e-4 for c in steered)
+    plain = generate(tiny_lm, PROMPTS, steer, [3.0], max_new_tokens=6, seed=5, base_nll=True, base_nucleus=True)
+    assert all(g.cost is None for g in plain)  # sampled-token NLLs: no expectation, no paired cost
+
+
+def test_prompting_draws_from_guidance_between_the_instructed_and_the_plain_prompt(tiny_lm) -> None:
+    """The prompting baseline: each row reads its instructed prompt beside a twin on the plain prompt. Guidance 0
+    samples exactly as the twin (the base model: zero cost); guidance > 0 follows the instruction; the texts are
+    continuations of the plain prompt either way."""
+    torch.set_num_threads(1)
+    instructed = [f"Write about cats and dogs.\n{p}" for p in PROMPTS]
+    kw = dict(num_samples=2, max_new_tokens=6, seed=5, base_nll=True, nll="expected", base_nucleus=True)
+    zero = generate(tiny_lm, PROMPTS, instructed=instructed, guidance=0.0, **kw)
+    assert [g.prompt for g in zero] == [p for p in PROMPTS for _ in range(2)]
+    assert all(c == 0.0 for g in zero for c in g.cost) and all(g.strength == 0.0 for g in zero)
+    strong = generate(tiny_lm, PROMPTS, instructed=instructed, guidance=4.0, **kw)
+    assert all(g.strength == 4.0 for g in strong)
+    assert [g.text for g in strong] != [g.text for g in zero]
+    assert any(abs(c) > 1e-4 for g in strong for c in g.cost)
+    with pytest.raises(ValueError, match="one of a steer"):
+        generate(tiny_lm, PROMPTS, random_steer(tiny_lm), 1.0, instructed=instructed)
+    with pytest.raises(ValueError, match="instructed prompts for"):
+        generate(tiny_lm, PROMPTS, instructed=instructed[:1])

@@ -226,7 +226,11 @@ def prepare(
     """Build ``out_dir/{train,val}.jsonl``, the prompts file and the data card from ``cfg``. Everything is validated
     before anything is written; the files then appear together (atomic renames)."""
     out_dir, prompts_path, card_path = Path(out_dir), Path(prompts_path), Path(card_path)
-    examples, dropped = build_examples(load_source(cfg.source, generate_fn=generate_fn), cfg)
+    pool = cfg.pool_size()
+    source = cfg.source
+    if pool is not None:  # a generated pool sized from max_per_label: sample only what the split will keep
+        source = source.model_copy(update={"texts": source.texts.model_copy(update={"count": pool})})
+    examples, dropped = build_examples(load_source(source, generate_fn=generate_fn), cfg)
     if cfg.agree_with:
         examples, dropped["scorer_disagrees"] = agreeing(examples, cfg.agree_with)
     by_split = {s: [e for e in examples if e.split == s] for s in ("train", "val", "holdout")}
@@ -247,7 +251,7 @@ def prepare(
         prompts_path: _jsonl(prompt_rows),
     }
     card = DataCard(
-        source=describe_source(cfg.source),
+        source=describe_source(source),
         counts={"train": _counts(train), "val": _counts(val), "holdout": _counts(by_split["holdout"])},
         dropped=dropped,
         lengths={"train": _length_stats(train), "val": _length_stats(val)},

@@ -24,8 +24,8 @@ from typing import Callable, Sequence
 
 from steer_core.config import EvalConfig
 from steer_core.evaluate.document import document
-from steer_core.evaluate.protocol import (Sample, System, control_scorer, judged_in_sampling, reused_base,
-                                          sample_and_score)
+from steer_core.evaluate.protocol import (Sample, System, control_scorer, judge_scorers, judged_in_sampling,
+                                          reused_base, sample_and_score)
 from steer_core.evaluate.search import search_strengths
 from steer_core.model.lm import LoadedLM
 from steer_core.scorers import cuts_of
@@ -111,7 +111,9 @@ def merge_shards(lm: LoadedLM, prompts: Sequence[dict], systems: Sequence[System
         raise ValueError("the gathered shards do not cover every evaluation prompt")
     per_system = [_order([s for s in samples if s.system == system.name and s.strength != 0.0],
                          [x for x in system.strengths if x != 0]) for system in systems]
+    judge_cuts = {j.name: cuts_of(j) for j in judge_scorers(cfg)}
     return document(prompts, systems, cfg, base_samples, per_system, cuts=cuts_of(scorer), judge_spec=judge.spec,
+                    judge_cuts=judge_cuts,
                     in_sampling=in_sampling, seed=seed)
 
 
@@ -139,7 +141,8 @@ def evaluate(
     ``progress`` is accepted and unused: each shard logs one line through ``log`` as it finishes."""
     if not prompts:
         raise ValueError("no evaluation prompts")
-    control_scorer(cfg)  # fail before sampling when the scorer does not measure the control metric
+    control_scorer(cfg)  # fail before sampling when a scorer does not measure the control metric
+    judge_scorers(cfg)
     base_samples = reused_base(base_samples, prompts)
     reuse_base = base_samples is not None
     t0 = time.perf_counter()

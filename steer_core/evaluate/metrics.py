@@ -177,6 +177,7 @@ def paired_interval(
         from statistics import NormalDist
 
         alpha = 2 * NormalDist().cdf(-math.sqrt(n / (n - 1)) * _t(1 - alpha / 2, n - 1))
+        alpha = max(alpha, 2.0 / n_boot)  # a handful of prompts: the widest percentiles the resamples can give
     low, high = bootstrap_ci(d, n_boot=n_boot, alpha=alpha, seed=seed)
     return float(d.mean()), low, high
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable, Sequence
 
-from steer_core.config import EvalConfig
+from steer_core.config import EvalConfig, PromptingConfig
 from steer_core.evaluate.baselines import ActAdd, actadd_steering
 from steer_core.model.generate import Generation, generate, reads_base_nll
 from steer_core.model.lm import LoadedLM
@@ -40,17 +40,32 @@ class Sample:
     text: str
     control: float = math.nan
     ppl: float = math.nan
+    cost: float = math.nan  # the paired per-step cost: mean over steps, nats (0 for the base model's own samples)
+    judged: dict[str, float] = field(default_factory=dict)  # independent judges' scores of the text
 
 
 @dataclass
 class System:
-    """Something to evaluate over a strength sweep: a steer, or the activation-addition baseline."""
+    """Something to evaluate over a strength sweep: a steer, the activation-addition baseline, or the prompting
+    baseline (an instruction, its strength a guidance weight)."""
 
     name: str
     strengths: list[float]
     steer: Steer | None = None
     actadd: ActAdd | None = None
     meta: dict = field(default_factory=dict)
+    prompting: PromptingConfig | None = None
+
+
+def instructed_prompt(lm: LoadedLM, prompt: str, instruction: str, template: str = "chat") -> str:
+    """``prompt`` preceded by ``instruction``: as the user's turn of the model's chat template with the prompt as the
+    start of the answer (``chat``, when the tokenizer has a template), else as a line before it (``prefix``)."""
+    tok = lm.tokenizer
+    if template == "chat" and getattr(tok, "chat_template", None):
+        head = tok.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
+                                       add_generation_prompt=True)
+        return head + prompt
+    return f"{instruction}\n{prompt}"
 
 
 def judged_in_sampling(lm: LoadedLM, judge: LoadedLM, cfg: EvalConfig) -> bool:
@@ -80,29 +95,51 @@ def sample_system(
     kw = dict(num_samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, top_p=cfg.top_p,
               temperature=cfg.temperature, seed=seed, batch_size=cfg.batch_size, progress=progress,
               base_nll=judge_in_sampling, base_nucleus=cfg.base_nucleus, nll=cfg.ppl_estimate)
+    gens: list[Generation] = []
     if system.actadd is not None:
-        gens: list[Generation] = []
         for s in system.strengths:  # one hook strength per call keeps the baseline's code path plain
             part = generate(lm, texts, body=partial(actadd_steering, lm, system.actadd, s), **kw)
+            for g in part:
+                g.strength = float(s)
+            gens += part
+    elif system.prompting is not None:
+        pc = system.prompting
+        for s in system.strengths:  # the instruction of the strength's side, at guidance |s|
+            instruction = pc.plus if s > 0 else pc.minus
+            if instruction is None:
+                raise ValueError(f"prompting strength {s:g} needs the − instruction (evaluate.prompting.minus)")
+            part = generate(lm, texts, instructed=[instructed_prompt(lm, x, instruction, pc.template) for x in texts],
+                            guidance=abs(float(s)), **kw)
             for g in part:
                 g.strength = float(s)
             gens += part
     else:
         values = None if system.steer is None else [float(s) for s in system.strengths]
         gens = generate(lm, texts, system.steer, values, **kw)
-    ppl = [math.exp(sum(g.base_nll) / len(g.base_nll)) if g.base_nll else math.nan for g in gens]
-    samples = [Sample(system.name, prompts[g.prompt_index]["set"], g.prompt_index, g.prompt, g.strength, g.text,
-                      ppl=v) for g, v in zip(gens, ppl)]
-    return samples
+    return [Sample(system.name, prompts[g.prompt_index]["set"], g.prompt_index, g.prompt, g.strength, g.text,
+                   ppl=_mean_exp(g.base_nll), cost=_mean(g.cost)) for g in gens]
 
 
-def score_samples(samples: list[Sample], scorer, judge: LoadedLM | None, batch_size: int = 16) -> None:
-    """Fill in control scores (one batched scorer call) and judge perplexities (batched; ``judge=None``: the
-    perplexities were filled while sampling)."""
+def _mean(steps: list[float] | None) -> float:
+    return sum(steps) / len(steps) if steps else math.nan
+
+
+def _mean_exp(steps: list[float] | None) -> float:
+    return math.exp(_mean(steps)) if steps else math.nan
+
+
+def score_samples(samples: list[Sample], scorer, judge: LoadedLM | None, batch_size: int = 16,
+                  judges: Sequence = ()) -> None:
+    """Fill in control scores (one batched scorer call), the independent ``judges``' scores (one call each) and
+    judge perplexities (batched; ``judge=None``: the perplexities were filled while sampling)."""
     if not samples:
         return
-    for s, c in zip(samples, scorer.score([s.text for s in samples])):
+    texts = [s.text for s in samples]
+    for s, c in zip(samples, scorer.score(texts)):
         s.control = float(c)
+    for other in judges:
+        for s, c in zip(samples, other.score(texts)):
+            s.judged[other.name] = float(c)
     if judge is None:
         return
     ppl = conditional_perplexity(judge.model, judge.tokenizer, [s.prompt for s in samples],
@@ -140,9 +177,25 @@ def split_folds(prompts: Sequence[str]) -> list[int]:
 
 def control_scorer(cfg: EvalConfig):
     """The scorer of ``cfg.scorer``, checked to measure the control metric ``cfg.control``."""
-    scorer = get_scorer(cfg.scorer)
-    if cfg.control == "sentiment" and scorer.kind != "sentiment" or cfg.control == "toxicity" and scorer.kind != "toxicity":
-        raise ValueError(f"scorer {cfg.scorer!r} measures {scorer.kind}, but the control metric is {cfg.control!r}")
+    return _of_control(cfg.scorer, cfg, "evaluate.scorer")
+
+
+def judge_scorers(cfg: EvalConfig) -> list:
+    """The independent judges of ``cfg.judges``, each checked to measure the control metric and to differ from the
+    labeller (a judge that is the scorer itself is no independent reading)."""
+    out = []
+    for name in cfg.judges:
+        if name == cfg.scorer:
+            raise ValueError(f"evaluate.judges lists {name!r}, which is evaluate.scorer itself: a judge must be another "
+                             f"scorer of {cfg.control}")
+        out.append(_of_control(name, cfg, "evaluate.judges"))
+    return out
+
+
+def _of_control(name: str, cfg: EvalConfig, key: str):
+    scorer = get_scorer(name)
+    if scorer.kind != cfg.control:
+        raise ValueError(f"{key} {name!r} measures {scorer.kind}, but the control metric is {cfg.control!r}")
     return scorer
 
 
@@ -175,7 +228,7 @@ def sampling_plan(systems: Sequence[System], sample_base: bool) -> list[Call]:
     model is a call of its own. The calls fix the batches, hence the bits of every number: ``evaluate`` and a shard
     (``shards.sample_shard``) both sample by this plan.
     """
-    nonzero = [System(s.name, [x for x in s.strengths if x != 0], s.steer, s.actadd, s.meta) for s in systems]
+    nonzero = [replace(s, strengths=[x for x in s.strengths if x != 0]) for s in systems]
     first = next((i for i, s in enumerate(nonzero) if s.steer is not None), None) if sample_base else None
     calls = []
     if sample_base and first is None:
@@ -201,7 +254,7 @@ def sample_and_score(
     for call in sampling_plan(systems, sample_base):
         log(f"evaluating {call.system.name} at strengths {call.system.strengths}")
         samples = sample_system(lm, call.system, prompts, cfg, seed, progress, judge_in_sampling=judge is None)
-        score_samples(samples, scorer, judge, cfg.batch_size)
+        score_samples(samples, scorer, judge, cfg.batch_size, judge_scorers(cfg))
         base += [replace(s, system="base") for s in samples if s.strength == 0.0]
         if call.index is not None:
             per_system[call.index] = [s for s in samples if s.strength != 0.0]

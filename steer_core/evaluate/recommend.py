@@ -1,15 +1,39 @@
-"""The recommended strength: the strongest control whose judge perplexity stays within the budget, cross-fitted
-over two folds of prompts so no reported number picked its own strength."""
+"""The recommended strength: the strongest control whose fluency cost is within the budget *with confidence*, and
+the numbers reported at it, cross-fitted over two folds of prompts so that no reported number picked its own
+strength.
+
+A strength is within budget when the upper end of the central ``confidence`` interval (over prompts) of its fluency
+cost is at most the budget: harm must be shown absent, as control must be shown present. The fluency cost is, per
+prompt, a log ratio against the base model on the same prompt (``fluency``):
+
+- ``text``: the judge perplexity of the steered samples over that of the base samples;
+- ``paired``: the steer's per-step cost along its own samples, the base model's expected NLL of each step's
+  sampling distribution minus that of its own, at the same context (``Sample.cost``; 0 for the base model). It
+  prices each choice the steer makes and leaves out where the text went, so it has far less noise.
+
+Each row's per-prompt values (``row["per_prompt"]``) are what everything here reads. Independent judges
+(``judges``) are read at the very strengths the labeller chose, so they confirm the labeller's choice rather than
+make their own.
+"""
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from steer_core.evaluate import metrics as M
+
+#: per-prompt columns of a side at the recommended strength, in the cross-fitted document
+FLUENCY_KEYS = {1: "log_fluency_plus", -1: "log_fluency_minus"}
+
+
+def _mean(values: np.ndarray) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmean(values))
 
 
 def value_over(r: dict, key: str, idx: list[int] | None) -> float:
@@ -17,185 +41,261 @@ def value_over(r: dict, key: str, idx: list[int] | None) -> float:
     if idx is None:
         return r[key]
     pp = np.asarray(r["per_prompt"]["log_ppl" if key == "ppl" else key], dtype=float)[idx]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(np.exp(np.nanmean(pp))) if key == "ppl" else float(np.nanmean(pp))
+    return float(np.exp(_mean(pp))) if key == "ppl" else _mean(pp)
 
 
-def _choice_table(by_s: dict[float, dict], idx: list[int] | None) -> list[dict]:
-    """A one-sided control (toxicity): one candidate per positive strength with its control, perplexity and
-    distinct-2 over the prompts ``idx``."""
-    return [{"strength": s, "control": value_over(r, "control", idx), "ppl": value_over(r, "ppl", idx),
-             "distinct_2": value_over(r, "distinct_2", idx)} for s, r in by_s.items() if s > 0]
+def fluency_logs(r: dict, base: dict, idx: list[int] | None, fluency: str) -> np.ndarray:
+    """Per prompt (``idx``; None: all), the row's log fluency cost against the base model on that prompt."""
+    if fluency == "paired":
+        vals = np.asarray(r["per_prompt"].get("log_cost", [math.nan] * len(base["per_prompt"]["log_ppl"])),
+                          dtype=float)
+        if r is base:
+            vals = np.zeros_like(vals)
+    else:
+        vals = np.asarray(r["per_prompt"]["log_ppl"], dtype=float) - np.asarray(base["per_prompt"]["log_ppl"],
+                                                                                 dtype=float)
+    return vals if idx is None else vals[idx]
 
 
-def _side_table(by_s: dict[float, dict], idx: list[int] | None, sign: int) -> list[dict]:
-    """One side of a two-sided control (sentiment): strength 0 (the base) and every strength of ``sign``, each with
-    its positive rate (``control``), the side's goal (``oriented``: the positive rate on the + side, minus it on the
-    − side), perplexity and distinct-2 over the prompts ``idx``."""
-    out = []
-    for s, r in by_s.items():
-        if s == 0 or s * sign > 0:
-            c = value_over(r, "control", idx)
-            out.append({"strength": s, "control": c, "oriented": sign * c, "ppl": value_over(r, "ppl", idx),
-                        "distinct_2": value_over(r, "distinct_2", idx)})
-    return out
+def interval(logs: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    """(increase, low, high) of a fluency cost from its per-prompt logs: exp of the mean and of the ends of the
+    paired interval over prompts (``metrics.paired_interval``), minus 1. Prompts without a finite value drop out;
+    with fewer than two left nothing is known (NaN)."""
+    finite = logs[np.isfinite(logs)]
+    if finite.size < 2:
+        return math.nan, math.nan, math.nan
+    mean, low, high = M.paired_interval(finite, confidence)
+    return math.expm1(mean), math.expm1(low), math.expm1(high)
 
 
-def _choose_sides(by_s: dict[float, dict], idx: list[int] | None, base_ppl: float, budget: float
-                  ) -> tuple[float, float, str]:
-    """The + and − strengths of a two-sided control, each side on its own: the strongest control on that side whose
-    perplexity stays within the budget (the base, s = 0, when none does better). The swing between them is then the
-    largest any in-budget pair gives: the sides do not constrain each other, so one side's higher perplexity cost
-    does not cap the other's strength."""
-    picks, reasons = [], []
-    for sign, name in ((1, "+"), (-1, "−")):
-        s, why = M.recommend_strength(_side_table(by_s, idx, sign), "oriented", "ppl", base_ppl, budget)
-        picks.append(s)
-        reasons.append(f"{name} side: {why}")
-    return picks[0], picks[1], "; ".join(reasons)
+def _candidate(s: float, r: dict, base: dict, idx: list[int] | None, fluency: str, confidence: float,
+               sign: int = 1) -> dict:
+    """One strength as a choice: its control over the prompts ``idx``, oriented to the side ``sign``, and its
+    fluency cost's increase and upper end."""
+    c = value_over(r, "control", idx)
+    if r is base or s == 0:
+        inc = high = 0.0
+    elif "per_prompt" in r:
+        inc, _, high = interval(fluency_logs(r, base, idx, fluency), confidence)
+    else:  # a row without per-prompt values (a summary): only its point estimate is known
+        inc = high = r["ppl"] / base["ppl"] - 1.0
+    return {"strength": s, "control": c, "oriented": sign * c, "fluency": inc, "fluency_high": high,
+            "distinct_2": value_over(r, "distinct_2", idx)}
+
+
+def _within(c: dict, budget: float) -> bool:
+    # a hair of tolerance: an increase computed as a ratio minus one must not miss a budget it meets exactly
+    return math.isfinite(c["fluency_high"]) and math.isfinite(c["oriented"]) and c["fluency_high"] <= budget + 1e-12
+
+
+def strongest_within(cands: list[dict], budget: float, what: str, confidence: float) -> tuple[float, str]:
+    """The candidate with the strongest ``oriented`` control whose fluency cost's upper end is within ``budget``
+    (ties: the milder strength); the mildest strength when none is, and the reason says so."""
+    ok = [c for c in cands if _within(c, budget)]
+    if not ok:
+        mild = min(cands, key=lambda c: abs(c["strength"]))
+        return mild["strength"], (f"no strength's {what} cost is within +{budget:.0%} at {confidence:.0%} confidence; "
+                                  f"falling back to the mildest, {mild['strength']:g}")
+    best = max(ok, key=lambda c: (c["oriented"], -abs(c["strength"])))
+    return best["strength"], (f"strength {best['strength']:g}: control {best['control']:.3f}, the strongest whose "
+                              f"{what} cost {best['fluency']:+.1%} has its {confidence:.0%} upper end "
+                              f"{best['fluency_high']:+.1%} within +{budget:.0%} ({len(ok)} of {len(cands)} "
+                              f"strengths are)")
 
 
 def base_ppl_over(base: dict, idx: list[int]) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(np.exp(np.nanmean(np.asarray(base["per_prompt"]["log_ppl"], dtype=float)[idx])))
+    return float(np.exp(_mean(np.asarray(base["per_prompt"]["log_ppl"], dtype=float)[idx])))
 
 
-def _prefer_gaining(cands: list[dict], strength: float, key: str, base_control: float, limit: float
-                    ) -> tuple[float, str]:
+def side_candidates(by_s: dict[float, dict], base: dict, idx: list[int] | None, fluency: str, confidence: float,
+                    sign: int) -> list[dict]:
+    """The choices on one side: the base (s = 0) and every strength of sign ``sign``."""
+    return [_candidate(s, r, base, idx, fluency, confidence, sign) for s, r in sorted(by_s.items())
+            if s == 0 or s * sign > 0]
+
+
+def _prefer_gaining(cands: list[dict], strength: float, base_control: float, budget: float) -> tuple[float, str]:
     """Never a strength with zero or negative gain while a larger in-budget strength gains.
 
-    ``gain`` is control minus the base's (toxicity; each side of sentiment includes the base itself, s = 0, so
-    its best in-budget choice gains whenever any in-budget strength does). The choice of
-    :func:`M.recommend_strength` (the best control within budget) satisfies this whenever its inputs agree; the rule
-    makes it explicit, so no future tie-break, fallback or noisy table can park the recommendation on a strength
-    where the steer does nothing. Returns the (possibly replaced) strength and a note ("" if kept)."""
+    The best control within budget satisfies this whenever its inputs agree; the rule makes it explicit, so no
+    tie-break, fallback or noisy table can park the recommendation on a strength where the steer does nothing.
+    Returns the (possibly replaced) strength and a note ("" if kept)."""
     chosen = next((c for c in cands if c["strength"] == strength), None)
-    if chosen is None or chosen[key] - base_control > 0:
+    if chosen is None or chosen["oriented"] - base_control > 0:
         return strength, ""
-    better = [c for c in cands if c["strength"] > strength and math.isfinite(c["ppl"]) and c["ppl"] <= limit
-              and c[key] - base_control > 0]
+    better = [c for c in cands if c["strength"] > strength and _within(c, budget)
+              and c["oriented"] - base_control > 0]
     if not better:
         return strength, ""
-    pick = max(better, key=lambda c: (c[key], -c["strength"]))
-    return pick["strength"], (f"; strength {strength:g} gains {chosen[key] - base_control:+.3g} over the base, so the "
-                              f"larger in-budget {pick['strength']:g} (gain {pick[key] - base_control:+.3g}) is "
-                              f"recommended instead")
+    pick = max(better, key=lambda c: (c["oriented"], -c["strength"]))
+    return pick["strength"], (f"; strength {strength:g} gains {chosen['oriented'] - base_control:+.3g} over the base, "
+                              f"so the larger in-budget {pick['strength']:g} (gain {pick['oriented'] - base_control:+.3g})"
+                              f" is recommended instead")
 
 
-def _choose(by_s: dict[float, dict], base: dict, control: str, budget: float, idx: list[int] | None
-            ) -> tuple[float, float | None, str]:
-    """(strength, strength_minus or None, reason) chosen on the prompts ``idx`` (None: all)."""
-    base_ppl = base["ppl"] if idx is None else base_ppl_over(base, idx)
+def choose(by_s: dict[float, dict], base: dict, control: str, budget: float, idx: list[int] | None,
+           fluency: str = "text", confidence: float = 0.95) -> tuple[float, float | None, str]:
+    """(strength, strength_minus or None, reason) chosen on the prompts ``idx`` (None: all). Sentiment's sides are
+    chosen each on its own: one side's higher cost does not cap the other's strength."""
+    what = "paired per-step" if fluency == "paired" else "judge-perplexity"
     if control == "sentiment":
-        return _choose_sides(by_s, idx, base_ppl, budget)
-    table = _choice_table(by_s, idx)
-    s, reason = M.recommend_strength(table, "control", "ppl", base_ppl, budget)
-    ref = base["control"] if idx is None else float(np.nanmean(np.asarray(base["per_prompt"]["control"],
-                                                                            dtype=float)[idx]))
-    s, note = _prefer_gaining(table, s, "control", ref, (1.0 + budget) * base_ppl)
+        picks, reasons = [], []
+        for sign, name in ((1, "+"), (-1, "−")):
+            s, why = strongest_within(side_candidates(by_s, base, idx, fluency, confidence, sign), budget, what,
+                                      confidence)
+            picks.append(s)
+            reasons.append(f"{name} side: {why}")
+        return picks[0], picks[1], "; ".join(reasons)
+    cands = [c for c in side_candidates(by_s, base, idx, fluency, confidence, 1) if c["strength"] > 0]
+    s, reason = strongest_within(cands, budget, what, confidence)
+    ref = value_over(base, "control", idx)
+    s, note = _prefer_gaining(cands, s, ref, budget)
     return s, None, reason + note
 
 
-def _cross_fit(by_s: dict[float, dict], base: dict, control: str, budget: float, folds: Sequence[int]) -> dict:
-    """Choose the strength(s) on one fold of prompts and read every prompt's values at the strength(s) chosen on
-    the other fold: per-prompt control and gain that were never used to pick their own strength."""
-    n = len(folds)
-    cols = {k: [math.nan] * n for k in ("control", "gain", "log_ppl_plus", "log_ppl_minus", "d2_plus", "d2_minus",
-                                        "plus", "minus", "toxicity_probability")}
+def _judge_columns(row: dict, name: str) -> dict[str, list[float]]:
+    return ((row.get("per_prompt") or {}).get("judges") or {}).get(name) or {}
+
+
+def _read_at(picks: list[tuple[list[int], float, float | None]], by_s: dict[float, dict], base: dict, control: str,
+             fluency: str, judges: Sequence[str], n: int) -> dict[str, Any]:
+    """Every prompt's values at the strength(s) picked for it: ``picks`` = [(prompts, strength, strength_minus)].
+    Returns per-prompt columns (the gate reads these) and their means."""
+    cols: dict[str, list[float]] = {k: [math.nan] * n for k in (
+        "control", "gain", "plus", "minus", "toxicity_probability", "log_ppl_ratio_plus", "log_ppl_ratio_minus",
+        "log_fluency_plus", "log_fluency_minus", "d2_plus", "d2_minus")}
+    jcols = {name: {k: [math.nan] * n for k in ("control", "gain", "toxicity_probability")} for name in judges}
     base_pp = base["per_prompt"]
-    fold_docs = []
-    for k in sorted(set(folds)):
-        report = [i for i in range(n) if folds[i] == k]
-        choose = [i for i in range(n) if folds[i] != k]
-        s, s_minus, _ = _choose(by_s, base, control, budget, choose)
-        fold = {"fold": k, "reported_on": report, "strength_chosen_on_other_fold": s}
-        if s_minus is not None:
-            fold["strength_minus_chosen_on_other_fold"] = s_minus
-        fold_docs.append(fold)
-        plus = by_s[s]["per_prompt"]
-        minus = by_s[s_minus]["per_prompt"] if s_minus is not None else None
-        for i in report:
-            if minus is not None:
-                sw = plus["control"][i] - minus["control"][i]
-                cols["control"][i] = cols["gain"][i] = sw
-                cols["plus"][i], cols["minus"][i] = plus["control"][i], minus["control"][i]
-                cols["log_ppl_minus"][i], cols["d2_minus"][i] = minus["log_ppl"][i], minus["distinct_2"][i]
-            else:
-                cols["control"][i] = plus["control"][i]
-                cols["gain"][i] = plus["control"][i] - base_pp["control"][i]
-                cols["toxicity_probability"][i] = plus.get("toxicity_probability", [math.nan] * n)[i]
-            cols["log_ppl_plus"][i], cols["d2_plus"][i] = plus["log_ppl"][i], plus["distinct_2"][i]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = {k: float(np.nanmean(v)) for k, v in cols.items()}
-    base_ppl = base_ppl_over(base, list(range(n)))
-    ppl = math.exp(mean["log_ppl_plus"])
-    d2 = mean["d2_plus"]
-    if control == "sentiment":
-        ppl, d2 = max(ppl, math.exp(mean["log_ppl_minus"])), min(d2, mean["d2_minus"])
-    out = {"control": mean["control"], "gain": mean["gain"], "ppl_increase": ppl / base_ppl - 1.0, "distinct_2": d2}
     base_lp = np.asarray(base_pp["log_ppl"], dtype=float)
-    # per prompt, log(judge perplexity / the base's): the gate's perplexity interval is taken over these
-    per_prompt = {"control": cols["control"], "gain": cols["gain"],
-                  "log_ppl_ratio_plus": (np.asarray(cols["log_ppl_plus"]) - base_lp).tolist()}
+    for report, s, s_minus in picks:
+        sides = [(1, by_s[s])] + ([(-1, by_s[s_minus])] if s_minus is not None else [])
+        for sign, row in sides:
+            pp, tag = row["per_prompt"], "plus" if sign > 0 else "minus"
+            logs, text = fluency_logs(row, base, None, fluency), np.asarray(pp["log_ppl"], dtype=float) - base_lp
+            for i in report:
+                cols[tag][i] = pp["control"][i]
+                cols[f"log_ppl_ratio_{tag}"][i] = float(text[i])
+                cols[f"log_fluency_{tag}"][i] = float(logs[i])
+                cols[f"d2_{tag}"][i] = pp["distinct_2"][i]
+        for i in report:
+            if s_minus is not None:
+                cols["control"][i] = cols["gain"][i] = cols["plus"][i] - cols["minus"][i]
+            else:
+                cols["control"][i] = cols["plus"][i]
+                cols["gain"][i] = cols["plus"][i] - base_pp["control"][i]
+                cols["toxicity_probability"][i] = by_s[s]["per_prompt"].get("toxicity_probability", [math.nan] * n)[i]
+        for name in judges:
+            plus, base_j = _judge_columns(by_s[s], name), _judge_columns(base, name)
+            minus = _judge_columns(by_s[s_minus], name) if s_minus is not None else None
+            if not plus or not base_j or (s_minus is not None and not minus):
+                continue
+            for i in report:
+                if minus is not None:
+                    jcols[name]["control"][i] = jcols[name]["gain"][i] = plus["control"][i] - minus["control"][i]
+                else:
+                    jcols[name]["control"][i] = plus["control"][i]
+                    jcols[name]["gain"][i] = plus["control"][i] - base_j["control"][i]
+                    jcols[name]["toxicity_probability"][i] = plus.get("toxicity_probability", [math.nan] * n)[i]
+    return {"cols": cols, "judges": jcols}
+
+
+def _summary(read: dict[str, Any], base: dict, control: str, fluency: str, confidence: float) -> dict[str, Any]:
+    """The reported numbers from the per-prompt columns of :func:`_read_at`: control, gain, the worse side's
+    judge-perplexity increase and fluency interval, distinct-2, and the independent judges' control and gain."""
+    cols = {k: np.asarray(v, dtype=float) for k, v in read["cols"].items()}
+    sides = ("plus", "minus") if control == "sentiment" else ("plus",)
+    text_inc = max(math.exp(_mean(cols[f"log_ppl_ratio_{t}"])) for t in sides) - 1.0
+    intervals = [interval(cols[f"log_fluency_{t}"], confidence) for t in sides]
+    worse = max(intervals, key=lambda x: (x[2] if math.isfinite(x[2]) else math.inf))
+    out: dict[str, Any] = {
+        "control": _mean(cols["control"]), "gain": _mean(cols["gain"]), "ppl_increase": text_inc,
+        "distinct_2": min(_mean(cols[f"d2_{t}"]) for t in sides),
+        "fluency": {"estimate": fluency, "increase": worse[0], "low": worse[1], "high": worse[2],
+                    "confidence": confidence, "side": sides[intervals.index(worse)]},
+    }
     if control == "sentiment":
-        out.update(swing=mean["control"], positive_rate_plus=mean["plus"], positive_rate_minus=mean["minus"])
-        per_prompt.update(positive_rate_plus=cols["plus"], positive_rate_minus=cols["minus"],
-                          log_ppl_ratio_minus=(np.asarray(cols["log_ppl_minus"]) - base_lp).tolist())
+        out.update(swing=out["control"], positive_rate_plus=_mean(cols["plus"]), positive_rate_minus=_mean(cols["minus"]))
     else:
-        out["toxicity_probability"] = mean["toxicity_probability"]
-    out["per_prompt"] = per_prompt
-    out["split"] = {"method": "2-fold cross-fitting: each fold's numbers are read at the strength(s) chosen on the "
-                              "other fold (folds by SHA-256 of the prompt text)", "folds": fold_docs}
+        out["toxicity_probability"] = _mean(cols["toxicity_probability"])
+    judges = {}
+    for name, jc in read["judges"].items():
+        arr = {k: np.asarray(v, dtype=float) for k, v in jc.items()}
+        if not np.isfinite(arr["control"]).any():
+            continue
+        judges[name] = {"control": _mean(arr["control"]), "gain": _mean(arr["gain"])}
+        if control != "sentiment":
+            judges[name]["toxicity_probability"] = _mean(arr["toxicity_probability"])
+    out["judges"] = judges
     return out
 
 
-def recommend(rows: list[dict], base: dict, control: str, budget: float,
-              folds: Sequence[int] | None = None) -> dict:
-    """The strength with the strongest control whose judge perplexity stays within (1 + budget) × base.
+def _per_prompt(read: dict[str, Any], control: str) -> dict[str, Any]:
+    """The per-prompt columns the gate reads (one value per prompt, in prompt order)."""
+    cols = read["cols"]
+    out = {"control": cols["control"], "gain": cols["gain"], "log_ppl_ratio_plus": cols["log_ppl_ratio_plus"],
+           "log_fluency_plus": cols["log_fluency_plus"]}
+    if control == "sentiment":
+        out.update(positive_rate_plus=cols["plus"], positive_rate_minus=cols["minus"],
+                   log_ppl_ratio_minus=cols["log_ppl_ratio_minus"], log_fluency_minus=cols["log_fluency_minus"])
+    out["judges"] = {name: {"control": jc["control"], "gain": jc["gain"]} for name, jc in read["judges"].items()
+                     if any(math.isfinite(v) for v in jc["control"])}
+    return out
 
-    Sentiment is two-sided and each side is chosen on its own (:func:`_choose_sides`): ``strength`` (≥ 0) is the
-    + side's, ``strength_minus`` (≤ 0) the − side's, each the strongest control on its side within budget (0, the
-    base, when none helps), and the swing is the positive rate at ``strength`` minus at ``strength_minus``.
-    Toxicity is one-sided (+ = cleaner).
 
-    ``folds`` (one 0/1 per prompt, :func:`split_folds`) makes the reported numbers honest: the strengths are still
-    the choice on all prompts (the ones to deploy), but ``control``, ``gain``, ``ppl_increase``, ``distinct_2`` (and
-    ``per_prompt``, what the gate reads) are cross-fitted: every prompt is read at the strength(s) chosen on the
-    other fold, so no number is reported on the samples that picked its strength (no winner's curse). ``split``
-    says which prompts chose and which reported; ``in_sample`` keeps the optimistic all-prompt numbers.
-    Without ``folds`` (or per-prompt data in the rows) everything is in-sample.
+def recommend(rows: list[dict], base: dict, control: str, budget: float, folds: Sequence[int] | None = None, *,
+              fluency: str = "text", confidence: float = 0.95, judges: Sequence[str] = ()) -> dict:
+    """The strength with the strongest control whose fluency cost is within ``budget`` with ``confidence``.
+
+    Sentiment is two-sided and each side is chosen on its own: ``strength`` (≥ 0) is the + side's,
+    ``strength_minus`` (≤ 0) the − side's (0, the base, when none helps), and the swing is the positive rate at
+    ``strength`` minus at ``strength_minus``. Toxicity is one-sided (+ = cleaner).
+
+    ``folds`` (one 0/1 per prompt, ``protocol.split_folds``) makes the reported numbers honest: the strengths are
+    still the choice on all prompts (the ones to deploy), but ``control``, ``gain``, ``ppl_increase``, ``fluency``,
+    ``distinct_2``, ``judges`` (and ``per_prompt``, what the gate reads) are cross-fitted: every prompt is read at
+    the strength(s) chosen on the other fold. ``split`` says which prompts chose and which reported; ``in_sample``
+    keeps the optimistic all-prompt numbers. Without ``folds`` (or per-prompt data in the rows) everything is
+    in-sample, and without per-prompt data the fluency cost is the point estimate of the judge perplexity.
     """
     by_s = {r["strength"]: r for r in rows}
     if 0.0 not in by_s:
         by_s[0.0] = base
-    if control != "sentiment" and not _choice_table(by_s, None):
+    if control != "sentiment" and not any(s > 0 for s in by_s):
         return {"strength": 0.0, "reason": "no positive strength was evaluated", "control": 0.0, "gain": 0.0,
                 "ppl_increase": 0.0, "distinct_2": base["distinct_2"]}
-    strength, minus, reason = _choose(by_s, base, control, budget, None)
-    plus_row = by_s[strength]
-    if control == "sentiment":
-        minus_row = by_s[minus]
-        swing = plus_row["control"] - minus_row["control"]
-        out = {"strength": strength, "strength_minus": minus, "reason": reason, "control": swing, "swing": swing,
-               "gain": swing, "ppl_increase": max(plus_row["ppl"], minus_row["ppl"]) / base["ppl"] - 1.0,
-               "distinct_2": min(plus_row["distinct_2"], minus_row["distinct_2"]),
-               "positive_rate_plus": plus_row["control"], "positive_rate_minus": minus_row["control"]}
-    else:
-        out = {"strength": strength, "reason": reason, "control": plus_row["control"],
-               "ppl_increase": plus_row["ppl"] / base["ppl"] - 1.0, "distinct_2": plus_row["distinct_2"],
-               "gain": plus_row["control"] - base["control"],
-               "toxicity_probability": plus_row["toxicity_probability"],
-               "base_toxicity_probability": base["toxicity_probability"]}
     has_pp = all("per_prompt" in r for r in [*rows, base])
-    if folds is None or not has_pp or len(set(folds)) < 2:
-        return out
-    out["in_sample"] = {k: out[k] for k in ("control", "gain", "ppl_increase", "distinct_2")}
-    honest = _cross_fit(by_s, base, control, budget, folds)
-    out.update(honest)
-    f0, f1 = honest["split"]["folds"]
+    strength, minus, reason = choose(by_s, base, control, budget, None, fluency if has_pp else "text", confidence)
+    if not has_pp:
+        return _point_summary(by_s, base, control, strength, minus, reason)
+    n = len(base["per_prompt"]["control"])
+    every = list(range(n))
+    in_sample = _summary(_read_at([(every, strength, minus)], by_s, base, control, fluency, judges, n), base, control,
+                         fluency, confidence)
+    out: dict[str, Any] = {"strength": strength, "reason": reason}
+    if minus is not None:
+        out["strength_minus"] = minus
+    if control != "sentiment":
+        out["base_toxicity_probability"] = base["toxicity_probability"]
+    if folds is None or len(set(folds)) < 2:
+        read = _read_at([(every, strength, minus)], by_s, base, control, fluency, judges, n)
+        return {**out, **in_sample, "per_prompt": _per_prompt(read, control)}
+    picks, fold_docs = [], []
+    for k in sorted(set(folds)):
+        report = [i for i in range(n) if folds[i] == k]
+        s, s_minus, _ = choose(by_s, base, control, budget, [i for i in range(n) if folds[i] != k], fluency,
+                               confidence)
+        picks.append((report, s, s_minus))
+        fold = {"fold": k, "reported_on": report, "strength_chosen_on_other_fold": s}
+        if s_minus is not None:
+            fold["strength_minus_chosen_on_other_fold"] = s_minus
+        fold_docs.append(fold)
+    read = _read_at(picks, by_s, base, control, fluency, judges, n)
+    out.update(_summary(read, base, control, fluency, confidence))
+    out["per_prompt"] = _per_prompt(read, control)
+    out["in_sample"] = {k: in_sample[k] for k in ("control", "gain", "ppl_increase", "distinct_2", "fluency", "judges")}
+    out["split"] = {"method": "2-fold cross-fitting: each fold's numbers are read at the strength(s) chosen on the "
+                              "other fold (folds by SHA-256 of the prompt text)", "folds": fold_docs}
+    f0, f1 = fold_docs
 
     def at(f: dict) -> str:
         s_minus = f.get("strength_minus_chosen_on_other_fold")
@@ -203,7 +303,23 @@ def recommend(rows: list[dict], base: dict, control: str, budget: float,
 
     out["reason"] = (f"{reason}. Reported numbers are cross-fitted: fold 0 ({len(f0['reported_on'])} prompts) is "
                      f"read at strength {at(f0)}, chosen on fold 1, and fold 1 ({len(f1['reported_on'])} prompts) at "
-                     f"{at(f1)}, chosen on fold 0 (in-sample the control would read {out['in_sample']['control']:.3f}, "
+                     f"{at(f1)}, chosen on fold 0 (in-sample the control would read {in_sample['control']:.3f}, "
                      f"cross-fitted {out['control']:.3f})")
     return out
 
+
+def _point_summary(by_s: dict[float, dict], base: dict, control: str, strength: float, minus: float | None,
+                   reason: str) -> dict:
+    """The recommendation from rows without per-prompt values: point estimates at the chosen strength(s)."""
+    plus_row = by_s[strength]
+    if control == "sentiment":
+        minus_row = by_s[minus]
+        swing = plus_row["control"] - minus_row["control"]
+        return {"strength": strength, "strength_minus": minus, "reason": reason, "control": swing, "swing": swing,
+                "gain": swing, "ppl_increase": max(plus_row["ppl"], minus_row["ppl"]) / base["ppl"] - 1.0,
+                "distinct_2": min(plus_row["distinct_2"], minus_row["distinct_2"]),
+                "positive_rate_plus": plus_row["control"], "positive_rate_minus": minus_row["control"]}
+    return {"strength": strength, "reason": reason, "control": plus_row["control"],
+            "ppl_increase": plus_row["ppl"] / base["ppl"] - 1.0, "distinct_2": plus_row["distinct_2"],
+            "gain": plus_row["control"] - base["control"], "toxicity_probability": plus_row["toxicity_probability"],
+            "base_toxicity_probability": base["toxicity_probability"]}

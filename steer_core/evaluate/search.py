@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Sequence
 
 from steer_core.config import EvalConfig
 from steer_core.evaluate.protocol import System, split_folds
-from steer_core.evaluate.recommend import base_ppl_over, value_over
+from steer_core.evaluate.recommend import side_candidates
 
 
 def isotonic(values: Sequence[float]) -> list[float]:
@@ -66,10 +66,11 @@ def next_magnitude(
 
 
 def search_probes(doc: dict, systems: Sequence[System], cfg: EvalConfig, folds: Sequence[int]) -> list[list[float]]:
-    """The strengths one round of the strength search adds for each system: on each side (both for sentiment, whose sides are chosen separately), the next magnitude
-    towards that side's budget edge (:func:`next_magnitude`), as seen by every chooser :func:`recommend`
-    uses (all prompts; with cross-fitting, each fold's choosing prompts). Only strengths not evaluated yet; an
-    empty list: that system's edges are located."""
+    """The strengths one round of the strength search adds for each system: on each side (both for sentiment, whose
+    sides are chosen separately), the next magnitude towards that side's budget edge (:func:`next_magnitude`), the
+    edge being where the upper end of the fluency cost's interval meets the budget, as seen by every chooser the
+    recommendation uses (all prompts; with cross-fitting, each fold's choosing prompts). Only strengths not evaluated
+    yet; an empty list: that system's edges are located."""
     choosers: list[list[int] | None] = [None]
     if len(set(folds)) > 1:
         choosers += [[i for i, f in enumerate(folds) if f != k] for k in sorted(set(folds))]
@@ -79,10 +80,11 @@ def search_probes(doc: dict, systems: Sequence[System], cfg: EvalConfig, folds: 
         by_s = {r["strength"]: r for r in doc["systems"][system.name]["rows"]}
         new: set[float] = set()
         for idx in choosers:
-            limit = (1.0 + cfg.ppl_budget) * (doc["base"]["ppl"] if idx is None else base_ppl_over(doc["base"], idx))
             for sign in signs:
-                side = [{"strength": abs(s), "ppl": value_over(r, "ppl", idx)} for s, r in by_s.items() if s * sign > 0]
-                m = next_magnitude(side, limit, rel_tol=cfg.search_tolerance)
+                side = [{"strength": abs(c["strength"]), "ppl": 1.0 + c["fluency_high"]}
+                        for c in side_candidates(by_s, doc["base"], idx, cfg.fluency, cfg.confidence, sign)
+                        if c["strength"] != 0]
+                m = next_magnitude(side, 1.0 + cfg.ppl_budget, rel_tol=cfg.search_tolerance)
                 if m is not None and sign * m not in by_s:
                     new.add(sign * m)
         out.append(sorted(new))
@@ -120,8 +122,8 @@ def search_strengths(
         doc = redo(systems)
     for system, probes in zip(systems, added):
         doc["systems"][system.name]["search"] = {
-            "method": "bisection of the budget edge between evaluated strengths (perplexity fitted non-decreasing in "
-                      "|s|), per chooser (all prompts, each fold's choosing prompts)",
+            "method": "bisection of the budget edge between evaluated strengths (the fluency cost's upper end fitted "
+                      "non-decreasing in |s|), per chooser (all prompts, each fold's choosing prompts)",
             "rounds": rounds, "max_rounds": cfg.search_steps, "tolerance": cfg.search_tolerance,
             "probes": probes}
     return systems, doc

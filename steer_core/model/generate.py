@@ -32,7 +32,7 @@ from steer_core.model.lm import LoadedLM
 from steer_core.model.sampling import NucleusSampler, row_uniforms
 from steer_core.model.steer import Steer, primary_name
 
-_INTERNAL = ("token_ids", "base_nll")
+_INTERNAL = ("token_ids", "base_nll", "cost")
 
 #: a change to the LM's body for the rows flagged True (e.g. ``functools.partial(actadd_steering, lm, vec, s)``)
 BodyChange = Callable[[torch.Tensor], ContextManager[None]]
@@ -50,6 +50,7 @@ class Generation:
     values: list[float] | None = None
     token_ids: list[int] = field(default_factory=list, repr=False)
     base_nll: list[float] | None = field(default=None, repr=False)
+    cost: list[float] | None = field(default=None, repr=False)  # per step: the steer's paired NLL cost (nats)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in _INTERNAL}
@@ -90,6 +91,7 @@ class _BaseNLL:
         self.base_logits: torch.Tensor | None = None
         self._step_base: tuple[torch.Tensor, torch.Tensor] | None = None  # (this step's scores, their base scores)
         self.steps: list[torch.Tensor] = []
+        self.costs: list[torch.Tensor] = []
         self.thread = threading.get_ident()
 
     def pre_hook(self, module: torch.nn.Module, args: tuple) -> None:
@@ -115,9 +117,12 @@ class _BaseNLL:
         return out
 
     def record(self, scores: torch.Tensor, choice: torch.Tensor,
-               dist: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+               dist: tuple[torch.Tensor, torch.Tensor] | None = None,
+               base_dist: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """This step's NLL per row under the unsteered model: of the sampled ``choice``, or (``expected``) its mean
-        over ``dist`` = (ids, probabilities) without EOS."""
+        over ``dist`` = (ids, probabilities) without EOS. With ``base_dist`` (the unsteered model's own sampling
+        distribution at this context), also the step's paired cost: the expected NLL under ``dist`` minus under
+        ``base_dist``, both from the same unsteered logits (exactly 0 for a row sampled as the base model samples)."""
         logp = torch.log_softmax(self.base_scores(scores), dim=-1)
         self.base_logits, self._step_base = None, None
         if not self.expected:
@@ -128,6 +133,9 @@ class _BaseNLL:
         nll, mass = expected_nll(logp, dist, self.eos)
         # a row whose whole mass is EOS ends here, and its step is not counted; keep the sampled token's NLL
         self.steps.append(torch.where(mass > 0, nll, -logp.gather(1, choice[:, None]).squeeze(1)))
+        if base_dist is not None:
+            own, base_mass = expected_nll(logp, base_dist, self.eos)
+            self.costs.append(torch.where((mass > 0) & (base_mass > 0), nll - own, torch.zeros_like(nll)))
 
 
 def expected_nll(logp: torch.Tensor, dist: tuple[torch.Tensor, torch.Tensor], eos_token_id: int | None
@@ -190,6 +198,8 @@ def generate(
     base_nucleus: bool = False,
     nll: Literal["sampled", "expected"] = "sampled",
     body: BodyChange | None = None,
+    instructed: Sequence[str] | None = None,
+    guidance: float = 1.0,
 ) -> list[Generation]:
     """Sample ``num_samples`` continuations per prompt, in batches across prompts, samples and strengths.
 
@@ -204,12 +214,23 @@ def generate(
     ``base_nll`` or ``base_nucleus`` each row runs beside an unsteered twin in the same batch: the twin is fed the
     row's own draws, so its logits are the base model's for the same text (a second forward pass per token, half
     the rows per batch).
+
+    ``instructed`` (one text per prompt: the prompt with an instruction, the prompting baseline) runs each row on
+    its instructed prompt beside an unsteered twin on the plain prompt, and draws from classifier-free guidance:
+    twin logits + ``guidance`` × (row logits − twin logits). ``guidance`` 0 is the base model, 1 plain prompting.
+    The texts and their perplexities are those of continuations of the plain prompt.
+
+    With ``nll="expected"`` and a base model beside each row (``base_nll``), each generation also carries the
+    per-step paired cost (``cost``): the expected NLL of the step's sampling distribution minus that of the base
+    model's own, under the same unsteered logits at the row's own context.
     """
     if nll not in ("sampled", "expected"):
         raise ValueError(f"nll must be 'sampled' or 'expected', got {nll!r}")
-    if body is not None and steer is not None:
-        raise ValueError("generate takes a steer or a body change, not both")
-    twinned = body is not None and (base_nll or base_nucleus)
+    if sum(x is not None for x in (steer, body, instructed)) > 1:
+        raise ValueError("generate takes one of a steer, a body change or instructed prompts")
+    if instructed is not None and len(instructed) != len(prompts):
+        raise ValueError(f"{len(instructed)} instructed prompts for {len(prompts)} prompts")
+    twinned = instructed is not None or (body is not None and (base_nll or base_nucleus))
     if twinned:
         batch_size = max(1, batch_size // 2)  # each row brings its twin: the same rows per forward pass
     rows = _plan_rows(prompts, steer, values, num_samples)
@@ -223,21 +244,23 @@ def generate(
         chunk = rows[start : start + batch_size]
         vals = None if steer is None else torch.stack([r[3] for r in chunk])
         recorder = None
-        if base_nll or base_nucleus:
+        if base_nll or base_nucleus or twinned:
             steered = torch.zeros(len(chunk), dtype=torch.bool) if vals is None else (vals != 0).any(1)
             recorder = _BaseNLL(steered.to(lm.device), expected=base_nll and nll == "expected",
                                 eos_token_id=lm.tokenizer.eos_token_id, twins=len(chunk) if twinned else 0)
         uniforms = row_uniforms(seed, [(r[0], r[1]) for r in chunk], max_new_tokens)
         texts = [prompts[r[0]] for r in chunk]
         if twinned:  # rows, then their unsteered twins, which draw nothing of their own (the sampler copies)
-            texts, uniforms = texts + texts, torch.cat([uniforms, uniforms])
+            rows_text = texts if instructed is None else [instructed[r[0]] for r in chunk]
+            texts, uniforms = rows_text + texts, torch.cat([uniforms, uniforms])
         with contextlib.nullcontext() if body is None else body(_twin_flags(len(chunk), twinned)):
             outs = _sample_batch(lm, texts, steer, vals, max_new_tokens=max_new_tokens, top_p=top_p,
                                  temperature=temperature, uniforms=uniforms, recorder=recorder,
-                                 base_nucleus=base_nucleus)
-        for (pi, si, strength, vec), (text, ids, nlls) in zip(chunk, outs):
-            gens.append(Generation(prompts[pi], pi, si, strength, text, None if vec is None else vec.tolist(), ids,
-                                   nlls if base_nll else None))
+                                 base_nucleus=base_nucleus, guidance=guidance if instructed is not None else None)
+        for (pi, si, strength, vec), (text, ids, nlls, cost) in zip(chunk, outs):
+            gens.append(Generation(prompts[pi], pi, si, guidance if instructed is not None else strength, text,
+                                   None if vec is None else vec.tolist(), ids, nlls if base_nll else None,
+                                   cost if base_nll else None))
     return gens
 
 
@@ -271,16 +294,17 @@ def _plan_rows(prompts, steer, values, num_samples) -> list[tuple[int, int, floa
 
 @torch.no_grad()
 def _sample_batch(lm, prompts, steer, values, *, max_new_tokens, top_p, temperature, uniforms: torch.Tensor,
-                  recorder: _BaseNLL | None, base_nucleus: bool = False
-                  ) -> list[tuple[str, list[int], list[float] | None]]:
-    """(text, sampled token ids up to EOS, their base NLLs or None) per prompt row, drawn at ``uniforms``
-    (rows × max_new_tokens, :func:`~steer_core.model.sampling.row_uniforms`)."""
+                  recorder: _BaseNLL | None, base_nucleus: bool = False, guidance: float | None = None
+                  ) -> list[tuple[str, list[int], list[float] | None, list[float] | None]]:
+    """(text, sampled token ids up to EOS, their base NLLs or None, their paired costs or None) per prompt row, drawn
+    at ``uniforms`` (rows × max_new_tokens, :func:`~steer_core.model.sampling.row_uniforms`)."""
     tok = lm.tokenizer
     enc = tok(list(prompts), return_tensors="pt", padding=True).to(lm.device)
     config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                               eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
     sampler = NucleusSampler(top_p, temperature, uniforms, prompt_length=enc["input_ids"].shape[1], recorder=recorder,
-                             base_nucleus=base_nucleus, twins=0 if recorder is None else recorder.twins)
+                             base_nucleus=base_nucleus, twins=0 if recorder is None else recorder.twins,
+                             guidance=guidance)
     handle = (None if recorder is None or recorder.twins
               else lm.output_embeddings.register_forward_pre_hook(recorder.pre_hook))
     try:  # the recorder's hook is registered first, so it sees h before the steer changes it
@@ -293,10 +317,11 @@ def _sample_batch(lm, prompts, steer, values, *, max_new_tokens, top_p, temperat
     if recorder is not None and recorder.twins:
         new = new[: recorder.twins]  # the twins' texts are their rows' own
     nll = torch.stack(recorder.steps, 1).cpu() if recorder is not None and recorder.steps else None
+    cost = torch.stack(recorder.costs, 1).cpu() if recorder is not None and recorder.costs else None
     results = []
     for r, row in enumerate(new.tolist()):
         n = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
         ids = row[:n]
         results.append((tok.decode(ids, skip_special_tokens=True), ids,
-                        None if nll is None else nll[r, :n].tolist()))
+                        None if nll is None else nll[r, :n].tolist(), None if cost is None else cost[r, :n].tolist()))
     return results

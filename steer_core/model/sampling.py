@@ -53,12 +53,13 @@ class NucleusSampler(LogitsProcessor):
     step's scores and choice (``recorder.record(scores, choice, dist)``: the base-model NLLs of ``steer_core.model.generate``;
     ``dist`` is the step's distribution, :meth:`distribution`, when the recorder's ``expected`` is true, else None).
     ``twins`` > 0: rows [twins, 2·twins) are unsteered twins of rows [0, twins) and take their draws, token for token
-    (``steer_core.model.generate``: the base model's logits beside a body-changing baseline).
+    (``steer_core.model.generate``: the base model's logits beside a body-changing baseline). ``guidance`` (with
+    twins): each row draws from its twin's logits + guidance × (its own − its twin's), classifier-free guidance.
     """
 
     def __init__(self, top_p: float, temperature: float, uniforms: torch.Tensor, first_k: int = 256, *,
                  prompt_length: int = 0, recorder: Any = None, base_nucleus: bool = False,
-                 twins: int = 0) -> None:
+                 twins: int = 0, guidance: float | None = None) -> None:
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         if temperature <= 0:
@@ -69,6 +70,9 @@ class NucleusSampler(LogitsProcessor):
             raise ValueError("base_nucleus needs a recorder that holds the step's unsteered logits")
         self.base_nucleus = base_nucleus
         self.twins = twins
+        if guidance is not None and not twins:
+            raise ValueError("guidance mixes each row with its unsteered twin: it needs twins")
+        self.guidance = guidance
 
     def sample(self, scores: torch.Tensor, u: torch.Tensor,
                within: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -139,6 +143,10 @@ class NucleusSampler(LogitsProcessor):
         return idx, p / p.sum(-1, keepdim=True)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.guidance is not None:
+            t = self.twins
+            scores = scores.float().clone()
+            scores[:t] = scores[t : 2 * t] + self.guidance * (scores[:t] - scores[t : 2 * t])
         within = None
         if self.base_nucleus:  # the unsteered logits of this step, from the recorder's hook
             within = self.nucleus_candidates(self.recorder.base_scores(scores))
@@ -146,7 +154,10 @@ class NucleusSampler(LogitsProcessor):
         if self.twins:
             choice[self.twins : 2 * self.twins] = choice[: self.twins]
         if self.recorder is not None:
-            dist = self.distribution(scores, within) if getattr(self.recorder, "expected", False) else None
-            self.recorder.record(scores, choice, dist)
+            dist = base_dist = None
+            if getattr(self.recorder, "expected", False):
+                dist = self.distribution(scores, within)
+                base_dist = self.distribution(self.recorder.base_scores(scores))
+            self.recorder.record(scores, choice, dist, base_dist)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, choice[:, None], 0.0)
