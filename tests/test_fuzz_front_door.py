@@ -60,6 +60,7 @@ D = ("steers", "detox")
 @example(m=Mutation("path", ("tracking", "uri"), "garbage"))
 @example(m=Mutation("path", ("tracking", "uri"), "unreadable"))
 @example(m=Mutation("path", ("tracking", "artifact_location"), "garbage"))
+@example(m=Mutation("set", ("tracking", "uri"), "string"))  # a folder store: MLflow 3 refuses it mid-run
 @example(m=Mutation("delete", D + ("data", "labels")))  # the classifier's labels no longer mapped to values
 @example(m=Mutation("delete", S + ("data", "source", "high_label")))
 @example(m=Mutation("delete", S + ("data", "labels", "positive")))
