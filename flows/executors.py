@@ -49,7 +49,7 @@ def _worker_name() -> str:
 @task(name="eval-shard", task_run_name="shard-{shard.index}")
 def shard_task(params: Params, shard: Shard) -> ShardResult:
     """Sample and score one shard of prompts on whichever worker runs it, with that worker's own copy of the model."""
-    threads = params.runtime.executor.threads_per_worker
+    threads = shard.cfg.threads  # the protocol's count, whatever the worker was started with: the same numbers
     lm, loaded = worker_lm(params.model, params.runtime.device, threads)
     judge = None
     if shard.cfg.judge != "base":

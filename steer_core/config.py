@@ -298,6 +298,10 @@ class EvalConfig(Strict):
     top_p: float = Field(TOP_P, gt=0, le=1)
     temperature: float = Field(TEMPERATURE, gt=0)
     batch_size: int = Field(64, ge=1, description="rows per generation and judge batch")
+    threads: int = Field(1, ge=1, le=64, description="torch threads each evaluation shard is computed with. Part of "
+                         "the protocol (another count changes the numbers' last bits), so every executor pins it and "
+                         "the metrics document records it; the local executor runs as many shards at once as the "
+                         "cores allow at this count")
     ppl_budget: float = Field(0.25, ge=0, description="allowed relative perplexity increase over base")
     base_nucleus: bool = Field(False, description="sample a steer's text within the unsteered model's top-p nucleus, "
                                "reweighted by the steer (the unsteered logits come free at the output layer; the ActAdd "

@@ -155,7 +155,7 @@ def document(
         "protocol": {"prompts": len(prompts), "samples": cfg.samples, "max_new_tokens": cfg.max_new_tokens,
                      "top_p": cfg.top_p, "temperature": cfg.temperature, "seed": seed,
                      "base_nucleus": cfg.base_nucleus,
-                     "judge_scores": judge_scores(cfg, in_sampling), "fluency": cfg.fluency,
+                     "judge_scores": judge_scores(cfg, in_sampling), "fluency": cfg.fluency, "threads": cfg.threads,
                      "confidence": cfg.confidence,
                      "prompt_sets": sorted({p["set"] for p in prompts})},
         "base": base_row, "systems": {},

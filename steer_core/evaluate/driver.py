@@ -18,9 +18,13 @@ No orchestration here: shards run through the process's *runner* (:func:`use_run
 from __future__ import annotations
 
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
+
+import torch
 
 from steer_core.config import EvalConfig
 from steer_core.evaluate.document import document
@@ -191,15 +195,41 @@ def plan(n_prompts: int, per_shard: int = PROMPTS_PER_SHARD) -> list[tuple[int, 
 
 
 def run_here(shards: list[Shard], lm: LoadedLM, judge: LoadedLM | None = None,
-             log: Callable[[str], None] = lambda _msg: None) -> list[ShardResult]:
-    """The local runner: every shard in this process, one after another, on the already loaded model; each is
-    logged as it finishes (a long evaluation shows its progress)."""
-    out = []
-    for shard in shards:
+             log: Callable[[str], None] = lambda _msg: None, workers: int | None = None) -> list[ShardResult]:
+    """The local runner: the shards in this process on the already loaded model, as many at once as the cores allow
+    at the protocol's thread count (``cfg.threads``: torch's threads are pinned to it for the run, so each shard's
+    numbers are the ones any executor computes); each is logged as it finishes (a long evaluation shows its
+    progress). The model is shared by the shards' threads: every hook of the library acts in its own thread only.
+    ``workers``: shards at once (default: the cores over the thread count)."""
+    if not shards:
+        return []
+    threads = shards[0].cfg.threads
+    workers = max(1, min(len(shards), workers or available_cores() // threads))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+    def one(shard: Shard) -> ShardResult:
         t0 = time.perf_counter()
-        out.append(ShardResult(shard.index, sample_shard(lm, shard, judge), time.perf_counter() - t0))
-        log(shard_line(out[-1], len(shards)))
-    return out
+        result = ShardResult(shard.index, sample_shard(lm, shard, judge), time.perf_counter() - t0,
+                             "this process" if workers == 1 else f"thread {shard.index % workers + 1} of {workers}")
+        log(shard_line(result, len(shards)))
+        return result
+
+    try:
+        if workers == 1:
+            return [one(s) for s in shards]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shard") as pool:
+            return list(pool.map(one, shards))
+    finally:
+        torch.set_num_threads(before)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def shard_line(r: ShardResult, n_shards: int) -> str:
