@@ -71,8 +71,8 @@ class TrainConfig(Strict):
     patience: int = Field(2, ge=0, description="epochs without val improvement before stopping; 0 = off")
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
     dummy: bool = Field(True, description="train a 'dummy' steer held at +1 that absorbs the corpus' domain")
-    contrastive: float = Field(0.0, ge=0, le=1000, description="weight of a contrastive term (each token likelier at its "
-                               "text's own sign than at the flipped one; steer_core.train.OutputHead.contrastive) "
+    contrastive: float = Field(0.0, ge=0, le=1000, description="weight of a contrastive term (each token likelier at "
+                               "its text's own sign than at the flipped one; steer_core.train.OutputHead.contrastive) "
                                "added to the LM loss; 0 = the plain LM-Steer objective. Adam only")
 
     @model_validator(mode="after")
@@ -151,7 +151,8 @@ class GeneratedSource(Strict):
                               "classifier source) = as many as data.max_per_label needs: the classifier keeps its "
                               "quantiles and the split keeps its train fraction of them, with a margin")
     max_new_tokens: int = Field(TEXT_MAX_NEW_TOKENS, ge=1, le=4096)
-    prompt_words: int = Field(5, ge=1, le=256, description="each generation starts from the first words of a prompt text")
+    prompt_words: int = Field(5, ge=1, le=256, description="each generation starts from the first words of a prompt "
+                              "text")
 
 
 Source = Annotated[
@@ -319,8 +320,8 @@ class EvalConfig(Strict):
                                     "narrower than this fraction of its upper end")
     bootstrap: int = Field(1000, ge=0, le=1_000_000)
     activation_addition: bool = Field(True, description="also evaluate the ActAdd baseline")
-    actadd_layer: int | None = Field(None, ge=0, le=10_000, description="decoder layer for ActAdd; None = the middle layer "
-                                     "(choose one by measurement: steer_core.evaluate.baselines.choose_layer, "
+    actadd_layer: int | None = Field(None, ge=0, le=10_000, description="decoder layer for ActAdd; None = the middle "
+                                     "layer (choose one by measurement: steer_core.evaluate.baselines.choose_layer, "
                                      "bench/actadd_frontier.py)")
     actadd_layer_candidates: list[Annotated[int, Field(le=10_000)]] | None = Field(
         None, description="layers a layer sweep (choose_layer) tries; None = 1/4, 1/3, 1/2 and 2/3 of the depth")
@@ -392,7 +393,8 @@ class GateConfig(Strict):
                             "this (sentiment: the ±s swing in positive rate; toxicity: the drop in avg max toxicity)")
     confidence: float = Field(0.95, gt=0, lt=1, description="the paired intervals' level: a margin or gain counts "
                               "only when the lower end of this central bootstrap interval over prompts clears it")
-    bootstrap: int = Field(2000, ge=100, le=1_000_000, description="bootstrap resamples of the prompts for the gate's intervals")
+    bootstrap: int = Field(2000, ge=100, le=1_000_000, description="bootstrap resamples of the prompts for the gate's "
+                           "intervals")
     independent_judge: bool = Field(False, description="also require the gain over the base model on evidence by every "
                                     "independent judge of evaluate.judges (someone other than the labeller)")
     min_margin_over_baseline: float | None = Field(

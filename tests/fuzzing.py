@@ -574,7 +574,8 @@ def cli_workdir(root: Path) -> Path:
     params["model"] = "./model"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "data" / "prompts").mkdir(parents=True)
-    (root / "data" / "prompts" / "sentiment.jsonl").write_text(json.dumps({"set": "neutral", "prompt": "The day"}) + "\n")
+    prompt = json.dumps({"set": "neutral", "prompt": "The day"})
+    (root / "data" / "prompts" / "sentiment.jsonl").write_text(prompt + "\n")
     (root / "artifacts" / "steers").mkdir(parents=True)
     Steer(["sentiment", "dummy"], 8).save(root / "artifacts" / "steers" / "sentiment.safetensors")
     for kind in PATH_KINDS:
@@ -656,7 +657,8 @@ CLI: dict[str, tuple[list[str], dict[str, list[str]]]] = {
         "__drop__": ["--strength", "--out"],
     }),
     "explain": (["steer.safetensors", "--model", "./model"], {
-        "__positional__": STEER_FILES, "--k": NOT_INT + ["0", "-1"] + HUGE_INT, "--top-tokens": NOT_INT + ["0"] + HUGE_INT,
+        "__positional__": STEER_FILES, "--k": NOT_INT + ["0", "-1"] + HUGE_INT,
+        "--top-tokens": NOT_INT + ["0"] + HUGE_INT,
         "--min-len": NOT_INT + ["0"], "--score": ["bogus", ""], "--name": ["nosuch", ""], "--model": MODELS,
         "--device": DEVICES, "--threads": THREADS, "--out": ["existing", "bad-directory.json"],
     }),

@@ -2,8 +2,8 @@
 --check``, and bad arguments to the ``steer`` commands, in this process (tests/fuzzing.py has the mutations, the
 property and its oracle).
 
-CI runs a fixed, derandomized budget (``STEER_FUZZ_EXAMPLES`` per test, default 500: well under a minute for both on 2 cores);
-``bench/fuzz_front_door.py`` is the long run. Every failure the fuzzing found is kept below as an ``@example``, so
+CI runs a fixed, derandomized budget (``STEER_FUZZ_EXAMPLES`` per test, default 500: under a minute for both on 2
+cores); ``bench/fuzz_front_door.py`` is the long run. Every failure the fuzzing found is kept below as an ``@example``, so
 it is re-checked on every run whatever the budget.
 """
 
