@@ -155,8 +155,36 @@ class GeneratedSource(Strict):
                               "text")
 
 
+class SelfLabelledSource(Strict):
+    """The base model's own continuations, labelled by a probe learned from the user's labelled texts: the recipe
+    of a classifier source over generated texts for a style no scorer reads. A logistic regression on the frozen
+    LM's mean-pooled final hidden states is fitted on ``labels_from``'s two labels (``high_label``, ``low_label``)
+    and checked on a held-out fifth of them; the generated texts whose probe score is in the top or bottom quantile
+    become the two classes."""
+
+    kind: Literal["self_labelled"] = "self_labelled"
+    labels_from: Annotated[Union[HubSource, FileSource, PackagedSource], Field(discriminator="kind")]
+    texts: GeneratedSource | None = Field(None, description="the texts to label; None = continuations of the labelled "
+                                          "texts' own openings, as many as data.max_per_label needs")
+    high_label: str | None = Field(None, min_length=1, description="the label of labels_from read as the + class; "
+                                   "None = the label with the highest value in data.labels")
+    low_label: str | None = Field(None, min_length=1, description="... and as the − class (None: the lowest)")
+    high_quantile: float = Field(0.75, gt=0, lt=1)
+    low_quantile: float = Field(0.25, gt=0, lt=1)
+    min_accuracy: float = Field(0.7, ge=0.5, le=1, description="refuse a probe whose held-out accuracy is below this")
+    max_texts: int = Field(2000, ge=20, le=1_000_000, description="labelled texts the probe is fitted on (balanced, "
+                           "by hash order)")
+
+    @model_validator(mode="after")
+    def _quantiles(self) -> "SelfLabelledSource":
+        if self.low_quantile >= self.high_quantile:
+            raise ValueError(f"low_quantile {self.low_quantile:g} must be below high_quantile {self.high_quantile:g}")
+        return self
+
+
 Source = Annotated[
-    Union[HubSource, FileSource, PackagedSource, ClassifierSource, GeneratedSource], Field(discriminator="kind")
+    Union[HubSource, FileSource, PackagedSource, ClassifierSource, GeneratedSource, SelfLabelledSource],
+    Field(discriminator="kind"),
 ]
 ClassifierSource.model_rebuild()
 
@@ -209,22 +237,49 @@ class DataConfig(Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
 
     def pool_size(self) -> int | None:
-        """The generated pool a classifier source over generated texts needs when its ``count`` is None: enough
-        that the smaller label's quantile, in the train split, fills ``max_per_label`` with a 15 % margin. None
-        when the source is not such a pool."""
+        """The generated pool a labelled source over generated texts (classifier or self-labelled) needs when its
+        ``count`` is None: enough that the smaller label's quantile, in the train split, fills ``max_per_label``
+        with a 15 % margin. None when the source is not such a pool."""
         src = self.source
-        if not (isinstance(src, ClassifierSource) and isinstance(src.texts, GeneratedSource) and src.texts.count is None):
+        if isinstance(src, ClassifierSource):
+            if not (isinstance(src.texts, GeneratedSource) and src.texts.count is None):
+                return None
+        elif not isinstance(src, SelfLabelledSource) or (src.texts is not None and src.texts.count is not None):
             return None
         share = min(1.0 - src.high_quantile, src.low_quantile)
         train = max(1e-9, 1.0 - self.split.val_fraction - self.split.holdout_fraction)
         return math.ceil(self.max_per_label / (share * train) * 1.15)
 
+    def resolved_source(self) -> "Source":
+        """The source as prepare reads it: a labelled pool's count filled in (:meth:`pool_size`), and a self-labelled
+        source's class labels and texts set."""
+        src, pool = self.source, self.pool_size()
+        if isinstance(src, ClassifierSource) and pool is not None:
+            return src.model_copy(update={"texts": src.texts.model_copy(update={"count": pool})})
+        if isinstance(src, SelfLabelledSource):
+            high, low = self.class_labels()
+            texts = src.texts or GeneratedSource(prompts=src.labels_from, count=None)
+            if texts.count is None:
+                texts = texts.model_copy(update={"count": pool})
+            return src.model_copy(update={"texts": texts, "high_label": high, "low_label": low})
+        return src
+
+    def class_labels(self) -> tuple[str, str]:
+        """The (+, −) class labels of a labelled source: its high_label and low_label, a self-labelled source's
+        unset ones taken from data.labels (the label of the highest value, and of the lowest)."""
+        by_value = sorted(self.labels, key=lambda k: self.labels[k])
+        return (getattr(self.source, "high_label", None) or by_value[-1],
+                getattr(self.source, "low_label", None) or by_value[0])
+
     @model_validator(mode="after")
     def _pool_size_needs_a_cap(self) -> "DataConfig":
         src = self.source
         texts = getattr(src, "texts", src)
+        if isinstance(src, SelfLabelledSource) and (texts is None or texts.count is None) and self.max_per_label is None:
+            raise ValueError("source.texts of the self-labelled source is sized from max_per_label, which is not set: "
+                             "set max_per_label or source.texts.count")
         if isinstance(texts, GeneratedSource) and texts.count is None:
-            if not isinstance(src, ClassifierSource):
+            if not isinstance(src, (ClassifierSource, SelfLabelledSource)):
                 raise ValueError("source.count is null (sized from max_per_label), which needs a classifier source "
                                  "around the generated texts; give a count")
             if self.max_per_label is None:
@@ -237,15 +292,16 @@ class DataConfig(Strict):
         if len(set(self.labels.values())) < 2:
             raise ValueError(f"labels {self.labels} give fewer than two steer values; a steer needs two, e.g. "
                              f"{{positive: 1.0, negative: -1.0}}")
-        if isinstance(self.source, ClassifierSource):
+        if isinstance(self.source, (ClassifierSource, SelfLabelledSource)):
             for role in ("high_label", "low_label"):
                 label = getattr(self.source, role)
-                if label not in self.labels:
+                if label is not None and label not in self.labels:
                     raise ValueError(f"source.{role} {label!r} is not in labels {sorted(self.labels)}: its texts "
                                      f"would all be dropped; add it, e.g. labels: {{{label}: 1.0, ...}}")
-            if self.labels[self.source.high_label] == self.labels[self.source.low_label]:
-                raise ValueError(f"labels give {self.source.high_label!r} and {self.source.low_label!r} the same "
-                                 f"steer value {self.labels[self.source.high_label]:g}; the two classes need two")
+            high, low = self.class_labels()
+            if self.labels[high] == self.labels[low]:
+                raise ValueError(f"labels give {high!r} and {low!r} the same steer value {self.labels[high]:g}; the "
+                                 f"two classes need two")
         return self
 
 

@@ -19,7 +19,7 @@ from steer_core.config import DataConfig, PromptSetConfig
 from steer_core.data import corpora
 from steer_core.data.clean import clean_text, normalise, unit_hash
 from steer_core.data.records import DataError, load_jsonl
-from steer_core.data.sources import GenerateFn, describe_source, load_source, score_texts
+from steer_core.data.sources import EmbedFn, GenerateFn, describe_source, load_source, score_texts
 from steer_core.files import write_together
 
 
@@ -46,6 +46,8 @@ class DataCard:
     content_hash: str
     params: dict[str, Any]
     files: dict[str, str] = field(default_factory=dict)
+    pool: dict[str, Any] | None = None  # a labelled pool: its size and each class's count before the split
+    probe: dict[str, Any] | None = None  # a self-labelled source's probe: its weights and held-out accuracy
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -222,15 +224,15 @@ def prepare(
     card_path: str | Path,
     *,
     generate_fn: GenerateFn | None = None,
+    embed_fn: EmbedFn | None = None,
 ) -> DataCard:
     """Build ``out_dir/{train,val}.jsonl``, the prompts file and the data card from ``cfg``. Everything is validated
     before anything is written; the files then appear together (atomic renames)."""
     out_dir, prompts_path, card_path = Path(out_dir), Path(prompts_path), Path(card_path)
-    pool = cfg.pool_size()
-    source = cfg.source
-    if pool is not None:  # a generated pool sized from max_per_label: sample only what the split will keep
-        source = source.model_copy(update={"texts": source.texts.model_copy(update={"count": pool})})
-    examples, dropped = build_examples(load_source(source, generate_fn=generate_fn), cfg)
+    source = cfg.resolved_source()  # a generated pool sized from max_per_label: sample only what the split keeps
+    notes: dict[str, Any] = {}
+    records = load_source(source, generate_fn=generate_fn, embed_fn=embed_fn, notes=notes, clean=cfg.clean)
+    examples, dropped = build_examples(records, cfg)
     if cfg.agree_with:
         examples, dropped["scorer_disagrees"] = agreeing(examples, cfg.agree_with)
     by_split = {s: [e for e in examples if e.split == s] for s in ("train", "val", "holdout")}
@@ -260,6 +262,8 @@ def prepare(
         params={"data": cfg.model_dump(mode="json"), "prompts": [p.model_dump(mode="json") for p in prompt_sets]},
         # relative to the card: no absolute paths in a content-addressed artifact (equal inputs, equal bytes)
         files={name: os.path.relpath(path, card_path.parent) for name, path in zip(("train", "val", "prompts"), files)},
+        pool=notes.get("pool"),
+        probe=notes.get("probe"),
     )
     write_together({**files, card_path: json.dumps(card.to_dict(), indent=2, ensure_ascii=False) + "\n"})
     return card

