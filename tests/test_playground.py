@@ -25,7 +25,6 @@ from steer_core.gate import decide
 from builders import random_steer
 from servers import free_port, start_server, stop_server, wait_http
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "The food at this place was"
 GATE = GateConfig(max_ppl_increase=0.25, min_distinct_2=0.5, min_margin=0.0)
 PASS = decide({"control": 0.6, "ppl_increase": 0.1, "distinct_2": 0.9, "gain": 0.2}, None, GATE)
@@ -234,6 +233,7 @@ def test_columns_are_paired_and_read_from_the_registry(playground) -> None:
     assert all(t.startswith(PROMPT) for t in zero["base"]) and len(zero["base"]) == 3
     assert [s["text"] for s in zero["A"]["samples"]] == zero["base"] == [s["text"] for s in zero["B"]["samples"]]
     a, b = playground.pick("sentiment@champion"), playground.pick("sentiment@latest")
+    assert a.steer is playground.pick("sentiment@1").steer  # one download and load per version, by alias or number
     assert (a.label, a.recommended, b.label, b.recommended) == ("sentiment v1 (champion)", 4.0,
                                                                 "sentiment v2 (newest)", 6.0)
     out = playground.generate(PROMPT, 3, 30, 0, True, columns(sa=a.recommended, sb=b.recommended))
@@ -454,3 +454,17 @@ def test_page_answers_bad_input_with_a_message(server: str, foreign: Path) -> No
     assert status(a=str(foreign)).startswith(f"⚠ {foreign} was trained on another-model (fingerprint 000000000000)")
     with pytest.raises(AppError, match="greater than maximum value 12"):
         status(sa=25.0)
+
+
+def test_a_sweep_of_value_vectors_pairs_its_rows(tiny_lm) -> None:
+    """``generate``'s sweep takes whole value vectors too (the page's columns in one call), as it takes strengths:
+    each setting runs every row with that row's random numbers, so a setting repeated in the sweep repeats its text."""
+    from steer_core.model.generate import generate
+
+    steer = random_steer(tiny_lm, names=("a", "b", "dummy"), scale=100.0)
+    zero, a2, b3 = steer.values_tensor({}), steer.values_tensor({"a": 2.0}), steer.values_tensor({"b": -3.0})
+    kw = dict(num_samples=1, max_new_tokens=6, seed=5)
+    swept = [g.text for g in generate(tiny_lm, [PROMPT], steer, [zero, a2, zero, b3], **kw)]
+    assert swept[:2] == [g.text for g in generate(tiny_lm, [PROMPT], steer, [0.0, 2.0, 0.0, 0.0], **kw)][:2]
+    assert swept[2] == swept[0]  # the base setting twice: the same draws, the same text
+    assert swept[1] != swept[0] and swept[3] != swept[0]

@@ -203,10 +203,10 @@ def generate(
 ) -> list[Generation]:
     """Sample ``num_samples`` continuations per prompt, in batches across prompts, samples and strengths.
 
-    ``values`` is a float strength, a list of float strengths (every prompt × sample is run at each), a value
-    vector (n,), or per-row vectors (len(prompts) × num_samples, n) for arbitrary per-row settings. Row (prompt i,
-    sample k) draws the same random numbers at every strength. ``base_nll`` also records each sampled token's NLL
-    under the unsteered model; ``nll="expected"`` records the step's expected NLL instead (see the module
+    ``values`` is a float strength, a list of float strengths or of value vectors (every prompt × sample is run at
+    each), a value vector (n,), or per-row vectors (len(prompts) × num_samples, n) for arbitrary per-row settings.
+    Row (prompt i, sample k) draws the same random numbers at every strength. ``base_nll`` also records each sampled
+    token's NLL under the unsteered model; ``nll="expected"`` records the step's expected NLL instead (see the module
     docstring).
 
     ``body`` changes the LM's body instead of a steer (the ActAdd baseline: ``body(rows)`` is a context that
@@ -281,8 +281,8 @@ def _plan_rows(prompts, steer, values, num_samples) -> list[tuple[int, int, floa
     idx = steer.names.index(primary_name(steer))
     if values is None or isinstance(values, (int, float)):
         values = [0.0 if values is None else float(values)]
-    if not isinstance(values, torch.Tensor):  # a sweep of strengths for the primary steer
-        vecs = [values_for(steer, float(v)) for v in values]
+    if not isinstance(values, torch.Tensor):  # a sweep: strengths of the primary steer, or whole value vectors
+        vecs = [values_for(steer, v if isinstance(v, torch.Tensor) else float(v)) for v in values]
         return [(p, s, float(v[idx]), v) for v in vecs for p, s in pairs]
     t = steer.values_tensor(values.float())
     if t.dim() == 1:
