@@ -7,7 +7,7 @@ two random steers of the default model's width (their text is odd; their cost is
 request (steers loaded then) and the median of the others, the highlight's share, and the CPU seconds each request
 used (while other processes share the machine the wall time says more about them than about the request).
 
-    python bench/playground_speed.py [--reps 5] [--threads 1] [--workers 1] [--steer A.safetensors] [--steer B...]
+    python bench/playground_speed.py [--reps 5] [--threads 1] [--steer A.safetensors] [--steer B.safetensors]
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5, help="requests after the first")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per column (the page's default: one)")
-    ap.add_argument("--workers", type=int, default=None, help="columns sampled side by side (default: the page's, "
-                    "cores / threads, at most 3); 1: one after the other")
+    ap.add_argument("--workers", type=int, default=None, help="highlights computed side by side (default: the "
+                    "page's, cores / threads)")
     ap.add_argument("--steer", type=Path, action="append", default=[], help="a local steer file (up to two)")
     ap.add_argument("--strength", type=float, default=4.0)
     ap.add_argument("--json", type=Path, default=None)
@@ -45,7 +45,7 @@ def main() -> None:
     header("playground_speed: one generate request (base + 2 steered columns, 3 samples x 30 tokens)")
     pg = Playground(Params(runtime={"device": "cpu", "threads": args.threads}), ROOT, threads=args.threads)
     pg.workers = args.workers or pg.workers
-    print(f"columns side by side: {pg.workers}")
+    print(f"highlights side by side: {pg.workers}")
     t0 = time.perf_counter()
     lm = pg.lm
     print(f"model load: {time.perf_counter() - t0:.1f} s")

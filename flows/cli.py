@@ -189,8 +189,8 @@ def playground(
     port: int = typer.Option(7860, "--port", min=1, max=65535),
     host: str = typer.Option("127.0.0.1", "--host", help="the address to serve on (0.0.0.0: every interface)"),
     params_file: Path = typer.Option(Path("params.yaml"), "--params"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads per column (default: "
-                                          "params.yaml's runtime.threads, else 1: the columns run side by side)"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: params.yaml's "
+                                          "runtime.threads, else 1)"),
 ) -> None:
     """Serve a local page that puts the base model and registered steers (default: each steer's champion beside its
     newest version) side by side on your prompts, with the same random numbers in every column."""
