@@ -213,7 +213,8 @@ def streamed_fit(lm, train_texts, train_values, val_texts, val_values, head, val
     import torch
 
     from steer_core.model.steer import Steer
-    from steer_core.train import HiddenCache, cache_hidden_states, evaluate_loss
+    from steer_core.train import evaluate_loss
+    from steer_core.model.hidden import HiddenCache, cache_hidden_states
 
     clock = Clock()
     val = cache_hidden_states(lm, val_texts, MAX_LENGTH)  # timed, as in fit_steer
@@ -317,7 +318,8 @@ def main() -> None:
     import torch
 
     from steer_core.model.lm import load_lm
-    from steer_core.train import OutputHead, cache_hidden_states, cached_hidden_states
+    from steer_core.train import OutputHead
+    from steer_core.model.hidden import cache_hidden_states, cached_hidden_states
 
     header("train_speed: time to the reference's val loss")
     lm = load_lm("default", device="cpu")

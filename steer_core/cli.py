@@ -192,7 +192,7 @@ def train(
     from steer_core.data.records import read_training_file
     from steer_core.model.lm import load_lm
     from steer_core.stages import fit_and_write
-    from steer_core.train import texts_hash
+    from steer_core.model.hidden import texts_hash
 
     if out_path.suffix != ".safetensors":
         raise ValueError(f"--out {out_path} must end in .safetensors")

@@ -53,23 +53,35 @@ def prepare_stage(params: Params, name: str, root: Path = Path("."), lm: LoadedL
 
     spec = params.steer(name)
     paths = SteerPaths(Path(root), name)
-    generate_fn = None
+    generate_fn = embed_fn = None
     if _needs_lm(spec.data.source):
-        from steer_core.model.generate import generate
-
-        model = runtime_lm(params, lm)
-
-        def generate_fn(prompts: list[str], max_new_tokens: int) -> list[str]:
-            return [g.text for g in generate(model, prompts, max_new_tokens=max_new_tokens,
-                                             seed=params.runtime.seed, progress=True)]  # minutes on a CPU
-
+        generate_fn, embed_fn = lm_data_fns(runtime_lm(params, lm), params.runtime.seed)
     return prepare(spec.data, spec.prompts, paths.prepared, paths.prompts, paths.data_card,
-                   generate_fn=generate_fn)
+                   generate_fn=generate_fn, embed_fn=embed_fn)
+
+
+def lm_data_fns(model: LoadedLM, seed: int, progress: bool = True):
+    """What a source that reads the base model needs: its continuations of openings (``generate_fn``) and its
+    mean-pooled hidden states of texts (``embed_fn``, through the training hidden-state cache), with progress bars:
+    both take minutes on a CPU."""
+    from steer_core.model.generate import generate
+    from steer_core.scorers.probe import mean_hidden_states
+    from steer_core.model.hidden import default_hidden_cache
+
+    def generate_fn(prompts: list[str], max_new_tokens: int) -> list[str]:
+        return [g.text for g in generate(model, prompts, max_new_tokens=max_new_tokens, seed=seed,
+                                         progress=progress)]
+
+    def embed_fn(texts):
+        return mean_hidden_states(model, texts, cache_dir=default_hidden_cache(), progress=progress)
+
+    return generate_fn, embed_fn
 
 
 def _needs_lm(source) -> bool:
     kind = getattr(source, "kind", None)
-    return kind == "generated" or (kind == "classifier" and getattr(source.texts, "kind", None) == "generated")
+    return kind in ("generated", "self_labelled") or (kind == "classifier" and getattr(source.texts, "kind", None)
+                                                      == "generated")
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -118,7 +130,8 @@ def fit_and_write(
     The one implementation behind the train stage (``steer train NAME``, dvc.yaml) and ``steer train --data FILE``;
     ``metadata`` is what the caller knows about the data (it lands in the steer's header and the card).
     """
-    from steer_core.train import default_hidden_cache, fit_steer
+    from steer_core.train import fit_steer
+    from steer_core.model.hidden import default_hidden_cache
 
     names = steer_names(name, cfg)
     steer, summary = fit_steer(

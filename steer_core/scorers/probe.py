@@ -78,11 +78,11 @@ def fit_probe(x: np.ndarray, is_high: np.ndarray, heldout: np.ndarray, high: str
 def mean_hidden_states(lm, texts: Sequence[str], max_length: int = 64, cache_dir: Path | None = None,
                        progress: bool = False) -> np.ndarray:
     """(n, d) mean of each text's final hidden states over its predicting positions, read through the hidden-state
-    cache training uses (``steer_core.train.cached_hidden_states``: one body pass per text set, kept on disk). A
+    cache training uses (``steer_core.model.hidden.cached_hidden_states``: one body pass per text set, kept on disk). A
     text of one token has no predicting position: its row is the mean over every text's positions."""
     import torch
 
-    from steer_core.train import cached_hidden_states
+    from steer_core.model.hidden import cached_hidden_states
 
     cache, _ = cached_hidden_states(lm, list(texts), max_length, cache_dir, progress=progress)
     d = cache.h.shape[1]
