@@ -141,6 +141,34 @@ def labels_to_values(labels: list[str], mapping: Optional[dict[str, float]] = No
     return [mapping.get(lab, float("nan")) for lab in labels]
 
 
+def _self_labelled_rows(lm, data: Path, raw_labels: list[str], values: list[float], per_label: int, seed: int,
+                        quiet: bool) -> tuple[list[dict], list[dict], str]:
+    """The self-labelled recipe on a user's file: a probe learned from its labels labels the model's own
+    continuations of its openings (``data.source.kind: self_labelled``); returns train rows, val rows and a line
+    on the probe and the pool. Refuses a probe below accuracy 0.7 before any sampling."""
+    import tempfile
+
+    from steer_core.config import DataConfig
+    from steer_core.data.prepare import prepare
+    from steer_core.data.records import load_jsonl
+    from steer_core.stages import lm_data_fns
+
+    by_label = {lab: v for lab, v in zip(raw_labels, values) if v == v}
+    high, low = max(by_label, key=by_label.get), min(by_label, key=by_label.get)
+    cfg = DataConfig.model_validate({
+        "source": {"kind": "self_labelled", "labels_from": {"kind": "file", "path": str(data)}},
+        "labels": {high: by_label[high], low: by_label[low]}, "max_per_label": per_label})
+    generate_fn, embed_fn = lm_data_fns(lm, seed, progress=not quiet)
+    with tempfile.TemporaryDirectory(prefix="self-label-") as tmp:
+        t = Path(tmp)
+        card = prepare(cfg, [], t / "prep", t / "prompts.jsonl", t / "card.json", generate_fn=generate_fn,
+                       embed_fn=embed_fn)
+        tr, va = load_jsonl(t / "prep" / "train.jsonl"), load_jsonl(t / "prep" / "val.jsonl")
+    note = (f"probe learned from {data}: held-out accuracy {card.probe['accuracy']:.2f} ({card.probe['n_heldout']} "
+            f"texts); {card.pool['texts']} continuations labelled: {card.pool[high]} {high}, {card.pool[low]} {low}")
+    return tr, va, note
+
+
 def _val_split(text: str, fraction: float = 0.1) -> bool:
     """Validation membership by the text's permanent hash position (the same key `steer prepare` splits by)."""
     from steer_core.data.clean import normalise, unit_hash
@@ -171,6 +199,9 @@ def train(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, max=MAX_THREADS),
     seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="checkpoints (resume by rerunning)"),
+    self_label: bool = typer.Option(False, "--self-label", help="train on the model's own continuations of the "
+                                    "file's openings, labelled by a probe learned from the file's labels (the "
+                                    "self-labelled recipe); --max-texts: training texts per label (default 400)"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Fit a steer on labelled text (the LM stays frozen; hidden states are computed once).
@@ -207,6 +238,19 @@ def train(
     except OSError as exc:  # a directory, an unreadable file (a missing one is a DataError naming it)
         raise ValueError(f"--data {data} cannot be read ({exc.strerror or exc.__class__.__name__})") from None
     values = labels_to_values([str(x) for x in raw_labels], parse_label_map(labels))
+    if self_label:
+        _runtime(threads)
+        lm = load_lm(model, device)
+        tr, va, note = _self_labelled_rows(lm, data, [str(x) for x in raw_labels], values, max_texts or 400, seed,
+                                           quiet)
+        err.print(note)
+        s = fit_and_write(lm, name, tr, va, cfg, out_path, seed=seed,
+                          work=work_dir or out_path.parent / f".{out_path.stem}.work", progress=not quiet,
+                          metadata=dict(data_file=str(data), data_hash=texts_hash([r["text"] for r in tr + va]),
+                                        labels=labels or "auto", recipe="self-labelled"))
+        err.print(f"saved {out_path} (card {out_path.with_suffix('.json').name}): {len(tr)} train / {len(va)} val "
+                  f"texts, val loss {s.base_val_loss:.4f} → {s.best_val_loss:.4f}")
+        return
     rows = [{"text": t, "value": v} for t, v in zip(texts, values) if v == v]
     if max_texts:
         rows = sorted(rows, key=lambda r: hashlib.sha256(r["text"].encode()).digest())[:max_texts]

@@ -124,6 +124,12 @@ def log_steer_run(params: Params, name: str, root: Path, tags: dict[str, str], t
     mlflow.set_tags({"steer": name, "data.content_hash": card.get("content_hash", ""),
                      "steer.sha256": file_sha256(paths.steer), "trained": str(trained).lower(), **tags})
     mlflow.log_dict(card, "data/card.json")
+    data_metrics = {f"data/pool/{k}": float(v) for k, v in (card.get("pool") or {}).items()
+                    if isinstance(v, (int, float))}  # the labelled pool's size and each class's count
+    if card.get("probe"):
+        data_metrics["data/probe_accuracy"] = float(card["probe"]["accuracy"])
+    if data_metrics:
+        mlflow.log_metrics(data_metrics)
     mlflow.log_artifact(str(paths.steer), "steer")
     if paths.steer_card.exists():
         mlflow.log_artifact(str(paths.steer_card), "steer")
