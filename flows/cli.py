@@ -89,7 +89,7 @@ def front_door(params_file: Path, only: Optional[list[str]] = None):
     from tasks import preflight
 
     names = list(only or params.steers)
-    preflight.check_run(params, root, names)  # before any model, sample or registry write
+    preflight.check_run(params, root, names, params_file)  # before any model, sample or registry write
     return params, root, names
 
 

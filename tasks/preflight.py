@@ -18,8 +18,9 @@ from pathlib import Path
 from steer_core.config import Params
 
 
-def check_run(params: Params, root: Path, names: list[str]) -> None:
-    """Raise ``ValueError`` on the first thing that would make this run fail later."""
+def check_run(params: Params, root: Path, names: list[str], params_path: Path | None = None) -> None:
+    """Raise ``ValueError`` on the first thing that would make this run fail later (``params_path``: the file
+    ``params`` was read from, whose keys DVC reads itself)."""
     root = Path(root).resolve()
     unknown = [n for n in names if n not in params.steers]
     if unknown:
@@ -30,11 +31,38 @@ def check_run(params: Params, root: Path, names: list[str]) -> None:
     if not os.access(root, os.W_OK):
         raise ValueError(f"project directory {root} is not writable: a run writes data, steers, dvc.lock and the "
                          f"registry there")
+    if params_path is not None:
+        check_dvc_params(Path(params_path), root, names)
     check_model(params.model, root)
     for name in names:
         check_steer(params, name, root)
     check_tracking(params.tracking.uri, root, params.tracking.artifact_location)
     check_remote(params.dvc.remote, root)
+
+
+def check_dvc_params(params_path: Path, root: Path, names: list[str]) -> None:
+    """Every key of params.yaml that a stage of dvc.yaml tracks is written out in the file: DVC reads the file
+    itself, so a key left to its schema default (deleted) would fail the stage mid-run."""
+    import yaml
+
+    try:
+        stages = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages") or {}
+        raw = yaml.safe_load(params_path.read_text()) or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return  # DVC reports an unreadable dvc.yaml itself; the params file was read before this
+    for stage, spec in stages.items():
+        body = spec.get("do", spec) if isinstance(spec, dict) else {}
+        for key in body.get("params") or []:
+            if not isinstance(key, str):
+                continue  # {other-file.yaml: [...]}: not params.yaml
+            for path in ([key.replace("${key}", n) for n in names] if "${key}" in key else [key]):
+                node = raw
+                for part in path.split("."):
+                    if not isinstance(node, dict) or part not in node:
+                        raise ValueError(f"{params_path.name}: {path} is missing, and dvc.yaml's {stage} stage "
+                                         f"tracks it (DVC reads params.yaml itself): write it out, even at its "
+                                         f"default value")
+                    node = node[part]
 
 
 def local_path(path: str, root: Path) -> Path:

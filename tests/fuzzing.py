@@ -287,6 +287,9 @@ HUGE_OK = {"steers.*.train.rank", "steers.*.train.patience", "steers.*.train.che
            "steers.*.gate.min_gain", "steers.*.gate.min_margin_over_baseline", "steers.*.gate.max_ppl_increase",
            "steers.*.evaluate.ppl_budget", "steers.*.evaluate.temperature", "steers.*.evaluate.batch_size",
            "steers.*.evaluate.search_steps", "steers.*.data.clean.max_words"}
+#: the params dvc.yaml's stages track: DVC reads them from params.yaml itself, so they must be written out
+DVC_TRACKED = ["model", "runtime.seed", "steers.*.data", "steers.*.prompts", "steers.*.data.labels", "steers.*.train",
+               "steers.*.evaluate"]
 #: strings that may be empty (a salt, or "" as "not set")
 EMPTY_OK = {"steers.*.data.split.salt", "dvc.remote", "steers.*.data.agree_with"}
 HUGE = 1e12
@@ -312,6 +315,8 @@ def must_refuse(m: Mutation) -> str | None:
             return None  # sqlite makes a new file, or an empty one, a new store
         return f"{field} points at a {m.value} path"
     field = generic(m.at)
+    if m.op == "delete" and field != "steers.*" and any(t == field or t.startswith(field + ".") for t in DVC_TRACKED):
+        return f"{field} is deleted, and DVC reads it from params.yaml"
     if m.op == "set":
         value = VALUES[m.value]
         if isinstance(value, float) and not math.isfinite(value):
