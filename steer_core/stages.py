@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -60,17 +61,31 @@ def prepare_stage(params: Params, name: str, root: Path = Path("."), lm: LoadedL
                    generate_fn=generate_fn, embed_fn=embed_fn)
 
 
+#: sampling a generated source: batches of this many rows, each computed on one torch thread (the samples depend on
+#: both), as many batches at once as there are cores
+DATA_BATCH, DATA_THREADS = 64, 1
+
+
 def lm_data_fns(model: LoadedLM, seed: int, progress: bool = True):
     """What a source that reads the base model needs: its continuations of openings (``generate_fn``) and its
     mean-pooled hidden states of texts (``embed_fn``, through the training hidden-state cache), with progress bars:
     both take minutes on a CPU."""
+    import torch
+
     from steer_core.model.generate import generate
-    from steer_core.scorers.probe import mean_hidden_states
     from steer_core.model.hidden import default_hidden_cache
+    from steer_core.model.lm import available_cores
+    from steer_core.scorers.probe import mean_hidden_states
 
     def generate_fn(prompts: list[str], max_new_tokens: int) -> list[str]:
-        return [g.text for g in generate(model, prompts, max_new_tokens=max_new_tokens, seed=seed,
-                                         progress=progress)]
+        before = torch.get_num_threads()
+        torch.set_num_threads(DATA_THREADS)
+        try:
+            return [g.text for g in generate(model, prompts, max_new_tokens=max_new_tokens, seed=seed,
+                                             batch_size=DATA_BATCH, workers=available_cores() // DATA_THREADS,
+                                             progress=progress)]
+        finally:
+            torch.set_num_threads(before)
 
     def embed_fn(texts):
         return mean_hidden_states(model, texts, cache_dir=default_hidden_cache(), progress=progress)
@@ -96,18 +111,47 @@ def _values(rows: list[dict], n: int) -> torch.Tensor:
     return torch.tensor([[float(r["value"]), 1.0][:n] for r in rows]).reshape(-1, n)
 
 
-def train_stage(
-    params: Params, name: str, root: Path = Path("."), lm: LoadedLM | None = None, progress: bool = True
-) -> Path:
-    """Fit the steer on the prepared data; write the steer file and its card (atomically)."""
+@dataclass
+class FitJob:
+    """Everything one steer's fit needs, read from the workspace by the train stage: plain data, so it can travel to
+    another machine as a task argument (``runtime.train_on``), where the fit needs nothing else of this project."""
+
+    name: str
+    train: list[dict]
+    val: list[dict]
+    cfg: TrainConfig
+    seed: int
+    metadata: dict
+
+    def key(self) -> str:
+        """A short hash of the job: names its checkpoint folder wherever it runs, so a rerun there resumes."""
+        import hashlib
+
+        blob = json.dumps([self.name, self.train, self.val, self.cfg.model_dump(), self.seed, self.metadata],
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def fit_job(params: Params, name: str, root: Path = Path(".")) -> FitJob:
+    """The train stage's inputs for steer ``name``: its prepared rows, its train settings and what the data card
+    says about the data (it lands in the steer's header)."""
     spec = params.steer(name)
     paths = SteerPaths(Path(root), name)
     train = read_jsonl(paths.prepared / "train.jsonl")
     val = read_jsonl(paths.prepared / "val.jsonl") if (paths.prepared / "val.jsonl").exists() else []
     card = json.loads(paths.data_card.read_text()) if paths.data_card.exists() else {}
-    fit_and_write(runtime_lm(params, lm), name, train, val, spec.train, paths.steer, seed=params.runtime.seed,
-                  work=paths.work, metadata=dict(steer=name, data_hash=card.get("content_hash"),
-                                                 labels=spec.data.labels), progress=progress)
+    return FitJob(name, train, val, spec.train, params.runtime.seed,
+                  dict(steer=name, data_hash=card.get("content_hash"), labels=spec.data.labels))
+
+
+def train_stage(
+    params: Params, name: str, root: Path = Path("."), lm: LoadedLM | None = None, progress: bool = True
+) -> Path:
+    """Fit the steer on the prepared data; write the steer file and its card (atomically)."""
+    paths = SteerPaths(Path(root), name)
+    job = fit_job(params, name, root)
+    fit_and_write(runtime_lm(params, lm), name, job.train, job.val, job.cfg, paths.steer, seed=job.seed,
+                  work=paths.work, metadata=job.metadata, progress=progress)
     return paths.steer
 
 
@@ -130,23 +174,36 @@ def fit_and_write(
     The one implementation behind the train stage (``steer train NAME``, dvc.yaml) and ``steer train --data FILE``;
     ``metadata`` is what the caller knows about the data (it lands in the steer's header and the card).
     """
+    steer_bytes, card, summary = fit_bytes(lm, FitJob(name, train, val, cfg, seed, metadata), work, progress)
+    write_steer(steer_path, steer_bytes, card)
+    shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def fit_bytes(lm: LoadedLM, job: FitJob, work: Path, progress: bool = False) -> tuple[bytes, dict, TrainSummary]:
+    """Fit ``job`` on ``lm``: the steer file's bytes (byte-identical for equal inputs: DVC and the registry address
+    it by hash), its JSON card (the steer's metadata and the fit's timings) and the fit's summary. ``work`` holds
+    the checkpoints (a rerun resumes; the caller removes it once the bytes are safe). Writes nothing else, so it
+    runs as well on another machine, whose bytes come back to the train stage."""
     from steer_core.train import fit_steer
     from steer_core.model.hidden import default_hidden_cache
 
-    names = steer_names(name, cfg)
+    train, val = job.train, job.val
+    names = steer_names(job.name, job.cfg)
     steer, summary = fit_steer(
         lm, [r["text"] for r in train], _values(train, len(names)), [r["text"] for r in val],
-        _values(val, len(names)), names, cfg, seed=seed, work_dir=work, hidden_cache_dir=default_hidden_cache(),
-        progress=progress,
+        _values(val, len(names)), names, job.cfg, seed=job.seed, work_dir=work,
+        hidden_cache_dir=default_hidden_cache(), progress=progress,
     )
-    steer.metadata.update(metadata)
-    write_together({  # byte-identical steer for equal inputs: DVC and the registry address it by hash
-        steer_path: steer.to_bytes(),
-        steer_path.with_suffix(".json"): json.dumps({**steer.metadata, "run": summary.circumstances()}, indent=2,
-                                                    default=str),
-    })
-    shutil.rmtree(work, ignore_errors=True)
-    return summary
+    steer.metadata.update(job.metadata)
+    card = {**steer.metadata, "run": summary.circumstances()}
+    return steer.to_bytes(), card, summary
+
+
+def write_steer(steer_path: Path, steer_bytes: bytes, card: dict) -> None:
+    """The steer file and its JSON card (``steer_path`` with the suffix .json), together or neither."""
+    write_together({steer_path: steer_bytes,
+                    steer_path.with_suffix(".json"): json.dumps(card, indent=2, default=str)})
 
 
 # --------------------------------------------------------------------------------------------- evaluate

@@ -228,3 +228,15 @@ def test_prompting_draws_from_guidance_between_the_instructed_and_the_plain_prom
         generate(tiny_lm, PROMPTS, random_steer(tiny_lm), 1.0, instructed=instructed)
     with pytest.raises(ValueError, match="instructed prompts for"):
         generate(tiny_lm, PROMPTS, instructed=instructed[:1])
+
+
+def test_batches_side_by_side_in_threads_draw_the_same_samples(tiny_lm) -> None:
+    """generate(workers=2) samples two batches at once in threads sharing the model: the same batches with the same
+    random numbers, so the same samples, steered rows included (each hook steers its own thread's passes)."""
+    torch.set_num_threads(1)
+    steer = random_steer(tiny_lm, names=("style", "dummy"), eps=1e-3, scale=20.0, seed=1)
+    kw = dict(num_samples=3, max_new_tokens=6, seed=7, batch_size=4, base_nll=True, nll="expected", base_nucleus=True)
+    one = generate(tiny_lm, PROMPTS, steer, [-2.0, 0.0, 2.0], workers=1, **kw)
+    two = generate(tiny_lm, PROMPTS, steer, [-2.0, 0.0, 2.0], workers=2, **kw)
+    assert [(g.prompt_index, g.sample_index, g.strength, g.token_ids, g.base_nll, g.cost) for g in one] == \
+        [(g.prompt_index, g.sample_index, g.strength, g.token_ids, g.base_nll, g.cost) for g in two]

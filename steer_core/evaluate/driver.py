@@ -18,7 +18,6 @@ No orchestration here: shards run through the process's *runner* (:func:`use_run
 from __future__ import annotations
 
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -31,7 +30,7 @@ from steer_core.evaluate.document import document
 from steer_core.evaluate.protocol import (Sample, System, control_scorer, judge_scorers, judged_in_sampling,
                                           reused_base, sample_and_score)
 from steer_core.evaluate.search import search_strengths
-from steer_core.model.lm import LoadedLM
+from steer_core.model.lm import LoadedLM, available_cores
 from steer_core.scorers import cuts_of
 
 _KEY_MULT = 1_000_003  # steer_core.model.sampling.row_uniforms: seed * 1_000_003 + prompt * 10_007 + sample (mod 2**63)
@@ -222,14 +221,6 @@ def run_here(shards: list[Shard], lm: LoadedLM, judge: LoadedLM | None = None,
             return list(pool.map(one, shards))
     finally:
         torch.set_num_threads(before)
-
-
-def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def shard_line(r: ShardResult, n_shards: int) -> str:

