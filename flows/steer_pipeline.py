@@ -7,8 +7,8 @@ Runs with no server (Prefect's ephemeral mode) by default; ``steer deploy`` serv
 Prefect server. One MLflow parent run per pipeline run, one nested run per steer.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: a served or pooled run builds the flow's parameter model from the
+# annotations as objects, in a process that cannot resolve their names
 import time
 from pathlib import Path
 

@@ -44,7 +44,8 @@ def untouched(root: Path) -> bool:
      "steers.sentiment.evaluate.judge './no/such/judge': model path not found"),
     (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME], "evaluate": {"strengths": [0.0, 2.0]}}}},
      "at least one pair"),
-    (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME], "data": {"source": {"kind": "file", "path": "x.csv"}}}}},
+    (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME],
+                                       "data": {**p["steers"][NAME]["data"], "source": {"kind": "file", "path": "x.csv"}}}}},
      "data file x.csv not found"),
 ], ids=["unknown-steer", "missing-model-dir", "tracking-down", "unknown-remote", "scorer-kind", "missing-judge", "no-pair",
         "missing-data-file"])
