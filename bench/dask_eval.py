@@ -46,7 +46,7 @@ def main() -> None:
     import torch
 
     from flows.executors import dask_runner, start_local_cluster
-    from steer_core import shards
+    from steer_core.evaluate import driver as shards
     from steer_core.config import EvalConfig, Params
     from steer_core.evaluate.protocol import System
     from steer_core.model.lm import load_lm

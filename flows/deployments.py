@@ -46,8 +46,7 @@ def prefect_api(timeout: float = 5.0) -> str:
     """The Prefect server a deployment registers with (PREFECT_API_URL, from the environment or the Prefect
     profile), checked to answer: without one, Prefect would start a temporary server that vanishes with this
     process, and its deployment with it."""
-    import urllib.error
-    import urllib.request
+    from tasks.preflight import check_health
 
     url = os.environ.get("PREFECT_API_URL")
     home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
@@ -59,14 +58,8 @@ def prefect_api(timeout: float = 5.0) -> str:
     if not url:
         raise ValueError("steer deploy needs a Prefect server: start one (prefect server start) and set "
                          "PREFECT_API_URL, e.g. http://127.0.0.1:4200/api")
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as resp:
-            ok = resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise ValueError(f"Prefect server {url} (PREFECT_API_URL) is not reachable ({exc.__class__.__name__}): "
-                         f"start it, or point PREFECT_API_URL at a running one") from None
-    if not ok:
-        raise ValueError(f"Prefect server {url} answered /health with HTTP {resp.status}")
+    check_health(url, f"Prefect server {url} (PREFECT_API_URL)", "start it, or point PREFECT_API_URL at a running one",
+                 timeout)
     return url
 
 

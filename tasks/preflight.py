@@ -345,20 +345,25 @@ def check_prompt_file(path: Path, field: str, shown: str | None = None) -> None:
         raise ValueError(f"{field}: {shown} holds no prompt")
 
 
+def check_health(url: str, what: str, fix: str, timeout: float = 5.0) -> None:
+    """A server answers ``GET {url}/health`` with HTTP 200 (MLflow's and Prefect's servers both serve it); else one
+    line naming ``what`` and how to ``fix`` it."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as resp:
+            status = resp.status
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ValueError(f"{what} is not reachable ({exc.__class__.__name__}): {fix}") from None
+    if status != 200:
+        raise ValueError(f"{what} answered /health with HTTP {status}")
+
+
 def check_tracking(uri: str, root: Path, artifact_location: str | None = None) -> None:
     """The tracking store can be reached (a server's /health) or written (a local sqlite file, its folder and the
     artifact folder next to it)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     uri = env or uri
     if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as resp:
-                ok = resp.status == 200
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise ValueError(f"tracking server {uri} is not reachable ({exc.__class__.__name__}): start it, or set "
-                             f"tracking.uri / MLFLOW_TRACKING_URI") from None
-        if not ok:
-            raise ValueError(f"tracking server {uri} answered /health with HTTP {resp.status}")
+        check_health(uri, f"tracking server {uri}", "start it, or set tracking.uri / MLFLOW_TRACKING_URI")
         return
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
