@@ -269,16 +269,20 @@ def generate(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(starts), desc="generate", unit="batch")
+    def counted(start: int) -> list[Generation]:
+        part = one(start)
+        if bar is not None:
+            bar.update(1)
+        return part
+
     gens: list[Generation] = []
     try:
         if workers <= 1 or len(starts) == 1:
             for start in starts:
-                gens += one(start)
-                if bar is not None:
-                    bar.update(1)
+                gens += counted(start)
         else:  # the batches side by side in threads; each is the same computation, so the same samples
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="generate") as pool:
-                for part in pool.map(lambda s: (one(s), bar.update(1) if bar is not None else None)[0], starts):
+                for part in pool.map(counted, starts):
                     gens += part
     finally:
         if bar is not None:
