@@ -110,23 +110,46 @@ class NucleusSampler(LogitsProcessor):
 
     def nucleus_candidates(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The top-p nucleus of each row of ``scores`` at this sampler's temperature (HF's rule, as :meth:`sample`
-        applies it): (ids, kept), both rows × k, ids in descending probability, k the smallest of first_k, 8·first_k,
-        … (up to the vocabulary) that holds every row's nucleus."""
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        vocab = probs.shape[1]
+        applies it): (ids, kept), both rows × k, ids in descending probability, kept a prefix of each row, k the
+        largest nucleus of the rows. With top_p = 1 the nucleus is the whole vocabulary, in vocabulary order (the
+        order :meth:`sample` draws it in)."""
+        return self._nucleus_of(torch.softmax(scores.float() / self.temperature, dim=-1))
+
+    def _nucleus_of(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, vocab = probs.shape
+        if self.top_p >= 1.0:
+            return torch.arange(vocab, device=probs.device).expand(rows, vocab), probs > 0
+        # topk(first_k) for every row, then 8× more candidates for the rows whose nucleus is larger, and so on: a
+        # flat row widens alone (widening every row with it cost more than the model's forward pass)
+        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        todo = torch.arange(rows, device=probs.device)
         k = min(self.first_k, vocab)
-        while True:
-            top, idx = probs.topk(k, dim=-1)
-            before = top.cumsum(-1) - top
-            if self.top_p >= 1.0 or k == vocab or bool((before[:, -1] + top[:, -1] >= self.top_p).all()):
-                keep = before < self.top_p if self.top_p < 1.0 else top > 0
-                return idx, keep
+        while todo.numel():
+            top, idx = probs[todo].topk(k, dim=-1)
+            before = top.cumsum(-1) - top  # mass strictly before each candidate
+            done = (before[:, -1] + top[:, -1] >= self.top_p) if k < vocab else torch.ones_like(todo, dtype=torch.bool)
+            parts.append((todo[done], idx[done], before[done] < self.top_p))
+            todo = todo[~done]
             k = min(k * 8, vocab)
+        width = max(int(keep.sum(-1).max()) for r, _, keep in parts if r.numel())
+        ids = torch.empty(rows, width, dtype=torch.long, device=probs.device)
+        kept = torch.zeros(rows, width, dtype=torch.bool, device=probs.device)
+        for r, idx, keep in parts:
+            if not r.numel():
+                continue
+            w = min(width, idx.shape[1])
+            ids[r, :w], kept[r, :w] = idx[:, :w], keep[:, :w]
+            if w < width:  # past a row's candidates: its top token, never kept
+                ids[r, w:] = idx[:, :1]
+        return ids, kept
 
     def nucleus(self, scores: torch.Tensor) -> torch.Tensor:
         """:meth:`nucleus_candidates` as a (rows × vocab) bool mask."""
         idx, keep = self.nucleus_candidates(scores)
-        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(1, idx, keep)
+        mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        rows = torch.arange(idx.shape[0], device=idx.device)[:, None].expand_as(idx)
+        mask[rows[keep], idx[keep]] = True  # kept ids only: a row's padding repeats its top id, never kept
+        return mask
 
     def distribution(self, scores: torch.Tensor, within: tuple[torch.Tensor, torch.Tensor] | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,9 +170,11 @@ class NucleusSampler(LogitsProcessor):
             t = self.twins
             scores = scores.float().clone()
             scores[:t] = scores[t : 2 * t] + self.guidance * (scores[:t] - scores[t : 2 * t])
-        within = None
-        if self.base_nucleus:  # the unsteered logits of this step, from the recorder's hook
-            within = self.nucleus_candidates(self.recorder.base_scores(scores))
+        within = base = None
+        if self.recorder is not None and (self.base_nucleus or getattr(self.recorder, "expected", False)):
+            base = self.recorder.base_scores(scores)  # the unsteered logits of this step, from the recorder's hook
+        if self.base_nucleus:
+            within = self.nucleus_candidates(base)
         choice = self.sample(scores, self.uniforms[:, input_ids.shape[1] - self.prompt_length], within)
         if self.twins:
             choice[self.twins : 2 * self.twins] = choice[: self.twins]
@@ -157,7 +182,7 @@ class NucleusSampler(LogitsProcessor):
             dist = base_dist = None
             if getattr(self.recorder, "expected", False):
                 dist = self.distribution(scores, within)
-                base_dist = self.distribution(self.recorder.base_scores(scores))
+                base_dist = self.distribution(base, within)  # the base nucleus is the base's own distribution
             self.recorder.record(scores, choice, dist, base_dist)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, choice[:, None], 0.0)
