@@ -166,6 +166,11 @@ def test_actadd_reads_the_base_model_beside_each_row_through_an_unsteered_twin(t
     # at strength 0 the held draws are the base model's own
     zero = generate(tiny_lm, prompts, body=partial(actadd_steering, tiny_lm, actadd, 0.0), base_nucleus=True, **kw)
     assert [g.token_ids for g in zero] == [g.token_ids for g in generate(tiny_lm, prompts, **kw)]
+    # a sweep (values) scales the change per row: each strength's rows draw what a call at that strength draws
+    swept = generate(tiny_lm, prompts, values=[0.0, 3.0], body=partial(actadd_steering, tiny_lm, actadd, 1.0),
+                     base_nll=True, base_nucleus=True, **dict(kw, batch_size=64))
+    assert [g.token_ids for g in swept if g.strength == 3.0] == [g.token_ids for g in held]
+    assert [g.token_ids for g in swept if g.strength == 0.0] == [g.token_ids for g in zero]
     with pytest.raises(ValueError, match="one of a steer, a body change"):
         from builders import random_steer
 

@@ -240,3 +240,22 @@ def test_batches_side_by_side_in_threads_draw_the_same_samples(tiny_lm) -> None:
     two = generate(tiny_lm, PROMPTS, steer, [-2.0, 0.0, 2.0], workers=2, **kw)
     assert [(g.prompt_index, g.sample_index, g.strength, g.token_ids, g.base_nll, g.cost) for g in one] == \
         [(g.prompt_index, g.sample_index, g.strength, g.token_ids, g.base_nll, g.cost) for g in two]
+
+
+def test_a_prompting_sweep_draws_each_row_as_its_strength_alone(tiny_lm) -> None:
+    """The prompting baseline's strengths run as one sweep (``values`` with ``instructed`` as a function of the
+    prompt and the strength): each row reads its side's instruction at guidance |s|, with the random numbers of its
+    prompt and sample, so it draws what a call at that strength alone draws."""
+    torch.set_num_threads(1)
+    plus = [f"Write about cats.\n{p}" for p in PROMPTS]
+    minus = [f"Write about trains.\n{p}" for p in PROMPTS]
+    kw = dict(num_samples=2, max_new_tokens=6, seed=5, base_nll=True, nll="expected", base_nucleus=True,
+              batch_size=64)
+    swept = generate(tiny_lm, PROMPTS, values=[-2.0, 1.0, 3.0], instructed=lambda i, s: (plus if s > 0 else minus)[i],
+                     **kw)
+    assert [g.strength for g in swept] == [s for s in (-2.0, 1.0, 3.0) for _ in range(2 * len(PROMPTS))]
+    for s in (-2.0, 1.0, 3.0):
+        alone = generate(tiny_lm, PROMPTS, instructed=plus if s > 0 else minus, guidance=abs(s), **kw)
+        assert [g.token_ids for g in swept if g.strength == s] == [g.token_ids for g in alone]
+    with pytest.raises(ValueError, match="sweep a body change or instructed prompts"):
+        generate(tiny_lm, PROMPTS, values=[1.0])

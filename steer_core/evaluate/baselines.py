@@ -194,19 +194,20 @@ def actadd_steering(lm: LoadedLM, actadd: ActAdd, strength: float,
     """Within the block, :meth:`ActAdd.added` (strength) is added to the chosen layer's output at every position
     but the first ``actadd.sink_positions`` of each sequence. Strength 0 adds exact zeros.
 
-    ``rows`` (optional, one bool per batch row) steers only those rows: the others run the unsteered model in the
-    same pass (``steer_core.model.generate``'s unsteered twins, which read the base model's logits beside each row)."""
+    ``rows`` (optional, one number per batch row) scales the added vector per row: a batch sweeps several
+    strengths at once (``steer_core.model.generate(values=...)``), and rows at 0 run the unsteered model in the same
+    pass (``generate``'s unsteered twins, which read the base model's logits beside each row)."""
     layer = decoder_layers(lm)[actadd.layer]
     vec = actadd.added(strength).to(lm.device)
     thread = threading.get_ident()  # a model shared by threads is steered only in this thread's passes
     positions = _Positions(actadd.sink_positions, thread)
-    row_gate = None if rows is None else rows.to(lm.device).bool()
+    row_gate = None if rows is None else rows.to(lm.device)
 
     def add(h: torch.Tensor) -> torch.Tensor:
         v = vec.to(h.dtype)
         if row_gate is not None:
             if row_gate.shape[0] != h.shape[0]:
-                raise RuntimeError(f"actadd: {row_gate.shape[0]} row flags for a batch of {h.shape[0]} rows")
+                raise RuntimeError(f"actadd: {row_gate.shape[0]} row scales for a batch of {h.shape[0]} rows")
             v = row_gate.to(h.dtype)[:, None, None] * v  # (rows, 1, d): exact zeros on the unsteered rows
         where = positions.steerable
         if actadd.sink_positions == 0 or where is None:  # no sinks to spare, or a call the pre-hook did not see

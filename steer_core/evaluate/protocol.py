@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 from steer_core.config import EvalConfig, PromptingConfig
 from steer_core.evaluate.baselines import ActAdd, actadd_steering
-from steer_core.model.generate import Generation, generate, reads_base_nll
+from steer_core.model.generate import generate, reads_base_nll
 from steer_core.model.lm import LoadedLM
 from steer_core.model.steer import Steer
 from steer_core.scorers import get_scorer
@@ -95,24 +95,18 @@ def sample_system(
     kw = dict(num_samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, top_p=cfg.top_p,
               temperature=cfg.temperature, seed=seed, batch_size=cfg.batch_size, progress=progress,
               base_nll=judge_in_sampling, base_nucleus=cfg.base_nucleus, nll=cfg.ppl_estimate)
-    gens: list[Generation] = []
-    if system.actadd is not None:
-        for s in system.strengths:  # one hook strength per call keeps the baseline's code path plain
-            part = generate(lm, texts, body=partial(actadd_steering, lm, system.actadd, s), **kw)
-            for g in part:
-                g.strength = float(s)
-            gens += part
+    strengths = [float(s) for s in system.strengths]
+    if system.actadd is not None:  # one sweep: each row's strength scales the vector it adds
+        gens = generate(lm, texts, values=strengths, body=partial(actadd_steering, lm, system.actadd, 1.0), **kw)
     elif system.prompting is not None:
         pc = system.prompting
-        for s in system.strengths:  # the instruction of the strength's side, at guidance |s|
-            instruction = pc.plus if s > 0 else pc.minus
-            if instruction is None:
+        for s in strengths:
+            if (pc.plus if s > 0 else pc.minus) is None:
                 raise ValueError(f"prompting strength {s:g} needs the − instruction (evaluate.prompting.minus)")
-            part = generate(lm, texts, instructed=[instructed_prompt(lm, x, instruction, pc.template) for x in texts],
-                            guidance=abs(float(s)), **kw)
-            for g in part:
-                g.strength = float(s)
-            gens += part
+        instructed = {sign: [instructed_prompt(lm, x, pc.plus if sign > 0 else pc.minus, pc.template) for x in texts]
+                      for sign in {1 if s > 0 else -1 for s in strengths}}
+        # one sweep: each row reads the instruction of its strength's side at guidance |s|
+        gens = generate(lm, texts, values=strengths, instructed=lambda i, s: instructed[1 if s > 0 else -1][i], **kw)
     else:
         values = None if system.steer is None else [float(s) for s in system.strengths]
         gens = generate(lm, texts, system.steer, values, **kw)

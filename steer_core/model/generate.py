@@ -35,8 +35,10 @@ from steer_core.model.steer import Steer, primary_name
 
 _INTERNAL = ("token_ids", "base_nll", "cost")
 
-#: a change to the LM's body for the rows flagged True (e.g. ``functools.partial(actadd_steering, lm, vec, s)``)
+#: a change to the LM's body, scaled per row (0: that row unchanged), e.g. ``partial(actadd_steering, lm, vec, s)``
 BodyChange = Callable[[torch.Tensor], ContextManager[None]]
+#: the instructed prompt of a row, from its prompt's index and its strength (the prompting baseline's sweep)
+Instruct = Callable[[int, float], str]
 
 
 @dataclass
@@ -199,7 +201,7 @@ def generate(
     base_nucleus: bool = False,
     nll: Literal["sampled", "expected"] = "sampled",
     body: BodyChange | None = None,
-    instructed: Sequence[str] | None = None,
+    instructed: Sequence[str] | Instruct | None = None,
     guidance: float = 1.0,
     workers: int = 1,
 ) -> list[Generation]:
@@ -211,16 +213,18 @@ def generate(
     token's NLL under the unsteered model; ``nll="expected"`` records the step's expected NLL instead (see the module
     docstring).
 
-    ``body`` changes the LM's body instead of a steer (the ActAdd baseline: ``body(rows)`` is a context that
-    changes the rows flagged in ``rows``). The base model's logits then cannot be read off the output layer, so with
-    ``base_nll`` or ``base_nucleus`` each row runs beside an unsteered twin in the same batch: the twin is fed the
-    row's own draws, so its logits are the base model's for the same text (a second forward pass per token, half
-    the rows per batch).
+    ``body`` changes the LM's body instead of a steer (the ActAdd baseline: ``body(scales)`` is a context that
+    changes each row by its scale, 0 leaving it unchanged). ``values`` (float strengths) then sweeps the body change
+    as it sweeps a steer: each row's scale is its strength (without ``values``, 1). The base model's logits cannot be
+    read off the output layer, so with ``base_nll`` or ``base_nucleus`` each row runs beside an unsteered twin in the
+    same batch: the twin is fed the row's own draws, so its logits are the base model's for the same text (a second
+    forward pass per token, half the rows per batch).
 
-    ``instructed`` (one text per prompt: the prompt with an instruction, the prompting baseline) runs each row on
-    its instructed prompt beside an unsteered twin on the plain prompt, and draws from classifier-free guidance:
-    twin logits + ``guidance`` × (row logits − twin logits). ``guidance`` 0 is the base model, 1 plain prompting.
-    The texts and their perplexities are those of continuations of the plain prompt.
+    ``instructed`` (the prompting baseline: one text per prompt, the prompt with an instruction, or a function of
+    the prompt's index and the row's strength) runs each row on its instructed prompt beside an unsteered twin on
+    the plain prompt, and draws from classifier-free guidance: twin logits + g × (row logits − twin logits), g =
+    ``guidance``, or with ``values`` (float strengths, swept as a steer's) each row's |strength|. g = 0 is the base
+    model, 1 plain prompting. The texts and their perplexities are those of continuations of the plain prompt.
 
     With ``nll="expected"`` and a base model beside each row (``base_nll``), each generation also carries the
     per-step paired cost (``cost``): the expected NLL of the step's sampling distribution minus that of the base
@@ -234,12 +238,15 @@ def generate(
         raise ValueError(f"nll must be 'sampled' or 'expected', got {nll!r}")
     if sum(x is not None for x in (steer, body, instructed)) > 1:
         raise ValueError("generate takes one of a steer, a body change or instructed prompts")
-    if instructed is not None and len(instructed) != len(prompts):
+    if instructed is not None and not callable(instructed) and len(instructed) != len(prompts):
         raise ValueError(f"{len(instructed)} instructed prompts for {len(prompts)} prompts")
+    swept = steer is None and values is not None  # a body change or instructions swept over float strengths
     twinned = instructed is not None or (body is not None and (base_nll or base_nucleus))
     if twinned:
         batch_size = max(1, batch_size // 2)  # each row brings its twin: the same rows per forward pass
     rows = _plan_rows(prompts, steer, values, num_samples)
+    if swept and (body is None and instructed is None):
+        raise ValueError("values without a steer sweep a body change or instructed prompts: give one of them")
 
     def one(start: int) -> list[Generation]:
         chunk = rows[start : start + batch_size]
@@ -251,14 +258,20 @@ def generate(
                                 eos_token_id=lm.tokenizer.eos_token_id, twins=len(chunk) if twinned else 0)
         uniforms = row_uniforms(seed, [(r[0], r[1]) for r in chunk], max_new_tokens)
         texts = [prompts[r[0]] for r in chunk]
+        strengths = torch.tensor([r[2] if swept else 1.0 for r in chunk])
         if twinned:  # rows, then their unsteered twins, which draw nothing of their own (the sampler copies)
-            rows_text = texts if instructed is None else [instructed[r[0]] for r in chunk]
+            rows_text = texts if instructed is None else [
+                instructed(r[0], r[2]) if callable(instructed) else instructed[r[0]] for r in chunk]
             texts, uniforms = rows_text + texts, torch.cat([uniforms, uniforms])
-        with contextlib.nullcontext() if body is None else body(_twin_flags(len(chunk), twinned)):
+        row_guidance = None
+        if instructed is not None:
+            row_guidance = strengths.abs() if swept else torch.full((len(chunk),), float(guidance))
+        with contextlib.nullcontext() if body is None else body(_row_scales(strengths, twinned)):
             outs = _sample_batch(lm, texts, steer, vals, max_new_tokens=max_new_tokens, top_p=top_p,
                                  temperature=temperature, uniforms=uniforms, recorder=recorder,
-                                 base_nucleus=base_nucleus, guidance=guidance if instructed is not None else None)
-        return [Generation(prompts[pi], pi, si, guidance if instructed is not None else strength, text,
+                                 base_nucleus=base_nucleus, guidance=row_guidance)
+        return [Generation(prompts[pi], pi, si, strength if swept else guidance if instructed is not None else strength,
+                           text,
                            None if vec is None else vec.tolist(), ids, nlls if base_nll else None,
                            cost if base_nll else None)
                 for (pi, si, strength, vec), (text, ids, nlls, cost) in zip(chunk, outs)]
@@ -290,9 +303,9 @@ def generate(
     return gens
 
 
-def _twin_flags(rows: int, twinned: bool) -> torch.Tensor:
-    """Which rows of a batch the body change applies to: all, or (twinned) the first half, not their twins."""
-    return torch.cat([torch.ones(rows, dtype=torch.bool), torch.zeros(rows if twinned else 0, dtype=torch.bool)])
+def _row_scales(strengths: torch.Tensor, twinned: bool) -> torch.Tensor:
+    """Each batch row's scale of the body change: the rows' strengths, then (twinned) zeros for their twins."""
+    return torch.cat([strengths, torch.zeros(len(strengths) if twinned else 0)])
 
 
 def _plan_rows(prompts, steer, values, num_samples) -> list[tuple[int, int, float, torch.Tensor | None]]:
@@ -303,7 +316,10 @@ def _plan_rows(prompts, steer, values, num_samples) -> list[tuple[int, int, floa
         raise ValueError(f"num_samples must be ≥ 1, got {num_samples}")
     pairs = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]
     if steer is None:
-        return [(p, s, 0.0, None) for p, s in pairs]
+        if values is None:
+            return [(p, s, 0.0, None) for p, s in pairs]
+        sweep = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
+        return [(p, s, v, None) for v in sweep for p, s in pairs]
     idx = steer.names.index(primary_name(steer))
     if values is None or isinstance(values, (int, float)):
         values = [0.0 if values is None else float(values)]
@@ -320,7 +336,7 @@ def _plan_rows(prompts, steer, values, num_samples) -> list[tuple[int, int, floa
 
 @torch.no_grad()
 def _sample_batch(lm, prompts, steer, values, *, max_new_tokens, top_p, temperature, uniforms: torch.Tensor,
-                  recorder: _BaseNLL | None, base_nucleus: bool = False, guidance: float | None = None
+                  recorder: _BaseNLL | None, base_nucleus: bool = False, guidance: torch.Tensor | None = None
                   ) -> list[tuple[str, list[int], list[float] | None, list[float] | None]]:
     """(text, sampled token ids up to EOS, their base NLLs or None, their paired costs or None) per prompt row, drawn
     at ``uniforms`` (rows × max_new_tokens, :func:`~steer_core.model.sampling.row_uniforms`)."""

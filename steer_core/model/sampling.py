@@ -54,12 +54,12 @@ class NucleusSampler(LogitsProcessor):
     ``dist`` is the step's distribution, :meth:`distribution`, when the recorder's ``expected`` is true, else None).
     ``twins`` > 0: rows [twins, 2·twins) are unsteered twins of rows [0, twins) and take their draws, token for token
     (``steer_core.model.generate``: the base model's logits beside a body-changing baseline). ``guidance`` (with
-    twins): each row draws from its twin's logits + guidance × (its own − its twin's), classifier-free guidance.
+    twins; one number, or one per row): each row draws from its twin's logits + guidance × (its own − its twin's), classifier-free guidance.
     """
 
     def __init__(self, top_p: float, temperature: float, uniforms: torch.Tensor, first_k: int = 256, *,
                  prompt_length: int = 0, recorder: Any = None, base_nucleus: bool = False,
-                 twins: int = 0, guidance: float | None = None) -> None:
+                 twins: int = 0, guidance: float | torch.Tensor | None = None) -> None:
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         if temperature <= 0:
@@ -72,7 +72,8 @@ class NucleusSampler(LogitsProcessor):
         self.twins = twins
         if guidance is not None and not twins:
             raise ValueError("guidance mixes each row with its unsteered twin: it needs twins")
-        self.guidance = guidance
+        self.guidance = guidance if guidance is None or isinstance(guidance, torch.Tensor) else torch.tensor(
+            [float(guidance)])
 
     def sample(self, scores: torch.Tensor, u: torch.Tensor,
                within: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -169,7 +170,8 @@ class NucleusSampler(LogitsProcessor):
         if self.guidance is not None:
             t = self.twins
             scores = scores.float().clone()
-            scores[:t] = scores[t : 2 * t] + self.guidance * (scores[:t] - scores[t : 2 * t])
+            g = self.guidance.to(scores.device, scores.dtype)[:, None]  # one per row, or one for all
+            scores[:t] = scores[t : 2 * t] + g * (scores[:t] - scores[t : 2 * t])
         within = base = None
         if self.recorder is not None and (self.base_nucleus or getattr(self.recorder, "expected", False)):
             base = self.recorder.base_scores(scores)  # the unsteered logits of this step, from the recorder's hook
