@@ -259,3 +259,23 @@ def test_a_prompting_sweep_draws_each_row_as_its_strength_alone(tiny_lm) -> None
         assert [g.token_ids for g in swept if g.strength == s] == [g.token_ids for g in alone]
     with pytest.raises(ValueError, match="sweep a body change or instructed prompts"):
         generate(tiny_lm, PROMPTS, values=[1.0])
+
+
+def test_a_shared_instruction_prefix_is_computed_once_with_the_same_draws(tiny_lm, monkeypatch) -> None:
+    """The prompting baseline's rows share their instruction's tokens: the batch's prefill starts from one pass over
+    them (a KV cache shifted to each row's padding). The draws and their NLLs are those of the plain batched
+    prefill."""
+    from steer_core.model import generate as gen_mod
+
+    torch.set_num_threads(1)
+    head = "Please continue the following text in a calm, friendly and positive tone of voice, briefly:\n"
+    kw = dict(values=[-1.0, 2.0], instructed=lambda i, s: head + ("Sadly. " if s < 0 else "") + PROMPTS[i],
+              num_samples=2, max_new_tokens=6, seed=3, base_nll=True, nll="expected", base_nucleus=True)
+    built = []
+    monkeypatch.setattr(gen_mod, "_prefix_cache", lambda *a, _f=gen_mod._prefix_cache: built.append(_f(*a)) or built[-1])
+    shared = generate(tiny_lm, PROMPTS, **kw)
+    assert built and all(c is not None and c.get_seq_length() >= 8 for c in built)  # every batch shared its prefix
+    monkeypatch.setattr(gen_mod, "MIN_SHARED_PREFIX", 10**9)  # the plain prefill of every column
+    plain = generate(tiny_lm, PROMPTS, **kw)
+    assert [g.token_ids for g in shared] == [g.token_ids for g in plain]
+    assert [x for g in shared for x in g.base_nll] == pytest.approx([x for g in plain for x in g.base_nll], abs=1e-4)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, ContextManager, Iterator, Literal, Sequence
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList
+from transformers import DynamicCache, GenerationConfig, LogitsProcessorList
 
 from steer_core.config import MAX_NEW_TOKENS, TEMPERATURE, TOP_P
 from steer_core.model.lm import LoadedLM
@@ -269,7 +269,8 @@ def generate(
         with contextlib.nullcontext() if body is None else body(_row_scales(strengths, twinned)):
             outs = _sample_batch(lm, texts, steer, vals, max_new_tokens=max_new_tokens, top_p=top_p,
                                  temperature=temperature, uniforms=uniforms, recorder=recorder,
-                                 base_nucleus=base_nucleus, guidance=row_guidance)
+                                 base_nucleus=base_nucleus, guidance=row_guidance,
+                                 shared_prefix_rows=len(chunk) if instructed is not None else 0)
         return [Generation(prompts[pi], pi, si, strength if swept else guidance if instructed is not None else strength,
                            text,
                            None if vec is None else vec.tolist(), ids, nlls if base_nll else None,
@@ -336,12 +337,18 @@ def _plan_rows(prompts, steer, values, num_samples) -> list[tuple[int, int, floa
 
 @torch.no_grad()
 def _sample_batch(lm, prompts, steer, values, *, max_new_tokens, top_p, temperature, uniforms: torch.Tensor,
-                  recorder: _BaseNLL | None, base_nucleus: bool = False, guidance: torch.Tensor | None = None
-                  ) -> list[tuple[str, list[int], list[float] | None, list[float] | None]]:
+                  recorder: _BaseNLL | None, base_nucleus: bool = False, guidance: torch.Tensor | None = None,
+                  shared_prefix_rows: int = 0) -> list[tuple[str, list[int], list[float] | None, list[float] | None]]:
     """(text, sampled token ids up to EOS, their base NLLs or None, their paired costs or None) per prompt row, drawn
-    at ``uniforms`` (rows × max_new_tokens, :func:`~steer_core.model.sampling.row_uniforms`)."""
+    at ``uniforms`` (rows × max_new_tokens, :func:`~steer_core.model.sampling.row_uniforms`). ``shared_prefix_rows``:
+    the first rows share a token prefix (an instruction), computed once (:func:`_prefix_cache`)."""
     tok = lm.tokenizer
     enc = tok(list(prompts), return_tensors="pt", padding=True).to(lm.device)
+    extra = {}
+    if shared_prefix_rows:
+        cache = _prefix_cache(lm, enc["input_ids"], enc["attention_mask"], shared_prefix_rows)
+        if cache is not None:
+            extra["cache"] = cache
     config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                               eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
     sampler = NucleusSampler(top_p, temperature, uniforms, prompt_length=enc["input_ids"].shape[1], recorder=recorder,
@@ -351,7 +358,8 @@ def _sample_batch(lm, prompts, steer, values, *, max_new_tokens, top_p, temperat
               else lm.output_embeddings.register_forward_pre_hook(recorder.pre_hook))
     try:  # the recorder's hook is registered first, so it sees h before the steer changes it
         with steering(lm, steer, values):  # greedy over the sampler's one-hot scores = a draw from the nucleus
-            out = lm.model.generate(**enc, generation_config=config, logits_processor=LogitsProcessorList([sampler]))
+            out = lm.model.generate(**enc, generation_config=config, logits_processor=LogitsProcessorList([sampler]),
+                                    **extra)
     finally:
         if handle is not None:
             handle.remove()
@@ -367,3 +375,39 @@ def _sample_batch(lm, prompts, steer, values, *, max_new_tokens, top_p, temperat
         results.append((tok.decode(ids, skip_special_tokens=True), ids,
                         None if nll is None else nll[r, :n].tolist(), None if cost is None else cost[r, :n].tolist()))
     return results
+
+
+#: shortest shared prefix worth computing once (below it the batched prefill costs about as much)
+MIN_SHARED_PREFIX = 8
+
+
+@torch.no_grad()
+def _prefix_cache(lm: LoadedLM, ids: torch.Tensor, mask: torch.Tensor, rows: int) -> DynamicCache | None:
+    """A KV cache of the batch's first P columns, built from one pass over the token prefix that the first ``rows``
+    rows share (the prompting baseline's chat template and instruction: most of each row's prompt), or None when
+    there is too little to share.
+
+    Left padding puts a row's prefix at columns [pads, pads + len) with positions 0, 1, …, exactly as the prefix
+    alone has them, so the alone pass's keys and values, shifted to each row's offset, are the ones the batched
+    prefill would compute (to the last bits); padding columns hold zeros, which the attention mask hides. P is the
+    largest column count that is prefix or padding in every row (the other rows, the plain-prompt twins, are
+    padding there). ``generate`` then runs the prefill only on the columns after P."""
+    pads = (mask == 0).sum(1).tolist()
+    real = [ids[r, pads[r]:].tolist() for r in range(rows)]
+    common = real[0]
+    for other in real[1:]:
+        n = next((i for i, (a, b) in enumerate(zip(common, other)) if a != b), min(len(common), len(other)))
+        common = common[:n]
+    width = min([pads[r] + len(common) for r in range(rows)] + pads[rows:] + [ids.shape[1] - 1])
+    if width - max(pads[:rows]) < MIN_SHARED_PREFIX:
+        return None
+    alone = lm.model(input_ids=torch.tensor([common[:width]], device=ids.device), use_cache=True).cache
+    cache = DynamicCache(config=lm.model.config)
+    for index, layer in enumerate(alone.layers):
+        keys = layer.keys.new_zeros(ids.shape[0], layer.keys.shape[1], width, layer.keys.shape[3])
+        values = layer.values.new_zeros(ids.shape[0], layer.values.shape[1], width, layer.values.shape[3])
+        for r in range(rows):
+            n = width - pads[r]
+            keys[r, :, pads[r]:width], values[r, :, pads[r]:width] = layer.keys[0, :, :n], layer.values[0, :, :n]
+        cache.update(keys, values, index)
+    return cache
