@@ -32,8 +32,8 @@ def one_side(project: Path, steer_name: str, shard_index: int) -> dict:
 
     from steer_core.config import load_params
     from steer_core.evaluate.baselines import fit_actadd
-    from steer_core.evaluate.driver import plan
-    from steer_core.evaluate.protocol import System, control_scorer, sample_and_score
+    from steer_core.evaluate.driver import Shard, plan, sample_shard
+    from steer_core.evaluate.protocol import System
     from steer_core.model.lm import load_lm
     from steer_core.model.steer import Steer
     from steer_core.paths import SteerPaths
@@ -57,10 +57,10 @@ def one_side(project: Path, steer_name: str, shard_index: int) -> dict:
     t0 = time.perf_counter()
     for i, system in enumerate(systems):  # each system's call alone (the candidate's brings strength 0 along)
         t = time.perf_counter()
-        base, per = sample_and_score(lm, prompts[start:stop], [system], cfg, control_scorer(cfg),
-                                     sample_base=i == 0, judge=None, seed=params.runtime.seed)
+        shard = Shard(shard_index, start, prompts[start:stop], [system], cfg, params.runtime.seed,
+                      sample_base=i == 0)
+        out["texts"] += [s.text for s in sample_shard(lm, shard)]
         out["calls"][system.name] = time.perf_counter() - t
-        out["texts"] += [s.text for s in base + per[0]]
     out["shard"] = time.perf_counter() - t0
     out["samples"] = len(out["texts"])
     return out
