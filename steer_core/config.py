@@ -71,6 +71,10 @@ class TrainConfig(Strict):
     patience: int = Field(2, ge=0, description="epochs without val improvement before stopping; 0 = off")
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
     dummy: bool = Field(True, description="train a 'dummy' steer held at +1 that absorbs the corpus' domain")
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="the output layer's matmuls in the fit's gradient pass: bfloat16 (about 1.4× faster per "
+        "step on a CPU with native bf16, at the same validation loss), float32, or auto = bfloat16 on CUDA and on CPUs "
+        "with native bf16 (AVX512-BF16, AMX), else float32. Every reported loss is computed in float32")
     contrastive: float = Field(0.0, ge=0, le=1000, description="weight of a contrastive term (each token likelier at "
                                "its text's own sign than at the flipped one; steer_core.train.OutputHead.contrastive) "
                                "added to the LM loss; 0 = the plain LM-Steer objective. Adam only")

@@ -63,6 +63,32 @@ def test_fit_lowers_val_loss_and_never_reruns_the_body(tiny_lm, tmp_path):
     assert steer.matrices().abs().sum() > 0
 
 
+def test_a_bfloat16_gradient_pass_fits_the_same_steer_and_reports_float32_losses(tiny_lm):
+    """train.precision bfloat16 runs the output layer of the gradient pass in bfloat16: the fit lands on the float32
+    fit's steer (up to bf16 rounding) and validation loss, every reported loss is computed in float32, and the steer
+    records the precision it was fitted in."""
+    from steer_core.train import OutputHead, evaluate_loss, fit_precision
+
+    torch.set_num_threads(1)
+    texts, values = _data()
+    fits = {}
+    for precision in ("float32", "bfloat16"):
+        cfg = TrainConfig(epochs=3, lr=0.05, epsilon=0.1, tokens_per_batch=32, patience=0, precision=precision)
+        fits[precision] = fit_steer(tiny_lm, texts, values, texts[:4], values[:4], ["style", "dummy"], cfg)
+    (exact, s32), (low, s16) = fits["float32"], fits["bfloat16"]
+    assert exact.metadata["fit_precision"] == "float32" and low.metadata["fit_precision"] == "bfloat16"
+    w32, w16 = exact.W.detach(), low.W.detach()
+    assert not torch.equal(w32, w16)  # the bf16 pass did run
+    assert float((w32 - w16).norm() / w32.norm()) < 0.05
+    assert s16.best_val_loss == pytest.approx(s32.best_val_loss, rel=2e-3)
+    assert s16.base_val_loss == s32.base_val_loss  # the untrained steer's loss: float32 both ways, bit for bit
+    cache = cache_hidden_states(tiny_lm, texts[:4], max_length=64)
+    cpu = torch.device("cpu")
+    assert evaluate_loss(OutputHead(tiny_lm, cpu, "bfloat16"), low, cache, values[:4]) == evaluate_loss(
+        OutputHead(tiny_lm, cpu, "float32"), low, cache, values[:4])
+    assert fit_precision("auto", torch.device("cuda")) == "bfloat16" and fit_precision("float32", cpu) == "float32"
+
+
 def test_low_rank_and_lbfgs_fit(tiny_lm):
     texts, values = _data()
     for cfg in (TrainConfig(rank=4, epochs=2, lr=0.05, epsilon=0.1, tokens_per_batch=32),
