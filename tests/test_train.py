@@ -86,7 +86,7 @@ def test_a_bfloat16_gradient_pass_fits_the_same_steer_and_reports_float32_losses
     cpu = torch.device("cpu")
     assert evaluate_loss(OutputHead(tiny_lm, cpu, "bfloat16"), low, cache, values[:4]) == evaluate_loss(
         OutputHead(tiny_lm, cpu, "float32"), low, cache, values[:4])
-    assert fit_precision("auto", torch.device("cuda")) == "bfloat16" and fit_precision("float32", cpu) == "float32"
+    assert fit_precision("auto", torch.device("cuda")) == "bfloat16" and fit_precision("auto", cpu) == "float32"
 
 
 def test_low_rank_and_lbfgs_fit(tiny_lm):
