@@ -271,8 +271,7 @@ def generate(
                                  temperature=temperature, uniforms=uniforms, recorder=recorder,
                                  base_nucleus=base_nucleus, guidance=row_guidance,
                                  shared_prefix_rows=len(chunk) if instructed is not None else 0)
-        return [Generation(prompts[pi], pi, si, strength if swept else guidance if instructed is not None else strength,
-                           text,
+        return [Generation(prompts[pi], pi, si, strength if swept or instructed is None else guidance, text,
                            None if vec is None else vec.tolist(), ids, nlls if base_nll else None,
                            cost if base_nll else None)
                 for (pi, si, strength, vec), (text, ids, nlls, cost) in zip(chunk, outs)]
