@@ -151,6 +151,7 @@ def test_within_the_base_nucleus_draws_only_its_tokens_and_equals_plain_top_p_un
     assert torch.equal(sampler.sample(base, u, within), sampler.sample(base, u))  # unsteered: the same draws
 
 
+@pytest.mark.slow  # the sampled NLLs' mean needs thousands of samples: ~18 s a case, the full suite's
 @pytest.mark.parametrize("base_nucleus", [False, True])
 def test_expected_nll_is_the_sampled_nlls_mean_given_the_text_so_far(tiny_lm, base_nucleus: bool) -> None:
     """``nll="expected"``: at step 0 every sample of a prompt shares its text so far, so the recorded expected NLL is
