@@ -108,8 +108,7 @@ def sample_system(
         # one sweep: each row reads the instruction of its strength's side at guidance |s|
         gens = generate(lm, texts, values=strengths, instructed=lambda i, s: instructed[1 if s > 0 else -1][i], **kw)
     else:
-        values = None if system.steer is None else [float(s) for s in system.strengths]
-        gens = generate(lm, texts, system.steer, values, **kw)
+        gens = generate(lm, texts, system.steer, None if system.steer is None else strengths, **kw)
     return [Sample(system.name, prompts[g.prompt_index]["set"], g.prompt_index, g.prompt, g.strength, g.text,
                    ppl=_mean_exp(g.base_nll), cost=_mean(g.cost)) for g in gens]
 

@@ -54,7 +54,8 @@ class NucleusSampler(LogitsProcessor):
     ``dist`` is the step's distribution, :meth:`distribution`, when the recorder's ``expected`` is true, else None).
     ``twins`` > 0: rows [twins, 2·twins) are unsteered twins of rows [0, twins) and take their draws, token for token
     (``steer_core.model.generate``: the base model's logits beside a body-changing baseline). ``guidance`` (with
-    twins; one number, or one per row): each row draws from its twin's logits + guidance × (its own − its twin's), classifier-free guidance.
+    twins; one number, or one per row): each row draws from its twin's logits + guidance × (its own − its twin's),
+    classifier-free guidance.
     """
 
     def __init__(self, top_p: float, temperature: float, uniforms: torch.Tensor, first_k: int = 256, *,
@@ -114,9 +115,7 @@ class NucleusSampler(LogitsProcessor):
         applies it): (ids, kept), both rows × k, ids in descending probability, kept a prefix of each row, k the
         largest nucleus of the rows. With top_p = 1 the nucleus is the whole vocabulary, in vocabulary order (the
         order :meth:`sample` draws it in)."""
-        return self._nucleus_of(torch.softmax(scores.float() / self.temperature, dim=-1))
-
-    def _nucleus_of(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
         rows, vocab = probs.shape
         if self.top_p >= 1.0:
             return torch.arange(vocab, device=probs.device).expand(rows, vocab), probs > 0
