@@ -1,5 +1,6 @@
 # Source this to keep every tool's state inside the project and make hub misses fail fast (see README).
 _root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd)"
+export STEER_PROJECT="${STEER_PROJECT:-$_root}"   # this copy of the project: where a pool worker started here runs
 export STEER_CACHE_DIR="${STEER_CACHE_DIR:-$_root/.cache/steer}"
 export HF_HOME="${HF_HOME:-$_root/.cache/hf}"
 export TORCH_HOME="${TORCH_HOME:-$_root/.cache/torch}"

@@ -1,7 +1,11 @@
-"""``steer deploy --pool NAME``: the pipeline flow as a deployment of a Prefect work pool, from this code's source
-directory, so any ``prefect worker start --pool NAME`` (on this machine or another one that sees the same paths)
-picks its runs up. A run on a worker writes only to the shared stores named in params.yaml (the tracking server and
-the DVC remote), so a worker's local disk is never the only copy: a local ``sqlite:`` tracking store is refused.
+"""``steer deploy --pool NAME``: the pipeline flow as a deployment of a Prefect work pool, which any
+``prefect worker start --pool NAME`` runs, on this machine or another.
+
+A deployment names no path of the machine that deployed it, so it travels: its one pull step enters the worker's own
+copy of the project (``$STEER_PROJECT``, which ``env.sh`` sets to the folder it is sourced from), and its parameters
+and entrypoint are relative to that copy. The worker's machine keeps its own tool state and caches (its env.sh), and a
+run there shares with other machines only what params.yaml names as shared: the tracking server and the DVC remote
+(a stage whose outputs the remote already holds is pulled, not re-run). A local ``sqlite:`` tracking store is refused.
 """
 
 from __future__ import annotations
@@ -10,15 +14,17 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from steer_core.config import Params
 
-ENTRYPOINT = "flows/steer_pipeline.py:steer_pipeline"
-#: tool settings a pool run gets as its environment (the values ``steer`` set for this project: state stays in it)
+ENTRYPOINT = "flows/steer_pipeline.py:steer_pipeline"  # relative to the worker's copy of the project
+#: the variable naming a worker machine's copy of the project (env.sh exports it)
+PROJECT_ENV = "STEER_PROJECT"
+#: tool settings a pool run gets as its environment: switches and URLs only, never a path of this machine (the
+#: worker's machine has its own caches and state, set by its env.sh)
 RUN_ENV = ("PREFECT_SERVER_ANALYTICS_ENABLED", "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
-           "DVC_NO_ANALYTICS", "DVC_SITE_CACHE_DIR", "TOKENIZERS_PARALLELISM", "MPLCONFIGDIR", "MLFLOW_TRACKING_URI",
-           "STEER_CACHE_DIR", "HF_HOME", "HF_HUB_OFFLINE")
+           "DVC_NO_ANALYTICS", "TOKENIZERS_PARALLELISM", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE")
 LOCAL_SCHEMES = ("sqlite:", "file:")
 
 
@@ -64,8 +70,34 @@ def prefect_api(timeout: float = 5.0) -> str:
 
 
 def source_dir() -> Path:
-    """The directory holding ``flows/``, ``tasks/`` and ``steer_core/``: what a pool's workers load the flow from."""
+    """The directory holding ``flows/``, ``tasks/`` and ``steer_core/``: where this machine loads the flow from."""
     return Path(__file__).resolve().parents[1]
+
+
+def enter_project() -> dict[str, str]:
+    """A pool run's pull step, on the worker's machine: enter that machine's copy of the project, named by
+    ``$STEER_PROJECT`` there; returns ``{"directory": ...}`` as Prefect's own steps do."""
+    from prefect.deployments.steps import set_working_directory
+
+    folder = os.environ.get(PROJECT_ENV)
+    if not folder:
+        raise ValueError(f"{PROJECT_ENV} is not set on this worker: start it from its copy of the project after "
+                         f"`source env.sh` (which sets {PROJECT_ENV} to that folder)")
+    if not (Path(folder) / "dvc.yaml").is_file():
+        raise ValueError(f"{PROJECT_ENV}={folder} is not a copy of the steer project (no dvc.yaml there)")
+    return set_working_directory(folder)
+
+
+def project_source():
+    """Where a deployment's code is: loaded from this machine's copy to deploy it, run by a worker from its own copy
+    (:func:`enter_project`), so the deployment records no path; Prefect's ``LocalStorage`` would record this one."""
+    from prefect.runner.storage import LocalStorage
+
+    class ProjectSource(LocalStorage):
+        def to_pull_step(self) -> dict[str, Any]:
+            return {f"{__name__}.enter_project": {}}
+
+    return ProjectSource(str(source_dir()))
 
 
 def ensure_pool(pool: str, log: Callable[[str], None] = print) -> str:
@@ -96,12 +128,15 @@ def deploy_to_pool(pool: str, name: str, params: Params, params_path: str, root:
             "other machines that must be shared storage (dvc remote add -d NAME s3://…)")
     kind = ensure_pool(pool, log)
     env = {k: os.environ[k] for k in RUN_ENV if os.environ.get(k)}
-    remote = steer_pipeline.from_source(source=str(source_dir()), entrypoint=ENTRYPOINT)
+    relative = Path(params_path).resolve().relative_to(Path(root).resolve())  # params.yaml, in the worker's copy
+    remote = steer_pipeline.from_source(source=project_source(), entrypoint=ENTRYPOINT)
     with contextlib.redirect_stdout(sys.stderr):  # Prefect's own table: stdout carries only the deployment's name
-        remote.deploy(name=name, work_pool_name=pool, cron=cron, parameters={"params_path": params_path, "root": root},
+        remote.deploy(name=name, work_pool_name=pool, cron=cron, parameters={"params_path": str(relative),
+                                                                             "root": "."},
                       job_variables={"env": env}, build=False, push=False, print_next_steps=False,
-                      ignore_warnings=True, description=f"steer pipeline for {root}")
+                      ignore_warnings=True, description=f"steer pipeline of the project in ${PROJECT_ENV}")
     ref = f"{steer_pipeline.name}/{name}"
     log(f"deployed {ref} to work pool {pool!r} ({kind})" + (f" on cron {cron!r}" if cron else "") +
-        f"; start a worker: prefect worker start --pool {pool}; run now: prefect deployment run {ref}")
+        f"; start a worker in a copy of the project: source env.sh && prefect worker start --pool {pool}; run now: "
+        f"prefect deployment run {ref}")
     return ref

@@ -5,11 +5,14 @@ The shards themselves are the fixed plan of ``steer_core.evaluate.driver``, so r
 Dask worker loads the base model (and a separate judge, if any) once per process and keeps it for every later shard,
 of any steer (:func:`worker_lm`). ``address: null`` starts a ``LocalCluster`` of ``workers`` processes for the whole
 run (every steer's evaluate stage and champion comparison share it); an address joins an existing scheduler, whose
-workers need this package installed and the same model reachable.
+workers need this package installed and the same model reachable. A shard's task carries everything it samples (the
+prompts, the steers' weights, the protocol), so a worker needs nothing of the flow's working directory; its task
+runs report to the run's Prefect API (``PREFECT_API_URL``, which must be reachable from their machines).
 
-The evaluate stage runs as DVC's subprocess (``python -m flows.stages evaluate NAME``): it finds the run's cluster in
-``STEER_DASK_ADDRESS`` and the run's Prefect API (the ephemeral one of ``steer run`` included) in ``PREFECT_API_URL``,
-both set by :func:`executor` for the processes it starts.
+The evaluate stage (and, with ``runtime.train_on``, the train stage: ``flows.train_on``) runs as DVC's subprocess
+(``python -m flows.stages STAGE NAME``): it finds the run's cluster in ``STEER_DASK_ADDRESS`` and the run's Prefect
+API (the ephemeral one of ``steer run`` included) in ``PREFECT_API_URL``, both set by :func:`executor` for the
+processes it starts.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ def worker_lm(spec: str, device: str, threads: int | None) -> tuple[LoadedLM, fl
     return lm, (LOADS[-1]["seconds"] if fresh else 0.0)
 
 
-def _worker_name() -> str:
+def worker_name() -> str:
+    """This Dask worker's name and pid (for the logs and the steer's card); just the pid outside a worker."""
     try:
         from distributed import get_worker
 
@@ -57,7 +61,7 @@ def shard_task(params: Params, shard: Shard) -> ShardResult:
         loaded += more
     t1 = time.perf_counter()
     samples = sample_shard(lm, shard, judge)
-    return ShardResult(shard.index, samples, time.perf_counter() - t1, _worker_name(), loaded)
+    return ShardResult(shard.index, samples, time.perf_counter() - t1, worker_name(), loaded)
 
 
 @flow(name="evaluate-shards", log_prints=True)
@@ -78,9 +82,10 @@ def dask_runner(params: Params, address: str) -> Callable[..., list[ShardResult]
 
 
 # ------------------------------------------------------------------------------------------------ the cluster
-def start_local_cluster(workers: int, threads_per_worker: int):
+def start_local_cluster(workers: int, threads_per_worker: int, resources: dict[str, float] | None = None):
     """A LocalCluster of ``workers`` processes (torch threads = threads_per_worker in each), no dashboard. Its
-    workers report to this process's Prefect API (:func:`share_prefect_api`, called first)."""
+    workers report to this process's Prefect API (:func:`share_prefect_api`, called first). ``resources``: what
+    each worker declares (``runtime.train_on``'s, so the fit has a place here too: they are this machine)."""
     import dask
     from distributed import LocalCluster
 
@@ -88,7 +93,7 @@ def start_local_cluster(workers: int, threads_per_worker: int):
     os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_worker))  # inherited by the worker processes
     with dask.config.set(QUIET_CLUSTER):  # handed to the worker processes by their nannies
         return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                            dashboard_address=":0", silence_logs=logging.ERROR)
+                            dashboard_address=":0", silence_logs=logging.ERROR, resources=resources)
 
 
 #: Dask's housekeeping, slowed down for a cluster whose every task is seconds of CPU-bound sampling: with one core
@@ -135,7 +140,9 @@ def executor(params: Params, log: Callable[[str], None] = print) -> Iterator[str
         address = cfg.address or saved
         if address is None:
             t0 = time.perf_counter()
-            cluster = stack.enter_context(start_local_cluster(cfg.workers, cfg.threads_per_worker))
+            train_on = params.runtime.train_on
+            cluster = stack.enter_context(start_local_cluster(cfg.workers, cfg.threads_per_worker,
+                                                              train_on.resources if train_on else None))
             address = cluster.scheduler_address
             log(f"dask: LocalCluster of {cfg.workers} worker process(es) × {cfg.threads_per_worker} thread(s) at "
                 f"{address} ({time.perf_counter() - t0:.1f} s to start)")

@@ -3,8 +3,10 @@
 It parses params.yaml once and runs ``steer_core.stages.run_stage``. The evaluate stage runs with the configured
 executor in place: with ``runtime.executor.kind: local`` its shards run in this process (no Prefect is imported);
 with ``dask`` each shard is a Prefect task on the run's Dask cluster (``STEER_DASK_ADDRESS``, set by ``steer run``),
-the executor's ``address``, or, for a stage run by hand (``dvc repro``), a LocalCluster started for this stage. The
-outputs are the same bytes either way, so this module is not a DVC dependency: switching executors re-runs nothing.
+the executor's ``address``, or, for a stage run by hand (``dvc repro``), a LocalCluster started for this stage. With
+``runtime.train_on`` the train stage's fit is a task on that cluster too, on a worker with the named resources
+(``flows.train_on``). The outputs are the same bytes either way, so this module is not a DVC dependency: switching
+executors re-runs nothing.
 A stage never outlives the run that started it, and never works beside a new run (``run``).
 """
 
@@ -32,7 +34,9 @@ def run(stage: str, name: str, params_path: Path, progress: bool = True) -> None
     follow_run()
     share_project(root)
     params = load_params(params_path)
-    if stage != "evaluate" or params.runtime.executor.kind == "local":
+    on_cluster = (stage == "evaluate" and params.runtime.executor.kind == "dask"
+                  or stage == "train" and params.runtime.train_on is not None)
+    if not on_cluster:
         run_stage(stage, params, name, root, progress=progress)
         return
     for key, value in {"PREFECT_HOME": root / ".prefect", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -40,8 +44,15 @@ def run(stage: str, name: str, params_path: Path, progress: bool = True) -> None
         os.environ.setdefault(key, str(value))  # Prefect's state in the project, as `steer` keeps it
     from flows.executors import executor
 
-    with executor(params, log=lambda m: print(m, file=sys.stderr)):
-        run_stage(stage, params, name, root, progress=False)
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    with executor(params, log=log) as address:
+        if stage == "train":  # the fit on a worker that declares runtime.train_on's resources
+            from flows.train_on import train_on_cluster
+
+            params.steer(name)  # an unknown steer fails before any work
+            print(f"saved {train_on_cluster(params, name, root, address, log=log)}", file=sys.stderr)
+        else:
+            run_stage(stage, params, name, root, progress=False)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -138,9 +138,12 @@ def _fmt(x) -> str:
 def steer_pipeline(params_path: str = "params.yaml", steers: list[str] | None = None, dry_run: bool = False,
                    root: str = ".", params: Params | None = None) -> list[dict]:
     """DVC's stages, then register and (when the gate passes) promote every configured steer. ``params``: the
-    contents of ``params_path`` already parsed by the caller (``steer run``); a deployment passes only the path."""
+    contents of ``params_path`` already parsed by the caller (``steer run``); a deployment passes only the path.
+    ``root`` is relative to the working directory and ``params_path`` to ``root`` (a pool's deployment passes
+    ``.`` and ``params.yaml``: the worker's own copy of the project)."""
     logger = get_run_logger()
     root_path = Path(root).resolve()
+    params_path = str(root_path / params_path)  # an absolute path stays as it is
     params = params or load_params(params_path)
     names = steers or list(params.steers)
     preflight.check_run(params, root_path, names)

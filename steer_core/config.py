@@ -42,10 +42,30 @@ class ExecutorConfig(Strict):
                                     "torch's)")
 
 
+class TrainOnConfig(Strict):
+    """Where the train stage's fit runs when it is not the flow's host: a task on the Dask cluster, placed on a worker
+    that declares these resources (``dask worker ADDRESS --resources "GPU=1"``). The fit is the same computation
+    there: with the same torch thread count (``runtime.threads``) and device kind, the same steer bytes."""
+
+    resources: dict[str, float] = Field(min_length=1, description="Dask worker resources the fit needs, e.g. "
+                                        "{GPU: 1}: only a worker that declares at least these runs it")
+
+    @field_validator("resources")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if not k.strip() or not math.isfinite(x) or x <= 0}
+        if bad:
+            raise ValueError(f"resources {bad}: each needs a name and an amount above 0")
+        return v
+
+
 class RuntimeConfig(Strict):
     """Where and how compute runs."""
 
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    train_on: TrainOnConfig | None = Field(None, description="fit each steer as a task on a Dask worker that declares "
+                                           "these resources (needs executor.kind: dask); None = in the train stage's "
+                                           "own process, on the flow's host")
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads; None keeps torch's default")
@@ -54,6 +74,13 @@ class RuntimeConfig(Strict):
         "seeded per call, so concurrent evaluations draw the same samples; a low-rank steer's random start still "
         "comes from torch's global generator, which concurrent fits share")
     seed: int = Field(0, ge=0, le=MAX_SEED)
+
+    @model_validator(mode="after")
+    def _train_on_needs_dask(self) -> "RuntimeConfig":
+        if self.train_on is not None and self.executor.kind != "dask":
+            raise ValueError("train_on places the fit on a Dask worker: it needs executor.kind: dask (with an address, "
+                             "or a LocalCluster whose workers declare its resources)")
+        return self
 
 
 class TrainConfig(Strict):

@@ -180,8 +180,19 @@ def changes(status: dict) -> str:
     return "; ".join(parts[:3]) + more
 
 
+def outputs_missing_only(status: dict) -> bool:
+    """Whether DVC's status of a stage says only that outputs are missing from the workspace (``deleted``): the
+    case a pull can serve. An output present but not in the cache, or any changed dependency, runs the stage."""
+    entries = [e for es in status.values() for e in es]
+    return bool(entries) and all(
+        isinstance(e, dict) and set(e) == {"changed outs"} and set(e["changed outs"].values()) == {"deleted"}
+        for e in entries)
+
+
 def reproduce(project: DvcProject, stage: str, log: Callable[[str], None] = print) -> dict:
-    """Run one stage through DVC if, and only if, DVC says it changed. Returns ``{stage, ran, why, seconds}``.
+    """Run one stage through DVC if, and only if, DVC says it changed. Returns ``{stage, ran, why, seconds}``. A
+    stage that changed only because its outputs are missing here is pulled from the DVC remote instead (``ran``
+    False), as ``dvc repro --pull`` does: a copy of the project on another machine reuses what was computed.
 
     The stage's command prints its own progress (fit epochs, sampling batches) on stderr; a heartbeat line with the
     elapsed time is logged every 30 s, so a long stage never looks hung.
@@ -206,7 +217,14 @@ def reproduce(project: DvcProject, stage: str, log: Callable[[str], None] = prin
 
     try:
         with repo(project.root) as r:
-            r.reproduce(targets=[target(project, stage)], single_item=True)
+            # `dvc repro --pull`: a stage whose only change is that its outputs are not here, as in a fresh copy of
+            # the project on another machine, gets them from the DVC remote instead of re-running (and any input
+            # tracked by DVC that is missing); the run cache is not used (every output is `persist`)
+            pull = {"pull": True, "run_cache": False} if outputs_missing_only(status) else {}
+            ran = r.reproduce(targets=[target(project, stage)], single_item=True, **pull)
+            if not ran and r.status(targets=[target(project, stage)]):
+                # what a pull cannot bring (an uncached output such as metrics/, or nothing on the remote): run it
+                ran = r.reproduce(targets=[target(project, stage)], single_item=True)
     except ReproductionError as exc:
         cause = exc.__cause__
         why = f": {str(cause).splitlines()[0]}" if cause is not None and str(cause).strip() else ""
@@ -215,6 +233,9 @@ def reproduce(project: DvcProject, stage: str, log: Callable[[str], None] = prin
     finally:
         done.set()
     seconds = round(time.perf_counter() - t0, 1)
+    if not ran:
+        log(f"{stage}: pulled its outputs from DVC remote {project.remote!r} ({why}) in {seconds:.0f} s, not re-run")
+        return {"stage": stage, "ran": False, "why": f"pulled from DVC remote {project.remote!r}", "seconds": seconds}
     log(f"{stage}: done in {seconds:.0f} s")
     return {"stage": stage, "ran": True, "why": why, "seconds": seconds}
 

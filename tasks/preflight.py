@@ -38,6 +38,9 @@ def check_run(params: Params, root: Path, names: list[str], params_path: Path | 
         check_steer(params, name, root)
     check_tracking(params.tracking.uri, root, params.tracking.artifact_location)
     check_remote(params.dvc.remote, root)
+    from tasks.cluster import check_cluster
+
+    check_cluster(params.runtime)  # a cluster to join: there, with workers, and able to run the fit
 
 
 def check_dvc_params(params_path: Path, root: Path, names: list[str]) -> None:

@@ -102,3 +102,49 @@ def isolated_tracking() -> Iterator[None]:
         mlflow.set_registry_uri(None)
         mp.undo()
         torch.set_num_threads(threads)
+
+
+CODE = ("steer_core", "flows", "tasks")
+
+
+def second_machine(dest: Path, clone_of: Path | None = None) -> Path:
+    """A copy of the project standing in for a second machine: in its own folder (a ``git clone`` of ``clone_of``
+    when given, as a team clones its repository there), with its own copy of the code (steer_core, flows, tasks:
+    the same package version), its own tool state, and its own model cache holding the converted default model,
+    which ``setup.sh`` leaves on a machine (hard-linked from this one's: the same bytes, without 500 MB copied)."""
+    from steer_core.model.lm import cache_dir
+
+    if clone_of is not None:
+        subprocess.run(["git", "clone", "-q", str(clone_of), str(dest)], check=True, capture_output=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in CODE:
+        if not (dest / name).exists():
+            shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("dvc.yaml", ".dvcignore"):
+        if not (dest / name).exists():
+            shutil.copy(ROOT / name, dest / name)
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(cache_dir() / "models", dest / ".cache" / "steer" / "models", copy_function=link)
+    for sub in (".tmp", ".cache/hf", ".prefect"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+    return dest
+
+
+def machine_env(machine: Path, **extra: str) -> dict[str, str]:
+    """The environment of a process on ``machine`` (a :func:`second_machine`): what its env.sh sets, pointing into
+    that folder, and nothing of this machine's state (no Prefect API, tracking URI or caches of this checkout)."""
+    drop = ("PREFECT_", "MLFLOW_TRACKING", "MLFLOW_REGISTRY", "STEER_", "HF_", "DVC_", "DASK_", "PYTEST_", "VIRTUAL_ENV")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(PYTHONPATH=str(machine), STEER_PROJECT=str(machine), STEER_CACHE_DIR=str(machine / ".cache" / "steer"),
+               HF_HOME=str(machine / ".cache" / "hf"), TMPDIR=str(machine / ".tmp"),
+               PREFECT_HOME=str(machine / ".prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(machine / ".dvc-site"),
+               MPLCONFIGDIR=str(machine / ".cache" / "matplotlib"), MLFLOW_DISABLE_TELEMETRY="true",
+               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **extra)
+    return env
