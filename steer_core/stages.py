@@ -113,8 +113,8 @@ def _values(rows: list[dict], n: int) -> torch.Tensor:
 
 @dataclass
 class FitJob:
-    """Everything one steer's fit needs, read from the workspace by the train stage: plain data, so the fit needs
-    nothing else of the project."""
+    """Everything one steer's fit needs, read from the workspace by the train stage: plain data, so it can travel to
+    another machine as a task argument (``runtime.train_on``), where the fit needs nothing else of this project."""
 
     name: str
     train: list[dict]
@@ -122,6 +122,14 @@ class FitJob:
     cfg: TrainConfig
     seed: int
     metadata: dict
+
+    def key(self) -> str:
+        """A short hash of the job: names its checkpoint folder wherever it runs, so a rerun there resumes."""
+        import hashlib
+
+        blob = json.dumps([self.name, self.train, self.val, self.cfg.model_dump(), self.seed, self.metadata],
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def fit_job(params: Params, name: str, root: Path = Path(".")) -> FitJob:

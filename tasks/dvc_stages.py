@@ -181,12 +181,13 @@ def changes(status: dict) -> str:
 
 
 def outputs_missing_only(status: dict) -> bool:
-    """Whether DVC's status of a stage says only that outputs are missing from the workspace (``deleted``): the
-    case a pull can serve. An output present but not in the cache, or any changed dependency, runs the stage."""
+    """Whether DVC's status of a stage says only that outputs are missing here (``deleted`` from the workspace, or
+    ``not in cache``, as in a fresh clone): the case a pull can serve. A modified output or any changed dependency
+    runs the stage."""
     entries = [e for es in status.values() for e in es]
     return bool(entries) and all(
-        isinstance(e, dict) and set(e) == {"changed outs"} and set(e["changed outs"].values()) == {"deleted"}
-        for e in entries)
+        isinstance(e, dict) and set(e) == {"changed outs"}
+        and set(e["changed outs"].values()) <= {"deleted", "not in cache"} for e in entries)
 
 
 def reproduce(project: DvcProject, stage: str, log: Callable[[str], None] = print) -> dict:

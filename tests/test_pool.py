@@ -137,6 +137,10 @@ def test_a_worker_in_another_copy_runs_the_deployment_and_the_first_copy_restore
             run_deployment()
             print(f"its second run, on an emptied workspace and cache: {time.perf_counter() - t0:.0f} s")
         again = (logs / "worker.log").read_text()[len(first_log):]
+        # the first copy restores that version from the shared remote (its own DVC cache has never held it)
+        restored = subprocess.run([sys.executable, "-m", "flows.cli", "checkout", "sentiment@champion", "--params",
+                                   str(first / "params.yaml"), "--out", str(tmp_path / "restored"), "--json"],
+                                  cwd=first, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     finally:
         for proc in reversed(procs):
             stop_server(proc)
@@ -156,10 +160,6 @@ def test_a_worker_in_another_copy_runs_the_deployment_and_the_first_copy_restore
     aliases = dict(db.execute("select alias, version from registered_model_aliases where name = 'sentiment'"))
     assert versions == [(1,)] and aliases.get("champion") == 1, (versions, aliases)
 
-    # the first copy restores that version from the shared remote (its own DVC cache has never held it)
-    restored = subprocess.run([sys.executable, "-m", "flows.cli", "checkout", "sentiment@champion", "--params",
-                               str(first / "params.yaml"), "--out", str(tmp_path / "restored"), "--json"],
-                              cwd=first, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert restored.returncode == 0, restored.stderr[-3000:]
     doc = json.loads(restored.stdout)
     assert doc["version"] == "1" and "artifacts/steers/sentiment.safetensors" in doc["files"], doc
