@@ -38,6 +38,8 @@ def untouched(root: Path) -> bool:
     (lambda p: {**p, "model": "./no/such/model"}, "model path not found"),
     (lambda p: {**p, "tracking": {"uri": "http://127.0.0.1:9"}}, "not reachable"),
     (lambda p: {**p, "dvc": {"remote": "s3remote"}}, "dvc.remote 's3remote' is not a DVC remote"),
+    (lambda p: {**p, "runtime": {**p.get("runtime", {}), "executor": {"kind": "dask", "address": "tcp://127.0.0.1:9"}}},
+     "Dask scheduler tcp://127.0.0.1:9 (runtime.executor.address) is not reachable"),
     (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME], "evaluate": {"scorer": "profanity"}}}},
      "measures toxicity, but the control is 'sentiment'"),
     (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME], "evaluate": {"judge": "./no/such/judge"}}}},
@@ -47,7 +49,7 @@ def untouched(root: Path) -> bool:
     (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME],
                                        "data": {**p["steers"][NAME]["data"], "source": {"kind": "file", "path": "x.csv"}}}}},
      "data file x.csv not found"),
-], ids=["unknown-steer", "missing-model-dir", "tracking-down", "unknown-remote", "scorer-kind", "missing-judge", "no-pair",
+], ids=["unknown-steer", "missing-model-dir", "tracking-down", "unknown-remote", "scheduler-gone", "scorer-kind", "missing-judge", "no-pair",
         "missing-data-file"])
 def test_bad_input_is_one_line_and_exit_2_before_any_work(change, expect, tmp_path) -> None:
     root = make_project(tmp_path / "project", change(tiny_params(NAME)), with_git=False)
