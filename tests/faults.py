@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from projects import make_project, sha256
+from projects import make_project, prefect_home, sha256
 from tiny_pipeline import tiny_params
 
 BIN = Path(sys.executable).parent
@@ -77,7 +77,7 @@ class Killed:
 def run_env(root: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
                                                             "PREFECT_API_URL")}
-    env.update(PREFECT_HOME=str(root / ".prefect"), PYTHONWARNINGS="ignore", **extra)
+    env.update(PREFECT_HOME=prefect_home(root / ".prefect"), PYTHONWARNINGS="ignore", **extra)
     return env
 
 

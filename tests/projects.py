@@ -9,6 +9,8 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +30,28 @@ def git(root: Path, *args: str) -> str:
            "GIT_COMMITTER_EMAIL": "t@t", "GIT_CONFIG_NOSYSTEM": "1"}
     return subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True,
                           text=True).stdout.strip()
+
+
+_MIGRATED_PREFECT_DB: Path | None = None
+
+
+def prefect_home(home: Path) -> str:
+    """``home`` as a Prefect home whose database already holds Prefect's schema: a copy of one migrated once per
+    test process. A new Prefect database runs every migration (~7 s) when ``steer run`` starts its temporary server
+    (or a test starts ``prefect server``); with the copy it starts as on a machine that has run before. The tests
+    check the run, not Prefect's migrations, which the first of them still runs in full."""
+    global _MIGRATED_PREFECT_DB
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "prefect.db").exists():
+        if _MIGRATED_PREFECT_DB is None:
+            template = Path(tempfile.mkdtemp(prefix="prefect-home-"))
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+            env.update(PREFECT_HOME=str(template), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+            subprocess.run([sys.executable, "-m", "prefect", "server", "database", "reset", "-y"], env=env,
+                           check=True, capture_output=True, timeout=300)
+            _MIGRATED_PREFECT_DB = template / "prefect.db"
+        shutil.copy(_MIGRATED_PREFECT_DB, home / "prefect.db")
+    return str(home)
 
 
 def write_params(path: Path, params: dict) -> Path:

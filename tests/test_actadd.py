@@ -59,6 +59,20 @@ def test_sink_position_does_not_enter_the_mean(tiny_lm):
     assert all_pos.vector.norm() > 20 * fitted.vector.norm()  # the old mean is the sink's
 
 
+def test_the_fit_stops_the_body_at_the_deepest_layer_it_reads(tiny_lm):
+    """Layer 0's vector needs only layer 0: the layers above it do not run (the vector is the full pass's, the
+    test above), and once the fit is done the body runs to its end again."""
+    calls: list[int] = []
+    handle = decoder_layers(tiny_lm)[-1].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        fit_actadd(tiny_lm, POS + NEG, VALUES, layer=0, batch_size=4)
+        assert calls == []
+        tiny_lm.body(**tiny_lm.tokenizer(["a plain forward"], return_tensors="pt"))
+        assert calls == [1]
+    finally:
+        handle.remove()
+
+
 def test_scaled_vector_norm_is_multiplier_times_typical_norm(tiny_lm):
     actadd = fit_actadd(tiny_lm, POS + NEG, VALUES, layer=1)
     assert actadd.typical_norm and actadd.typical_norm > 0

@@ -59,7 +59,7 @@ def _fit(lm, texts, labels, name):
     values = torch.tensor([[v, 1.0] for v in labels])
     val = list(range(0, len(texts), 10))
     train = [i for i in range(len(texts)) if i not in set(val)]
-    cfg = TrainConfig(epochs=4, lr=0.1, tokens_per_batch=1024, patience=0)
+    cfg = TrainConfig(epochs=2, lr=0.1, tokens_per_batch=1024, patience=0)
     steer, summary = fit_steer(lm, [texts[i] for i in train], values[train], [texts[i] for i in val], values[val],
                                [name, "dummy"], cfg, seed=0)
     assert summary.best_val_loss < summary.base_val_loss, name
@@ -93,8 +93,8 @@ def test_composed_steer_moves_both_styles(default_lm):
     def gap(values):  # NLL(toxic) − NLL(clean): grows when the model is pushed toward clean text
         return _mean_nll(default_lm, both, values, toxic_h) - _mean_nll(default_lm, both, values, clean_h)
 
-    assert gap({"detox": T}) > gap({"detox": 0.0}) + 0.3  # measured here: +0.78 nats per token
-    assert gap({"sentiment": S, "detox": T}) > gap({"sentiment": S, "detox": 0.0}) + 0.3  # with sentiment on: +0.77
+    assert gap({"detox": T}) > gap({"detox": 0.0}) + 0.3  # measured here: +0.51 nats per token
+    assert gap({"sentiment": S, "detox": T}) > gap({"sentiment": S, "detox": 0.0}) + 0.3  # with sentiment on: +0.47
 
     # the sentiment part, by generation on held-out neutral news prompts: the steer as trained, at ±S (its dummy at
     # 0, as `steer generate` uses it), then the composition at ±S with the detox part on

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from projects import make_project
+from projects import make_project, prefect_home
 from servers import free_port, start_server, stop_server, wait_http
 from tiny_pipeline import tiny_params
 
@@ -45,7 +45,7 @@ def test_deploy_serves_a_cron_deployment_that_runs_the_pipeline(tmp_path: Path) 
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_REGISTRY"))}
-    env.update(PREFECT_HOME=str(tmp_path / ".prefect"), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    env.update(PREFECT_HOME=prefect_home(tmp_path / ".prefect"), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -160,8 +160,9 @@ def test_a_read_only_project_is_refused_before_any_work(tmp_path) -> None:
     root = make_project(tmp_path / "project", PARAMS, with_git=False)
     script = (f"mount --bind {root} {root} && mount -o remount,bind,ro {root} && "
               f"exec {BIN / 'steer'} run --params {root / 'params.yaml'}")
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=root, env=run_env(root), capture_output=True,
-                          text=True, timeout=120)
+    env = {**run_env(tmp_path), "PREFECT_HOME": str(root / ".prefect")}  # the project holds nothing but its files
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "not writable" in lines[0], proc.stderr
     assert sorted(p.name for p in root.iterdir()) == sorted([".dvc", ".dvcignore", ".gitignore", "dvc.yaml",

@@ -34,7 +34,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from projects import copy_project, git, isolated_tracking, make_project, sha256, write_params
+from projects import copy_project, git, isolated_tracking, make_project, prefect_home, sha256, write_params
 from tiny_pipeline import tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ TINY_PARAMS = tiny_params(
 def cli_env(tmp: Path) -> dict[str, str]:
     """The subprocess's environment: no inherited MLflow URI (the params decide), its own Prefect home."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    env.update(PREFECT_HOME=str(tmp / ".prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+    env.update(PREFECT_HOME=prefect_home(tmp / ".prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
                PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1",
                TMPDIR=str(tmp / "tmp"), PYTHONWARNINGS="ignore")
     env.pop("PREFECT_API_URL", None)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from projects import git, machine_env, make_project, second_machine
+from projects import git, machine_env, make_project, prefect_home, second_machine
 from servers import free_port, start_server, stop_server, wait_http
 from test_deploy import _wait
 from tiny_pipeline import tiny_params
@@ -30,7 +30,7 @@ DEPLOYMENT = "steer-pipeline/pool-test"
 
 def _env(tmp: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_REGISTRY", "PREFECT_"))}
-    env.update(PREFECT_HOME=str(tmp / ".prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONWARNINGS="ignore",
+    env.update(PREFECT_HOME=prefect_home(tmp / ".prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONWARNINGS="ignore",
                PYTHONPATH=str(ROOT), MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
                TMPDIR=str(tmp / "tmp"), PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="2",
                OMP_NUM_THREADS="1", **extra)

@@ -94,6 +94,10 @@ def fit_actadd(
                              normalise=normalise)[layer]
 
 
+class _Captured(Exception):
+    """Raised by the hook of the deepest layer an ActAdd fit reads, once it has its output."""
+
+
 @torch.no_grad()
 def fit_actadd_layers(
     lm: LoadedLM, texts: Sequence[str], values: Sequence[float], layers: Sequence[int], batch_size: int = 16,
@@ -116,9 +120,15 @@ def fit_actadd_layers(
     side = tok.padding_side
     tok.padding_side = "right"
     captured: dict[int, torch.Tensor] = {}  # each layer's own output: where actadd_steering adds the vector
-    handles = [blocks[layer].register_forward_hook(
-        lambda _m, _a, out, layer=layer: captured.__setitem__(layer, out[0] if isinstance(out, tuple) else out))
-        for layer in layers]
+    deepest = max(layers)
+
+    def capture(_m, _a, out, layer: int) -> None:
+        captured[layer] = out[0] if isinstance(out, tuple) else out
+        if layer == deepest:
+            raise _Captured  # the layers above it are not needed: the body stops here
+
+    handles = [blocks[layer].register_forward_hook(lambda m, a, out, layer=layer: capture(m, a, out, layer))
+               for layer in layers]
     norm_sum = dict.fromkeys(layers, 0.0)
     norm_count = 0
     try:
@@ -129,7 +139,10 @@ def fit_actadd_layers(
                 enc = tok(group[i : i + batch_size], return_tensors="pt", padding=True, truncation=True,
                           max_length=max_length).to(lm.device)
                 captured.clear()
-                lm.body(**enc)
+                try:
+                    lm.body(**enc)
+                except _Captured:
+                    pass
                 m = _content_mask(enc["input_ids"], enc["attention_mask"], sink_positions, bos_id).float()
                 counts = m.sum(1, keepdim=True)  # (batch, 1)
                 keep = counts.squeeze(-1) > 0
