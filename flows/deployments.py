@@ -123,12 +123,16 @@ def deploy_to_pool(pool: str, name: str, params: Params, params_path: str, root:
     shared_tracking_uri(params)
     if cron is not None:
         check_cron(cron)
+    try:  # params.yaml, found in the worker's copy at the same place
+        relative = Path(params_path).resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        raise ValueError(f"--params {params_path}: a pool's workers read the params file from their own copy of the "
+                         f"project, so it must be inside the project ({root})") from None
     if params.dvc.remote is None:
         log("warning: params.yaml names no dvc.remote: runs push to the project's default remote; on workers of "
             "other machines that must be shared storage (dvc remote add -d NAME s3://…)")
     kind = ensure_pool(pool, log)
     env = {k: os.environ[k] for k in RUN_ENV if os.environ.get(k)}
-    relative = Path(params_path).resolve().relative_to(Path(root).resolve())  # params.yaml, in the worker's copy
     remote = steer_pipeline.from_source(source=project_source(), entrypoint=ENTRYPOINT)
     with contextlib.redirect_stdout(sys.stderr):  # Prefect's own table: stdout carries only the deployment's name
         remote.deploy(name=name, work_pool_name=pool, cron=cron, parameters={"params_path": str(relative),
