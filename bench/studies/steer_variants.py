@@ -69,22 +69,30 @@ def values(rows: list[dict], n: int) -> torch.Tensor:
     return torch.tensor([[float(r["value"]), 1.0][:n] for r in rows])
 
 
-def fit_variant(lm, name: str, seed: int, spec, hidden: Path):
-    """Prepare the variant's data (sampled with ``seed``) and fit its steer; returns (steer, summary, counts, s)."""
-    data_cfg, train_cfg = recipe(name, spec)
-    generate_fn, embed_fn = lm_data_fns(lm, seed)
+def prepare_and_fit(lm, data_cfg, train_cfg, data_seed: int, hidden: Path, steer: str = "sentiment",
+                    fit_seed: int = 0):
+    """Prepare ``data_cfg`` (sampled with ``data_seed``) in a temp folder and fit steer ``steer`` on it; returns
+    (steer, summary, the data card, seconds)."""
+    generate_fn, embed_fn = lm_data_fns(lm, data_seed)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         card = prepare(data_cfg, [], t / "prep", t / "prompts.jsonl", t / "card.json", generate_fn=generate_fn,
                        embed_fn=embed_fn)
-        if card.probe:
-            print(f"# {name}: probe held-out accuracy {card.probe['accuracy']:.3f}; pool {card.pool}", flush=True)
         tr, va = load_jsonl(t / "prep" / "train.jsonl"), load_jsonl(t / "prep" / "val.jsonl")
-    names = steer_names("sentiment", train_cfg)
-    steer, summary = fit_steer(lm, [r["text"] for r in tr], values(tr, len(names)), [r["text"] for r in va],
-                               values(va, len(names)), names, train_cfg, seed=0, hidden_cache_dir=hidden)
-    return steer, summary, card.counts["train"], time.perf_counter() - t0
+    names = steer_names(steer, train_cfg)
+    fitted, summary = fit_steer(lm, [r["text"] for r in tr], values(tr, len(names)), [r["text"] for r in va],
+                                values(va, len(names)), names, train_cfg, seed=fit_seed, hidden_cache_dir=hidden)
+    return fitted, summary, card, time.perf_counter() - t0
+
+
+def fit_variant(lm, name: str, seed: int, spec, hidden: Path):
+    """Prepare the variant's data (sampled with ``seed``) and fit its steer; returns (steer, summary, counts, s)."""
+    data_cfg, train_cfg = recipe(name, spec)
+    steer, summary, card, seconds = prepare_and_fit(lm, data_cfg, train_cfg, seed, hidden)
+    if card.probe:
+        print(f"# {name}: probe held-out accuracy {card.probe['accuracy']:.3f}; pool {card.pool}", flush=True)
+    return steer, summary, card.counts["train"], seconds
 
 
 def report(name: str, doc: dict, confidence: float) -> dict:

