@@ -15,6 +15,9 @@ Variants (comma-separated, ``name[@seed]``):
   continuations of their openings (``data.source.kind: self_labelled``);
 - ``@<seed>``: the data's sampling seed (the pipeline uses runtime.seed), e.g. ``shipped@1,shipped@2``.
 
+``--steers DIR`` keeps each fitted steer there (``<variant>.safetensors``) and, on a later run, evaluates a kept
+steer as is: a change to the evaluation is measured on the same steers without sampling their data again.
+
     source env.sh && python bench/studies/steer_variants.py --variants shipped@0,shipped@1 --per-domain 16
 
 With several seeds of one recipe, the spread of the recommended strengths and swings is printed against the
@@ -44,6 +47,7 @@ from steer_core.evaluate import metrics as M  # noqa: E402
 from steer_core.evaluate.driver import evaluate  # noqa: E402
 from steer_core.evaluate.protocol import System  # noqa: E402
 from steer_core.model.lm import shared_lm  # noqa: E402
+from steer_core.model.steer import Steer  # noqa: E402
 from steer_core.stages import lm_data_fns, steer_names  # noqa: E402
 from steer_core.train import fit_steer  # noqa: E402
 
@@ -135,6 +139,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, help="samples per prompt (default: params.yaml's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--steers", type=Path, help="folder of fitted steers: <variant>.safetensors there is evaluated "
+                    "as is (no data, no fit); a variant without one is fitted and saved there")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = load_params(ROOT / "params.yaml")
@@ -149,12 +155,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="steer-variants-hidden-") as hidden:
         for variant in args.variants.split(","):
             name, _, seed = variant.partition("@")
-            steer, summary, counts, fit_s = fit_variant(lm, name, int(seed or params.runtime.seed), spec, Path(hidden))
+            kept = args.steers / f"{variant}.safetensors" if args.steers else None
+            if kept is not None and kept.exists():
+                steer, fit_note = Steer.load(kept, expect_fingerprint=lm.fingerprint), f"steer read from {kept}"
+            else:
+                steer, summary, counts, fit_s = fit_variant(lm, name, int(seed or params.runtime.seed), spec,
+                                                            Path(hidden))
+                fit_note = (f"{counts} train texts; data + fit {fit_s:.0f} s (val loss {summary.base_val_loss:.4f}"
+                            f" → {summary.best_val_loss:.4f})")
+                if kept is not None:
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    steer.save(kept)
             t0 = time.perf_counter()
             doc, _ = evaluate(lm, prompts, [System("candidate", cfg.strengths, steer=steer)], cfg,
                               seed=params.runtime.seed)
-            print(f"\n# {variant}: {counts} train texts; data + fit {fit_s:.0f} s (val loss {summary.base_val_loss:.4f}"
-                  f" → {summary.best_val_loss:.4f}); evaluation {time.perf_counter() - t0:.0f} s")
+            print(f"\n# {variant}: {fit_note}; evaluation {time.perf_counter() - t0:.0f} s")
             results[variant] = report(variant, doc, cfg.confidence)
     by_recipe: dict[str, list[dict]] = {}
     for variant, r in results.items():
