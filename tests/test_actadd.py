@@ -255,22 +255,13 @@ def _row(strength, control, ppl, d2=0.9):
     return {"strength": strength, "control": control, "ppl": ppl, "distinct_2": d2, "toxicity_probability": 0.0}
 
 
-def test_prefer_gaining_replaces_a_strength_that_does_nothing():
-    from steer_core.evaluate.recommend import _prefer_gaining
-
-    table = [{"strength": 1.0, "oriented": 0.0, "fluency_high": 0.0}, {"strength": 2.0, "oriented": 0.2,
-                                                                      "fluency_high": 0.2},
-             {"strength": 4.0, "oriented": 0.5, "fluency_high": 2.0}]
-    s, note = _prefer_gaining(table, 1.0, 0.0, 0.25)
-    assert s == 2.0 and "recommended instead" in note  # 4 gains more but is over the budget
-    assert _prefer_gaining(table, 2.0, 0.0, 0.25) == (2.0, "")  # a gaining choice stays
-    assert _prefer_gaining(table, 1.0, 0.0, 0.1) == (1.0, "")  # nothing larger in budget gains
-
-
-def test_recommend_never_parks_on_a_strength_without_gain():
-    """Random tables: whenever a larger in-budget strength gains, the recommended one gains too (both controls)."""
+def test_recommend_takes_the_strongest_strength_inside_the_fitted_budget_edge():
+    """Random tables: on each side the recommended strength is the largest |s| whose cost, fitted non-decreasing in
+    |s|, is within budget, whatever the control readings say (both controls); a sentiment side whose control,
+    fitted the same way, never rises above the base's stays at the base."""
     import random
 
+    from steer_core.evaluate.metrics import isotonic
     from steer_core.evaluate.recommend import recommend
 
     rng = random.Random(0)
@@ -284,14 +275,65 @@ def test_recommend_never_parks_on_a_strength_without_gain():
         by_s = {r["strength"]: r for r in rows}
         for control in ("sentiment", "toxicity"):
             rec = recommend(rows, base, control, budget=0.25)
-            # sentiment: each side on its own, its gain over the base oriented (+: more positive, −: less)
             sides = [(1, rec["strength"]), (-1, rec["strength_minus"])] if control == "sentiment" else [
                 (1, rec["strength"])]
             for sign, s in sides:
-                gain = lambda m: sign * (by_s[m]["control"] - base["control"])  # noqa: E731
-                if s == 0 or gain(s) <= 0:
-                    assert not any(m > abs(s) and by_s[sign * m]["ppl"] <= 12.5 and gain(sign * m) > 0
-                                   for m in mags), (control, sign, rows, rec)
+                head = [0.0] if control == "sentiment" else []
+                fitted = isotonic(head + [by_s[sign * m]["ppl"] / 10.0 - 1.0 for m in mags])[len(head):]
+                inside = [m for m, f in zip(mags, fitted) if f <= 0.25 + 1e-12]
+                rises = isotonic([sign * by_s[sign * m]["control"] for m in [0.0, *inside]])
+                if inside and control == "sentiment" and rises[-1] <= rises[0]:  # no control above the base
+                    assert s == 0.0, (control, sign, rows, rec)
+                elif inside:
+                    assert abs(s) == max(inside), (control, sign, rows, rec)
+                else:  # sentiment falls back to the base, toxicity to its mildest strength (and says so)
+                    assert abs(s) == (0.0 if control == "sentiment" else mags[0]), (control, sign, rows, rec)
+
+
+def test_a_lucky_reading_moves_neither_the_choice_nor_the_edge():
+    """A mild strength whose control reads a few lucky points above a stronger in-budget one is not chosen over it,
+    and a strength past the edge whose cost reads lucky-low is pooled with its neighbours, not let in."""
+    from steer_core.evaluate.recommend import recommend
+
+    base = _row(0.0, 0.0, 10.0)
+    rows = [base, _row(1.0, 0.50, 10.5), _row(2.0, 0.45, 11.5), _row(3.0, 0.7, 13.5), _row(4.0, 0.8, 12.0),
+            _row(5.0, 0.9, 16.0)]
+    rec = recommend(rows, base, "toxicity", budget=0.25)
+    assert rec["strength"] == 2.0, rec["reason"]  # not 1 (its lucky 0.50), not 4 (its lucky 12.0 after 13.5)
+    assert "fitted non-decreasing" in rec["reason"]
+
+
+def test_a_fold_chooses_at_the_width_of_all_prompts():
+    """Cross-fitting: a fold's choosing prompts take the deployed rule's interval width (all prompts), not the wider
+    one of their own half, so a fold is not timider than the strength deployed; each fold is still read at the
+    strength chosen on the other."""
+    import math
+
+    from steer_core.evaluate.recommend import as_if_all, recommend
+
+    assert as_if_all(0.10, 0.30, 12, 48) == pytest.approx(math.expm1(math.log1p(0.1) + (math.log1p(0.3)
+                                                                                     - math.log1p(0.1)) / 2))
+    assert as_if_all(0.10, 0.30, 48, 48) == 0.30 and as_if_all(0.10, 0.30, 12, None) == 0.30
+    n = 24
+    cost = [0.12 + 0.06 * ((i * 7) % 5 - 2) / 2 for i in range(n)]  # mean 0.12 (log scale), spread ±0.06
+
+    def row(s: float, scale: float) -> dict:
+        return {"strength": s, "control": 0.5, "ppl": 10.0, "distinct_2": 0.9, "toxicity_probability": 0.0,
+                "per_prompt": {"control": [0.5] * n, "log_ppl": [math.log(10.0)] * n, "distinct_2": [0.9] * n,
+                               "log_cost": [c * scale for c in cost], "toxicity_probability": [0.0] * n}}
+
+    base = {**row(0.0, 0.0), "control": 0.0, "per_prompt": {**row(0.0, 0.0)["per_prompt"], "control": [0.0] * n}}
+    rows = [row(1.0, 0.5), row(2.0, 1.0)]
+    folds = [i % 2 for i in range(n)]
+    rec = recommend(rows, base, "toxicity", 0.152, folds, fluency="paired")
+    assert rec["strength"] == 2.0  # all 24 prompts: 2 is within +15.2 % (+14.7 %)
+    chosen = [f["strength_chosen_on_other_fold"] for f in rec["split"]["folds"]]
+    assert chosen == [2.0, 2.0], rec["split"]  # each fold's 12 prompts, at the width of 24, agree
+    assert "√(fold / all)" in rec["split"]["chooser"]
+    # at a fold's own width the same readings would have chosen the milder strength: the rule is what moved it
+    from steer_core.evaluate.recommend import choose
+    by_s = {r["strength"]: r for r in rows} | {0.0: base}
+    assert choose(by_s, base, "toxicity", 0.152, list(range(0, n, 2)), "paired")[0] == 1.0  # +15.9 % at 12
 
 
 def test_isotonic_pools_adjacent_violators():

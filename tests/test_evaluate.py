@@ -81,10 +81,20 @@ def upper_end(row: dict, base: dict, fluency: str = "text", confidence: float = 
 
 def assert_recommendation(rec: dict, rows: list[dict], base: dict, budget: float, control: str,
                           fluency: str = "text") -> None:
-    """The strength is the strongest control whose fluency cost's upper end (over all prompts) is within budget."""
+    """The strength is the strongest inside the budget edge: the largest |s| on its side whose fluency cost's upper
+    end (over all prompts), fitted non-decreasing in |s|, is within budget, and its own upper end is within too."""
     assert {"strength", "reason", "control", "ppl_increase", "distinct_2", "fluency"} <= set(rec)
     by_s = {r["strength"]: r for r in rows}
-    feasible = {s for s, r in by_s.items() if upper_end(r, base, fluency) <= budget}
+    feasible = set()
+    for sign in (1, -1):
+        side = sorted((s for s in by_s if s * sign > 0), key=abs)
+        highs = [upper_end(by_s[s], base, fluency) for s in side]
+        head = [0.0] if control == "sentiment" else []  # a sentiment side's choices include the base (no cost)
+        fitted = M.isotonic(head + highs)[len(head):]
+        feasible |= {s for s, h in zip(side, fitted) if h <= budget + 1e-12}
+        assert all(upper_end(by_s[s], base, fluency) <= budget + 1e-12 for s in feasible if s * sign > 0
+                   and abs(s) == max((abs(x) for x in feasible if x * sign > 0), default=0))
+    feasible.add(0.0)
     if "in_sample" in rec:  # the strength is chosen on all prompts; the other numbers are cross-fitted
         assert_cross_fitted(rec, rows, base, control)
         rec = {**rec, **rec["in_sample"]}
@@ -95,13 +105,15 @@ def assert_recommendation(rec: dict, rows: list[dict], base: dict, budget: float
         for sign, chosen in ((1, plus), (-1, minus)):
             side = [s for s in feasible if s * sign >= 0]
             assert chosen in side, (sign, chosen, side)
-            assert sign * by_s[chosen]["control"] == max(sign * by_s[s]["control"] for s in side)
+            ordered = sorted(side, key=abs)  # the base heads the side; no rise above it in control: the base
+            rises = M.isotonic([sign * by_s[s]["control"] for s in ordered])
+            assert abs(chosen) == (max(abs(s) for s in side) if rises[-1] > rises[0] else 0.0), (sign, chosen, side)
         assert rec["fluency"]["high"] <= budget + 1e-12 or (plus == 0 and minus == 0)
         return
     positive = {r["strength"] for r in rows if r["strength"] > 0}
     assert rec["strength"] in positive, rec
     if feasible & positive:
-        assert rec["strength"] in feasible
+        assert rec["strength"] == max(feasible & positive), (rec["strength"], feasible)
         assert rec["fluency"]["high"] <= budget + 1e-12
     else:
         assert "no strength's" in rec["reason"]
@@ -613,30 +625,27 @@ def _pp_row(strength: float, control: list[float], ppl: list[float], d2: float =
 
 
 def test_recommend_cross_fits_by_hand():
-    """Fold 0 (prompts 0, 1) likes +4 only when +4 wins on fold 0's data; here the folds disagree: on fold 0
-    strength 4 has the biggest swing, on fold 1 strength 2. Each fold is read at the other fold's choice."""
+    """The folds disagree: +4 is cheap on fold 0's prompts (0, 1) and doubles perplexity on fold 1's (2, 3). Each
+    fold is read at the strength chosen on the other fold, and the cost it reports is the one at that strength on
+    its own prompts: what the gate's interval is taken over."""
     base = _pp_row(0.0, [0.3] * 4, [10.0] * 4)
     rows = [_pp_row(-4, [0.0, 0.0, 0.1, 0.1], [10.0] * 4), _pp_row(-2, [0.1, 0.1, 0.1, 0.1], [10.0] * 4), base,
-            _pp_row(2, [0.4, 0.4, 0.6, 0.6], [10.0] * 4), _pp_row(4, [0.9, 0.9, 0.3, 0.3], [10.0] * 4)]
+            _pp_row(2, [0.4, 0.4, 0.6, 0.6], [10.0] * 4), _pp_row(4, [0.9, 0.9, 0.3, 0.3], [10.0, 10.0, 20.0, 20.0])]
     folds = [0, 0, 1, 1]
     rec = recommend(rows, base, "sentiment", budget=0.25, folds=folds)
-    # all prompts: swing at 4 = 0.6 - 0.05 = 0.55, at 2 = 0.5 - 0.1 = 0.4: deploy 4 (in-sample swing 0.55)
-    assert rec["strength"] == 4.0 and rec["in_sample"]["control"] == pytest.approx(0.55)
+    # all prompts: +4's cost interval reaches far over +25 %, so deploy +2 / −4 (in-sample 0.5 − 0.05)
+    assert (rec["strength"], rec["strength_minus"]) == (2.0, -4.0)
+    assert rec["in_sample"]["control"] == pytest.approx(0.45)
     chosen = {f["fold"]: f["strength_chosen_on_other_fold"] for f in rec["split"]["folds"]}
-    assert chosen == {0: 2.0, 1: 4.0}  # fold 1 (2, 3) prefers 2: 0.5 vs 0.2; fold 0 prefers 4: 0.9 vs 0.3
-    # prompts 0, 1 at strength 2: 0.4 - 0.1; prompts 2, 3 at strength 4: 0.3 - 0.1
-    assert rec["per_prompt"]["control"] == pytest.approx([0.3, 0.3, 0.2, 0.2])
-    assert rec["control"] == rec["gain"] == rec["swing"] == pytest.approx(0.25)  # < the in-sample 0.55
+    assert chosen == {0: 2.0, 1: 4.0}  # chosen on fold 1 (+4 doubles its perplexity) and on fold 0 (+4 is free)
+    # prompts 0, 1 at +2 / −4: 0.4 − 0.0; prompts 2, 3 at +4 / −4: 0.3 − 0.1
+    assert rec["per_prompt"]["control"] == pytest.approx([0.4, 0.4, 0.2, 0.2])
+    assert rec["control"] == rec["gain"] == rec["swing"] == pytest.approx(0.3)  # < the in-sample 0.45
     assert "cross-fitted" in rec["reason"] and rec["split"]["folds"][0]["reported_on"] == [0, 1]
     assert_cross_fitted(rec, rows, base, "sentiment")
-    # the perplexity budget is read on the reporting prompts, at the strengths they were read at
-    hot = [dict(r) for r in rows]
-    hot[3] = _pp_row(2, [0.4, 0.4, 0.6, 0.6], [20.0, 20.0, 10.0, 10.0])  # +2 costs ppl on fold 0 only
-    rec = recommend(hot, base, "sentiment", budget=0.25, folds=folds)
-    assert rec["split"]["folds"][0]["strength_chosen_on_other_fold"] == 2.0  # chosen on fold 1, where it is cheap
-    assert rec["ppl_increase"] == pytest.approx(math.sqrt(2) - 1)  # fold 0 at +2 (20, 20) and fold 1 at +4 (10, 10)
-    # per prompt, log(ppl / base's) at the strength each prompt was read at: what the gate's interval is taken over
-    assert rec["per_prompt"]["log_ppl_ratio_plus"] == pytest.approx([math.log(2), math.log(2), 0.0, 0.0])
+    # fold 1's prompts read at +4 cost 2×: the cross-fitted cost shows what the choice on fold 0 did not see
+    assert rec["ppl_increase"] == pytest.approx(math.sqrt(2) - 1)
+    assert rec["per_prompt"]["log_ppl_ratio_plus"] == pytest.approx([0.0, 0.0, math.log(2), math.log(2)])
     assert rec["per_prompt"]["log_ppl_ratio_minus"] == pytest.approx([0.0] * 4)
     # without folds (or per-prompt data) the numbers stay in-sample
     assert "in_sample" not in recommend(rows, base, "sentiment", budget=0.25)

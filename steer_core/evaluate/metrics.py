@@ -236,3 +236,17 @@ def detectable_effect(sd: float, n: int, confidence: float = 0.95, power: float 
     if n < 1:
         raise ValueError("need at least one prompt")
     return (_z(1 - (1 - confidence) / 2) + _z(power)) * sd / math.sqrt(n)
+
+
+def isotonic(values: Sequence[float]) -> list[float]:
+    """The non-decreasing least-squares fit of ``values`` (in their order): pool adjacent violators."""
+    blocks: list[list[float]] = []  # [mean, weight]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, w2), (m1, w1) = blocks[-2], blocks[-1]
+            blocks[-2:] = [[(m2 * w2 + m1 * w1) / (w2 + w1), w2 + w1]]
+    out: list[float] = []
+    for m, w in blocks:
+        out += [m] * int(w)
+    return out

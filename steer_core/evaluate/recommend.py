@@ -3,8 +3,12 @@ the numbers reported at it, cross-fitted over two folds of prompts so that no re
 strength.
 
 A strength is within budget when the upper end of the central ``confidence`` interval (over prompts) of its fluency
-cost is at most the budget: harm must be shown absent, as control must be shown present. The fluency cost is, per
-prompt, a log ratio against the base model on the same prompt (``fluency``):
+cost, fitted non-decreasing in |s|, is at most the budget: harm must be shown absent, as control must be shown
+present. The recommendation is the strongest strength within budget (control grows with |s|; the best raw control
+reading is mostly noise), or the base on a sentiment side where no such strength shows control above it. Each fold
+of cross-fitting chooses by the same rule at the width of the interval over *all* prompts, the rule that chose the
+deployed strength, so a fold is not timider than the deployment it stands for. The fluency cost is, per prompt, a
+log ratio against the base model on the same prompt (``fluency``):
 
 - ``text``: the judge perplexity of the steered samples over that of the base samples;
 - ``paired``: the steer's per-step cost along its own samples, the base model's expected NLL of each step's
@@ -25,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from steer_core.evaluate import metrics as M
+from steer_core.evaluate.metrics import isotonic
 
 #: per-prompt columns of a side at the recommended strength, in the cross-fitted document
 FLUENCY_KEYS = {1: "log_fluency_plus", -1: "log_fluency_minus"}
@@ -68,39 +73,76 @@ def interval(logs: np.ndarray, confidence: float) -> tuple[float, float, float]:
     return math.expm1(mean), math.expm1(low), math.expm1(high)
 
 
+def as_if_all(inc: float, high: float, n_read: int, n_all: int | None) -> float:
+    """The upper end ``high`` of a cost read on ``n_read`` prompts, its half-width (on the log scale) scaled by
+    √(n_read / n_all): the width the same spread has over ``n_all`` prompts. A fold that chooses for the deployed
+    rule (chosen on all prompts) applies that rule's confidence, not a half-sized sample's wider one, which would
+    make every fold's choice timider than the strength deployed. (The expanded interval's small-sample factor is
+    kept at the fold's size, so the scaled end stays a little wider than the all-prompt one: on the side of caution.)
+    ``n_all`` None or no larger than ``n_read``: ``high`` as it is."""
+    if n_all is None or n_all <= n_read or not (math.isfinite(inc) and math.isfinite(high)):
+        return high
+    mid = math.log1p(inc)
+    return math.expm1(mid + (math.log1p(high) - mid) * math.sqrt(n_read / n_all))
+
+
 def _candidate(s: float, r: dict, base: dict, idx: list[int] | None, fluency: str, confidence: float,
-               sign: int = 1) -> dict:
+               sign: int = 1, as_if: int | None = None) -> dict:
     """One strength as a choice: its control over the prompts ``idx``, oriented to the side ``sign``, and its
-    fluency cost's increase and upper end."""
+    fluency cost's increase and upper end (``as_if``: the upper end at the width of that many prompts,
+    :func:`as_if_all`)."""
     c = value_over(r, "control", idx)
     if r is base or s == 0:
         inc = high = 0.0
     elif "per_prompt" in r:
-        inc, _, high = interval(fluency_logs(r, base, idx, fluency), confidence)
+        logs = fluency_logs(r, base, idx, fluency)
+        inc, _, high = interval(logs, confidence)
+        high = as_if_all(inc, high, int(np.isfinite(logs).sum()), as_if)
     else:  # a row without per-prompt values (a summary): only its point estimate is known
         inc = high = r["ppl"] / base["ppl"] - 1.0
     return {"strength": s, "control": c, "oriented": sign * c, "fluency": inc, "fluency_high": high,
             "distinct_2": value_over(r, "distinct_2", idx)}
 
 
-def _within(c: dict, budget: float) -> bool:
-    # a hair of tolerance: an increase computed as a ratio minus one must not miss a budget it meets exactly
-    return math.isfinite(c["fluency_high"]) and math.isfinite(c["oriented"]) and c["fluency_high"] <= budget + 1e-12
+def within_edge(cands: list[dict], budget: float) -> list[dict]:
+    """The candidates inside the budget edge: each one's fluency upper end fitted non-decreasing in |s|
+    (:func:`metrics.isotonic`, as the strength search locates the edge), those whose fitted end is within ``budget``.
+
+    Cost grows with the strength; at a few dozen samples one strength's reading moves by points either way, so a
+    raw reading would let a lucky strength past the edge in and a noisy one inside it out. A strength whose cost is
+    unknown (no finite reading) closes the edge there."""
+    ordered = sorted(cands, key=lambda c: abs(c["strength"]))
+    fitted = isotonic([c["fluency_high"] if math.isfinite(c["fluency_high"]) else math.inf for c in ordered])
+    return [c for c, high in zip(ordered, fitted) if high <= budget + 1e-12 and math.isfinite(c["oriented"])]
 
 
 def strongest_within(cands: list[dict], budget: float, what: str, confidence: float) -> tuple[float, str]:
-    """The candidate with the strongest ``oriented`` control whose fluency cost's upper end is within ``budget``
-    (ties: the milder strength); the mildest strength when none is, and the reason says so."""
-    ok = [c for c in cands if _within(c, budget)]
+    """The strongest candidate inside the budget edge (:func:`within_edge`); the mildest strength when none is, and
+    the reason says so. Among a side's choices that include the base (s = 0): the base, when no strength inside the
+    edge shows control above it once control is fitted non-decreasing in |s| (a side that goes nowhere, or the
+    wrong way, is not steered).
+
+    The strongest, not the best raw control reading: a steer's control grows with |s| while its text stays fluent,
+    which the budget guarantees, and at a few dozen samples a milder strength often reads a few lucky points above
+    a stronger one that controls more. Choosing by the noisiest number made every chooser timid, a fold of
+    cross-fitting most of all."""
+    ok = within_edge(cands, budget)
     if not ok:
         mild = min(cands, key=lambda c: abs(c["strength"]))
         return mild["strength"], (f"no strength's {what} cost is within +{budget:.0%} at {confidence:.0%} confidence; "
                                   f"falling back to the mildest, {mild['strength']:g}")
-    best = max(ok, key=lambda c: (c["oriented"], -abs(c["strength"])))
+    best = max(ok, key=lambda c: abs(c["strength"]))
+    base = next((c for c in ok if c["strength"] == 0), None)
+    if base is not None and best is not base:
+        ordered = sorted(ok, key=lambda c: abs(c["strength"]))
+        fitted = isotonic([c["oriented"] for c in ordered])
+        if fitted[-1] <= fitted[0]:
+            return 0.0, (f"the base: no strength within +{budget:.0%} shows control above it ({len(ok) - 1} of "
+                         f"{len(cands) - 1} strengths are within; control fitted non-decreasing in |s|)")
     return best["strength"], (f"strength {best['strength']:g}: control {best['control']:.3f}, the strongest whose "
                               f"{what} cost {best['fluency']:+.1%} has its {confidence:.0%} upper end "
-                              f"{best['fluency_high']:+.1%} within +{budget:.0%} ({len(ok)} of {len(cands)} "
-                              f"strengths are)")
+                              f"{best['fluency_high']:+.1%} within +{budget:.0%} (fitted non-decreasing in |s|: "
+                              f"{len(ok)} of {len(cands)} strengths are)")
 
 
 def base_ppl_over(base: dict, idx: list[int]) -> float:
@@ -108,49 +150,29 @@ def base_ppl_over(base: dict, idx: list[int]) -> float:
 
 
 def side_candidates(by_s: dict[float, dict], base: dict, idx: list[int] | None, fluency: str, confidence: float,
-                    sign: int) -> list[dict]:
+                    sign: int, as_if: int | None = None) -> list[dict]:
     """The choices on one side: the base (s = 0) and every strength of sign ``sign``."""
-    return [_candidate(s, r, base, idx, fluency, confidence, sign) for s, r in sorted(by_s.items())
+    return [_candidate(s, r, base, idx, fluency, confidence, sign, as_if) for s, r in sorted(by_s.items())
             if s == 0 or s * sign > 0]
 
 
-def _prefer_gaining(cands: list[dict], strength: float, base_control: float, budget: float) -> tuple[float, str]:
-    """Never a strength with zero or negative gain while a larger in-budget strength gains.
-
-    The best control within budget satisfies this whenever its inputs agree; the rule makes it explicit, so no
-    tie-break, fallback or noisy table can park the recommendation on a strength where the steer does nothing.
-    Returns the (possibly replaced) strength and a note ("" if kept)."""
-    chosen = next((c for c in cands if c["strength"] == strength), None)
-    if chosen is None or chosen["oriented"] - base_control > 0:
-        return strength, ""
-    better = [c for c in cands if c["strength"] > strength and _within(c, budget)
-              and c["oriented"] - base_control > 0]
-    if not better:
-        return strength, ""
-    pick = max(better, key=lambda c: (c["oriented"], -c["strength"]))
-    return pick["strength"], (f"; strength {strength:g} gains {chosen['oriented'] - base_control:+.3g} over the base, "
-                              f"so the larger in-budget {pick['strength']:g} (gain {pick['oriented'] - base_control:+.3g})"
-                              f" is recommended instead")
-
-
 def choose(by_s: dict[float, dict], base: dict, control: str, budget: float, idx: list[int] | None,
-           fluency: str = "text", confidence: float = 0.95) -> tuple[float, float | None, str]:
-    """(strength, strength_minus or None, reason) chosen on the prompts ``idx`` (None: all). Sentiment's sides are
-    chosen each on its own: one side's higher cost does not cap the other's strength."""
+           fluency: str = "text", confidence: float = 0.95, as_if: int | None = None) -> tuple[float, float | None, str]:
+    """(strength, strength_minus or None, reason) chosen on the prompts ``idx`` (None: all), with each cost's upper
+    end at the width of ``as_if`` prompts (:func:`as_if_all`; None: of ``idx``'s own). Sentiment's sides are chosen
+    each on its own: one side's higher cost does not cap the other's strength."""
     what = "paired per-step" if fluency == "paired" else "judge-perplexity"
     if control == "sentiment":
         picks, reasons = [], []
         for sign, name in ((1, "+"), (-1, "−")):
-            s, why = strongest_within(side_candidates(by_s, base, idx, fluency, confidence, sign), budget, what,
-                                      confidence)
+            s, why = strongest_within(side_candidates(by_s, base, idx, fluency, confidence, sign, as_if), budget,
+                                      what, confidence)
             picks.append(s)
             reasons.append(f"{name} side: {why}")
         return picks[0], picks[1], "; ".join(reasons)
-    cands = [c for c in side_candidates(by_s, base, idx, fluency, confidence, 1) if c["strength"] > 0]
+    cands = [c for c in side_candidates(by_s, base, idx, fluency, confidence, 1, as_if) if c["strength"] > 0]
     s, reason = strongest_within(cands, budget, what, confidence)
-    ref = value_over(base, "control", idx)
-    s, note = _prefer_gaining(cands, s, ref, budget)
-    return s, None, reason + note
+    return s, None, reason
 
 
 def _judge_columns(row: dict, name: str) -> dict[str, list[float]]:
@@ -283,7 +305,7 @@ def recommend(rows: list[dict], base: dict, control: str, budget: float, folds: 
     for k in sorted(set(folds)):
         report = [i for i in range(n) if folds[i] == k]
         s, s_minus, _ = choose(by_s, base, control, budget, [i for i in range(n) if folds[i] != k], fluency,
-                               confidence)
+                               confidence, as_if=n)
         picks.append((report, s, s_minus))
         fold = {"fold": k, "reported_on": report, "strength_chosen_on_other_fold": s}
         if s_minus is not None:
@@ -294,7 +316,9 @@ def recommend(rows: list[dict], base: dict, control: str, budget: float, folds: 
     out["per_prompt"] = _per_prompt(read, control)
     out["in_sample"] = {k: in_sample[k] for k in ("control", "gain", "ppl_increase", "distinct_2", "fluency", "judges")}
     out["split"] = {"method": "2-fold cross-fitting: each fold's numbers are read at the strength(s) chosen on the "
-                              "other fold (folds by SHA-256 of the prompt text)", "folds": fold_docs}
+                              "other fold (folds by SHA-256 of the prompt text)",
+                    "chooser": f"the deployed rule: each fold's cost interval taken at the width of all {n} prompts "
+                               "(half-width × √(fold / all))", "folds": fold_docs}
     f0, f1 = fold_docs
 
     def at(f: dict) -> str:

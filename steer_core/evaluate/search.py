@@ -13,23 +13,9 @@ from dataclasses import replace
 from typing import Callable, Mapping, Sequence
 
 from steer_core.config import EvalConfig
+from steer_core.evaluate.metrics import isotonic
 from steer_core.evaluate.protocol import System, split_folds
 from steer_core.evaluate.recommend import side_candidates
-
-
-def isotonic(values: Sequence[float]) -> list[float]:
-    """The non-decreasing least-squares fit of ``values`` (in their order): pool adjacent violators."""
-    blocks: list[list[float]] = []  # [mean, weight]
-    for v in values:
-        blocks.append([float(v), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            (m2, w2), (m1, w1) = blocks[-2], blocks[-1]
-            blocks[-2:] = [[(m2 * w2 + m1 * w1) / (w2 + w1), w2 + w1]]
-    out: list[float] = []
-    for m, w in blocks:
-        out += [m] * int(w)
-    return out
-
 
 
 def next_magnitude(
@@ -82,7 +68,8 @@ def search_probes(doc: dict, systems: Sequence[System], cfg: EvalConfig, folds: 
         for idx in choosers:
             for sign in signs:
                 side = [{"strength": abs(c["strength"]), "ppl": 1.0 + c["fluency_high"]}
-                        for c in side_candidates(by_s, doc["base"], idx, cfg.fluency, cfg.confidence, sign)
+                        for c in side_candidates(by_s, doc["base"], idx, cfg.fluency, cfg.confidence, sign,
+                                                 as_if=len(folds) if idx is not None else None)
                         if c["strength"] != 0]
                 m = next_magnitude(side, 1.0 + cfg.ppl_budget, rel_tol=cfg.search_tolerance)
                 if m is not None and sign * m not in by_s:
