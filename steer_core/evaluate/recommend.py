@@ -106,7 +106,8 @@ def _candidate(s: float, r: dict, base: dict, idx: list[int] | None, fluency: st
 
 def within_edge(cands: list[dict], budget: float) -> list[dict]:
     """The candidates inside the budget edge: each one's fluency upper end fitted non-decreasing in |s|
-    (:func:`metrics.isotonic`, as the strength search locates the edge), those whose fitted end is within ``budget``.
+    (:func:`metrics.isotonic`, as the strength search locates the edge), those whose fitted end is within ``budget``,
+    in order of |s|.
 
     Cost grows with the strength; at a few dozen samples one strength's reading moves by points either way, so a
     raw reading would let a lucky strength past the edge in and a noisy one inside it out. A strength whose cost is
@@ -131,11 +132,9 @@ def strongest_within(cands: list[dict], budget: float, what: str, confidence: fl
         mild = min(cands, key=lambda c: abs(c["strength"]))
         return mild["strength"], (f"no strength's {what} cost is within +{budget:.0%} at {confidence:.0%} confidence; "
                                   f"falling back to the mildest, {mild['strength']:g}")
-    best = max(ok, key=lambda c: abs(c["strength"]))
-    base = next((c for c in ok if c["strength"] == 0), None)
-    if base is not None and best is not base:
-        ordered = sorted(ok, key=lambda c: abs(c["strength"]))
-        fitted = isotonic([c["oriented"] for c in ordered])
+    best = ok[-1]
+    if ok[0]["strength"] == 0 and best is not ok[0]:
+        fitted = isotonic([c["oriented"] for c in ok])
         if fitted[-1] <= fitted[0]:
             return 0.0, (f"the base: no strength within +{budget:.0%} shows control above it ({len(ok) - 1} of "
                          f"{len(cands) - 1} strengths are within; control fitted non-decreasing in |s|)")
