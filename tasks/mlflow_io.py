@@ -45,15 +45,21 @@ from tasks.steer_model import DEFAULT_PARAMS, STEER_ARTIFACT
 _from_params: str | None = None
 
 
+def users_tracking_uri() -> str | None:
+    """MLFLOW_TRACKING_URI when the user set it; None when unset or when it is configure()'s own export."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env if env and env != _from_params else None
+
+
 def configure(tracking: TrackingConfig, root: Path, create: bool = True) -> str:
     """Point MLflow at the configured store (relative sqlite paths and artifact folders live under ``root``).
 
     ``create=False`` (read-only commands such as ``steer checkout``): a missing sqlite store is an error, and no
     experiment is created."""
     global _from_params
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    user_env = bool(env) and env != _from_params
-    uri = env if user_env else tracking.uri
+    env = users_tracking_uri()
+    user_env = env is not None
+    uri = env or tracking.uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = f"sqlite:///{(root / uri[len('sqlite:///'):]).resolve()}"
     if not create and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():

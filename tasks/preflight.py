@@ -362,8 +362,11 @@ def check_health(url: str, what: str, fix: str, timeout: float = 5.0) -> None:
 
 def check_tracking(uri: str, root: Path, artifact_location: str | None = None) -> None:
     """The tracking store can be reached (a server's /health) or written (a local sqlite file, its folder and the
-    artifact folder next to it)."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
+    artifact folder next to it). MLFLOW_TRACKING_URI counts only when the user set it: a flow run earlier in this
+    process (a served deployment, another project) exports its own store there."""
+    from tasks.mlflow_io import users_tracking_uri
+
+    env = users_tracking_uri()
     uri = env or uri
     if uri.startswith(("http://", "https://")):
         check_health(uri, f"tracking server {uri}", "start it, or set tracking.uri / MLFLOW_TRACKING_URI")

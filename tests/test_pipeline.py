@@ -133,11 +133,15 @@ def paths(root: Path) -> dict[str, Path]:
 @pytest.mark.slow  # creates two MLflow sqlite stores (16 s at load 7.5)
 # ------------------------------------------------------------------------------------------------ quick checks
 def test_tracking_configure_follows_each_projects_params_within_one_process(tmp_path: Path, monkeypatch) -> None:
-    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; configure must not take its own export for the user's."""
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; configure, and the preflight check of the store, must
+    not take its own export for the user's."""
+    import shutil
+
     import mlflow
 
     from steer_core.config import TrackingConfig
     from tasks import mlflow_io as tracking
+    from tasks.preflight import check_tracking
 
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         monkeypatch.delenv(var, raising=False)
@@ -147,6 +151,10 @@ def test_tracking_configure_follows_each_projects_params_within_one_process(tmp_
         cfg = TrackingConfig(experiment="configure-test")
         assert tracking.configure(cfg, a) == f"sqlite:///{a.resolve()}/mlflow.db"
         assert tracking.configure(cfg, b) == f"sqlite:///{b.resolve()}/mlflow.db"
+        c = tmp_path / "c"
+        c.mkdir()
+        shutil.rmtree(b)  # the last project's store is gone: checking project c's must not look there
+        check_tracking(cfg.uri, c, cfg.artifact_location)
         user = f"sqlite:///{tmp_path.resolve()}/user.db"
         monkeypatch.setenv("MLFLOW_TRACKING_URI", user)  # a user's explicit choice still wins, every time
         assert tracking.configure(cfg, a) == user
