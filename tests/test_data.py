@@ -124,6 +124,29 @@ def test_classifier_source_labels_profane_texts_high(tmp_path, tweets):
     assert len(high & set(profane)) >= 9 and not low & set(profane)
 
 
+def test_a_tie_at_a_quantile_cut_is_dropped_not_labelled(tmp_path):
+    """VADER reads many texts as exactly 0. When the bottom quartile ends inside that block, the neutral texts are
+    ambiguous, not negative: they are dropped, and the card says how many."""
+    from steer_core.scorers import get_scorer
+
+    negative = ["this is awful and I hate it", "a terrible, horrible delay", "the worst service ever",
+                "sad and angry about the lost bag"]
+    neutral = [f"the bus leaves at {i} from platform {i + 1}" for i in range(10)]
+    positive = ["I love this so much", "a great and wonderful trip", "thank you, the crew was excellent",
+                "happy with the lovely seats", "the best airline, amazing", "good food and a nice view"]
+    vader = get_scorer("vader").score(negative + neutral + positive)
+    assert all(v < 0 for v in vader[:4]) and all(v == 0 for v in vader[4:14]) and all(v > 0 for v in vader[14:])
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": t, "label": "?"} for t in negative + neutral + positive])
+    src = ClassifierSource(texts=FileSource(path=str(path)), scorer="vader", high_quantile=0.75, low_quantile=0.25,
+                           high_label="positive", low_label="negative")
+    notes: dict = {}
+    recs = load_source(src, notes=notes)
+    # 20 texts: the 25 % quantile (5th text) is 0, inside the block of 10 zeros; `<=` would label all 14 negative
+    assert sorted(r.text for r in recs if r.label == "negative") == sorted(negative)
+    assert {r.text for r in recs if r.label == "positive"} <= set(positive)
+    assert notes["pool"]["negative"] == 4 and notes["pool"]["tied_at_a_cut_dropped"] == 10
+
+
 def test_generated_source_with_a_generate_fn():
     src = GeneratedSource(prompts=PackagedSource(name="lee_news"), count=6, max_new_tokens=5, prompt_words=3)
     with pytest.raises(DataError, match="generate_fn"):

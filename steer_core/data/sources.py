@@ -113,18 +113,25 @@ def score_texts(name: str, texts: Sequence[str]) -> list[float]:
 
 def _by_quantiles(records: list[Record], scores: Sequence[float], src: Any, high: str, low: str, who: str,
                   notes: dict) -> list[Record]:
-    """Top-quantile scores become ``high``, bottom-quantile ``low``; the ambiguous middle is dropped. The pool's
-    size and label balance go into ``notes["pool"]``."""
+    """Top-quantile scores become ``high``, bottom-quantile ``low``; the ambiguous middle is dropped. A block of
+    tied scores that straddles a cut is ambiguous too and dropped: VADER gives many texts exactly 0, and when its
+    bottom quartile ends inside that block, ``<=`` would label every neutral text ``low``. The pool's size, label
+    balance and the tied texts dropped go into ``notes["pool"]``."""
     import numpy as np
 
     scores = np.asarray(scores, dtype=float)
+    n = len(scores)
     hi, lo = np.quantile(scores, src.high_quantile), np.quantile(scores, src.low_quantile)
     if hi <= lo:
         raise DataError(f"{who} scores are too tied to split (quantiles {lo:.3g} and {hi:.3g})")
-    out = [Record(r.text, high if s >= hi else low, None, r.topic) for r, s in zip(records, scores)
-           if s >= hi or s <= lo]
-    notes["pool"] = {"texts": len(records), "labelled_by": who, high: sum(r.label == high for r in out),
-                     low: sum(r.label == low for r in out)}
+    # a class takes its quantile's texts; a tie at the cut that would carry it past that share is left out
+    strict_hi = (scores >= hi).sum() > (1.0 - src.high_quantile) * n and (scores > hi).any()
+    strict_lo = (scores <= lo).sum() > src.low_quantile * n and (scores < lo).any()
+    is_hi = scores > hi if strict_hi else scores >= hi
+    is_lo = scores < lo if strict_lo else scores <= lo
+    out = [Record(r.text, high if h else low, None, r.topic) for r, h, l in zip(records, is_hi, is_lo) if h or l]
+    notes["pool"] = {"texts": n, "labelled_by": who, high: int(is_hi.sum()), low: int(is_lo.sum()),
+                     "tied_at_a_cut_dropped": int((scores == hi).sum() * strict_hi + (scores == lo).sum() * strict_lo)}
     return out
 
 
