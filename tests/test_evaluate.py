@@ -655,6 +655,28 @@ def test_recommend_cross_fits_by_hand():
     assert_cross_fitted(trec, [base, rows[3], rows[4]], base, "toxicity")
 
 
+def test_the_strength_interval_is_the_choice_rerun_on_resampled_prompts():
+    """Every prompt agrees on the costs: any draw of the prompts chooses the same strengths, so the interval is the
+    point. When half the prompts find +4 over budget and half free, draws disagree and the interval spans both."""
+    from steer_core.evaluate.recommend import strength_interval
+
+    n = 24
+    base = _pp_row(0.0, [0.3] * n, [10.0] * n)
+    rows = [_pp_row(-2, [0.1] * n, [11.0] * n), base, _pp_row(2, [0.5] * n, [11.0] * n),
+            _pp_row(4, [0.8] * n, [10.0 + (i % 2) * 0.3 + 1.5 for i in range(n)])]
+    rec = recommend(rows, base, "sentiment", budget=0.25)
+    assert (rec["strength"], rec["strength_minus"]) == (4.0, -2.0)
+    agreed = strength_interval({r["strength"]: r for r in rows}, base, "sentiment", 0.25, "text", 0.95)
+    assert agreed["plus"] == [4.0, 4.0] and agreed["minus"] == [-2.0, -2.0]
+    # +4 costs +20 % on average but 10 % on some prompts and 80 % on others: resampling moves the edge
+    rows[-1] = _pp_row(4, [0.8] * n, [11.0 if i % 2 else 18.0 for i in range(n)])
+    by_s = {r["strength"]: r for r in rows}
+    interval = strength_interval(by_s, base, "sentiment", 0.45, "text", 0.95, resamples=400)
+    chosen = recommend(rows, base, "sentiment", budget=0.45)["strength"]
+    assert interval["plus"] == [2.0, 4.0] and chosen in interval["plus"]
+    assert strength_interval(by_s, base, "sentiment", 0.45, "text", 0.95, resamples=400) == interval  # seeded
+
+
 def test_choose_report_split_is_stable():
     prompts = [p["prompt"] for p in PROMPTS] + [f"news sentence number {i} says" for i in range(30)]
     folds = ev.split_folds(prompts)

@@ -21,7 +21,8 @@ steer as is: a change to the evaluation is measured on the same steers without s
     source env.sh && python bench/studies/steer_variants.py --variants shipped@0,shipped@1 --per-domain 16
 
 With several seeds of one recipe, the spread of the recommended strengths and swings is printed against the
-protocol's own interval (the mean half-width of the swing's interval).
+protocol's own interval: the mean half-width of the swing's interval, and for the strengths each seed's range
+over bootstrap draws of the prompts (the choice re-run on each draw).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from steer_core.data.records import load_jsonl  # noqa: E402
 from steer_core.evaluate import metrics as M  # noqa: E402
 from steer_core.evaluate.driver import evaluate  # noqa: E402
 from steer_core.evaluate.protocol import System  # noqa: E402
+from steer_core.evaluate.recommend import strength_interval  # noqa: E402
 from steer_core.model.lm import shared_lm  # noqa: E402
 from steer_core.model.steer import Steer  # noqa: E402
 from steer_core.stages import lm_data_fns, steer_names  # noqa: E402
@@ -95,8 +97,19 @@ def fit_variant(lm, name: str, seed: int, spec, hidden: Path):
     data_cfg, train_cfg = recipe(name, spec)
     steer, summary, card, seconds = prepare_and_fit(lm, data_cfg, train_cfg, seed, hidden)
     if card.probe:
-        print(f"# {name}: probe held-out accuracy {card.probe['accuracy']:.3f}; pool {card.pool}", flush=True)
+        print(f"# {name}: probe held-out accuracy {card.probe['accuracy']:.3f}", flush=True)
+    if card.pool:
+        print(f"# {name}: pool {card.pool}", flush=True)
     return steer, summary, card.counts["train"], seconds
+
+
+def strength_range(doc: dict) -> dict:
+    """The candidate's choice re-run on bootstrap draws of the document's prompts (``recommend.strength_interval``):
+    the range of strengths the protocol cannot tell apart."""
+    cfg = load_params(ROOT / "params.yaml").steers["sentiment"].evaluate
+    by_s = {r["strength"]: r for r in doc["systems"]["candidate"]["rows"]}
+    by_s.setdefault(0.0, doc["base"])
+    return strength_interval(by_s, doc["base"], doc["control"], cfg.ppl_budget, cfg.fluency, cfg.confidence)
 
 
 def report(name: str, doc: dict, confidence: float) -> dict:
@@ -107,7 +120,8 @@ def report(name: str, doc: dict, confidence: float) -> dict:
     fl = rec["fluency"]
     out = {"strength": rec["strength"], "strength_minus": rec.get("strength_minus"), "swing": mean,
            "swing_low": low, "swing_high": high, "in_sample_swing": rec["in_sample"]["control"],
-           "fluency": fl, "ppl_increase": rec["ppl_increase"], "judges": {}}
+           "fluency": fl, "ppl_increase": rec["ppl_increase"], "judges": {},
+           "strength_interval": strength_range(doc)}
     line = (f"{name}: s {rec['strength']:+g}/{rec.get('strength_minus', 0):+g}; swing (cross-fitted) {mean:+.3f} "
             f"[{low:+.3f}, {high:+.3f}], in-sample {out['in_sample_swing']:+.3f}; {fl['estimate']} fluency "
             f"{fl['increase']:+.1%} [{fl['low']:+.1%}, {fl['high']:+.1%}]; text ppl {rec['ppl_increase']:+.1%}")
@@ -116,6 +130,8 @@ def report(name: str, doc: dict, confidence: float) -> dict:
         jm, jl, jh = M.paired_interval(jg, confidence)
         out["judges"][judge] = {"swing": jm, "low": jl, "high": jh}
         line += f"; {judge} {jm:+.3f} [{jl:+.3f}, {jh:+.3f}]"
+    if iv := out["strength_interval"]:
+        line += f"; strength over prompt draws {iv['plus']} / {iv.get('minus')}"
     print(line, flush=True)
     return out
 
@@ -126,6 +142,11 @@ def spread(name: str, runs: list[dict]) -> None:
     half = np.mean([(r["swing_high"] - r["swing_low"]) / 2 for r in runs])
     plus = [r["strength"] for r in runs]
     minus = [r["strength_minus"] for r in runs]
+    ivs = [r.get("strength_interval") for r in runs]
+    if all(ivs):  # does every seed's strength lie inside every other seed's range over prompt draws?
+        inside = [lo <= r[k] <= hi for r in runs for iv in ivs for k, side in (("strength", "plus"),
+                  ("strength_minus", "minus")) if iv.get(side) for lo, hi in [iv[side]]]
+        print(f"# strengths inside the other seeds' ranges over prompt draws: {sum(inside)} of {len(inside)}")
     print(f"\n## {name} over {len(runs)} seeds: s+ {plus}, s- {minus}; swing {sw.mean():+.3f} (range "
           f"{sw.min():+.3f}…{sw.max():+.3f}, sd {sw.std(ddof=1) if len(sw) > 1 else 0:.3f}); the protocol's own "
           f"half-width ±{half:.3f}; fluency highs {[round(r['fluency']['high'], 3) for r in runs]}", flush=True)

@@ -174,6 +174,35 @@ def choose(by_s: dict[float, dict], base: dict, control: str, budget: float, idx
     return s, None, reason
 
 
+def strength_interval(by_s: dict[float, dict], base: dict, control: str, budget: float, fluency: str,
+                      confidence: float, resamples: int = 200, seed: int = 0) -> dict[str, Any]:
+    """How far the protocol's own noise moves the choice: the rule (:func:`choose`) re-run on ``resamples``
+    bootstrap draws of the prompts, and the central ``confidence`` range of the strengths it chose (per side for
+    sentiment). Two trainings of one recipe whose strengths differ within this range differ by no more than the
+    protocol can tell apart; a strength outside it is a different steer, not noise.
+
+    Not part of every run's document: each draw re-runs every candidate's bootstrap interval (seconds on a CPU);
+    ``bench/studies/steer_variants.py`` reads it from a document's rows (``by_s``: strength → row, as
+    :func:`recommend` builds it)."""
+    n = len(base["per_prompt"]["control"])
+    rng = np.random.default_rng(seed)
+    plus, minus = [], []
+    for _ in range(resamples):
+        s, s_minus, _ = choose(by_s, base, control, budget, rng.integers(0, n, n).tolist(), fluency, confidence)
+        plus.append(s)
+        minus.append(s_minus)
+    tail = (1.0 - confidence) / 2
+
+    def ends(xs: list[float]) -> list[float]:
+        return [float(np.quantile(xs, q, method="inverted_cdf")) for q in (tail, 1.0 - tail)]
+
+    out: dict[str, Any] = {"plus": ends(plus), "resamples": resamples, "confidence": confidence,
+                           "method": "the choice re-run on bootstrap draws of the prompts"}
+    if control == "sentiment":
+        out["minus"] = ends(minus)
+    return out
+
+
 def _judge_columns(row: dict, name: str) -> dict[str, list[float]]:
     return ((row.get("per_prompt") or {}).get("judges") or {}).get(name) or {}
 
