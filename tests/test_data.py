@@ -124,9 +124,10 @@ def test_classifier_source_labels_profane_texts_high(tmp_path, tweets):
     assert len(high & set(profane)) >= 9 and not low & set(profane)
 
 
-def test_a_tie_at_a_quantile_cut_is_dropped_not_labelled(tmp_path):
-    """VADER reads many texts as exactly 0. When the bottom quartile ends inside that block, the neutral texts are
-    ambiguous, not negative: they are dropped, and the card says how many."""
+def test_a_tie_at_a_quantile_cut_is_counted_and_kept_or_dropped(tmp_path):
+    """VADER reads many texts as exactly 0. When the bottom quartile ends inside that block, ``ties: keep`` labels the
+    whole block low (the shipped sentiment recipe: "not positive"), ``ties: drop`` leaves it out as ambiguous; the
+    card counts the tied texts either way."""
     from steer_core.scorers import get_scorer
 
     negative = ["this is awful and I hate it", "a terrible, horrible delay", "the worst service ever",
@@ -137,14 +138,17 @@ def test_a_tie_at_a_quantile_cut_is_dropped_not_labelled(tmp_path):
     vader = get_scorer("vader").score(negative + neutral + positive)
     assert all(v < 0 for v in vader[:4]) and all(v == 0 for v in vader[4:14]) and all(v > 0 for v in vader[14:])
     path = write_jsonl(tmp_path / "t.jsonl", [{"text": t, "label": "?"} for t in negative + neutral + positive])
-    src = ClassifierSource(texts=FileSource(path=str(path)), scorer="vader", high_quantile=0.75, low_quantile=0.25,
-                           high_label="positive", low_label="negative")
-    notes: dict = {}
-    recs = load_source(src, notes=notes)
-    # 20 texts: the 25 % quantile (5th text) is 0, inside the block of 10 zeros; `<=` would label all 14 negative
-    assert sorted(r.text for r in recs if r.label == "negative") == sorted(negative)
-    assert {r.text for r in recs if r.label == "positive"} <= set(positive)
-    assert notes["pool"]["negative"] == 4 and notes["pool"]["tied_at_a_cut_dropped"] == 10
+    # 20 texts: the 25 % quantile (the 5th text) is 0, inside the block of 10 zeros
+    for ties, lows in (("keep", negative + neutral), ("drop", negative)):
+        src = ClassifierSource(texts=FileSource(path=str(path)), scorer="vader", high_quantile=0.75,
+                               low_quantile=0.25, high_label="positive", low_label="negative", ties=ties)
+        notes: dict = {}
+        recs = load_source(src, notes=notes)
+        assert sorted(r.text for r in recs if r.label == "negative") == sorted(lows), ties
+        assert {r.text for r in recs if r.label == "positive"} <= set(positive)
+        assert notes["pool"]["negative"] == len(lows) and notes["pool"]["tied_at_a_cut"] == 10
+    with pytest.raises(ValueError, match="ties"):
+        ClassifierSource(texts=FileSource(path=str(path)), ties="split")
 
 
 def test_generated_source_with_a_generate_fn():

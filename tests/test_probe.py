@@ -79,7 +79,7 @@ def test_a_self_labelled_source_labels_the_models_continuations(tiny_lm, tmp_pat
     assert card.probe["accuracy"] >= 0.7 and card.probe["high"] == "happy" and card.probe["low"] == "gloomy"
     assert len(card.probe["weight"]) == tiny_lm.dim
     assert card.pool == {"texts": 40, "labelled_by": card.pool["labelled_by"], "happy": 10, "gloomy": 10,
-                         "tied_at_a_cut_dropped": 0}
+                         "tied_at_a_cut": 0, "ties": "kept"}
     saved = json.loads((tmp_path / "card.json").read_text())
     assert saved["probe"]["accuracy"] == card.probe["accuracy"] and saved["pool"]["happy"] == 10
     train = [json.loads(x) for x in (tmp_path / "prep" / "train.jsonl").read_text().splitlines()]

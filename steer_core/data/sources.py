@@ -114,9 +114,9 @@ def score_texts(name: str, texts: Sequence[str]) -> list[float]:
 def _by_quantiles(records: list[Record], scores: Sequence[float], src: Any, high: str, low: str, who: str,
                   notes: dict) -> list[Record]:
     """Top-quantile scores become ``high``, bottom-quantile ``low``; the ambiguous middle is dropped. A block of
-    tied scores that straddles a cut is ambiguous too and dropped: VADER gives many texts exactly 0, and when its
-    bottom quartile ends inside that block, ``<=`` would label every neutral text ``low``. The pool's size, label
-    balance and the tied texts dropped go into ``notes["pool"]``."""
+    tied scores that straddles a cut (VADER gives many texts exactly 0, and a bottom quartile can end inside them)
+    joins the class with ``src.ties == "keep"`` and is dropped with ``"drop"``. The pool's size, label balance and
+    the texts tied at a cut go into ``notes["pool"]``."""
     import numpy as np
 
     scores = np.asarray(scores, dtype=float)
@@ -124,14 +124,16 @@ def _by_quantiles(records: list[Record], scores: Sequence[float], src: Any, high
     hi, lo = np.quantile(scores, src.high_quantile), np.quantile(scores, src.low_quantile)
     if hi <= lo:
         raise DataError(f"{who} scores are too tied to split (quantiles {lo:.3g} and {hi:.3g})")
-    # a class takes its quantile's texts; a tie at the cut that would carry it past that share is left out
-    strict_hi = (scores >= hi).sum() > (1.0 - src.high_quantile) * n and (scores > hi).any()
-    strict_lo = (scores <= lo).sum() > src.low_quantile * n and (scores < lo).any()
-    is_hi = scores > hi if strict_hi else scores >= hi
-    is_lo = scores < lo if strict_lo else scores <= lo
+    # a tie at a cut straddles it when it carries the class past its quantile's share
+    tied_hi = (scores >= hi).sum() > (1.0 - src.high_quantile) * n and (scores > hi).any()
+    tied_lo = (scores <= lo).sum() > src.low_quantile * n and (scores < lo).any()
+    drop = getattr(src, "ties", "keep") == "drop"
+    is_hi = scores > hi if tied_hi and drop else scores >= hi
+    is_lo = scores < lo if tied_lo and drop else scores <= lo
     out = [Record(r.text, high if h else low, None, r.topic) for r, h, l in zip(records, is_hi, is_lo) if h or l]
+    tied = int((scores == hi).sum() * tied_hi + (scores == lo).sum() * tied_lo)
     notes["pool"] = {"texts": n, "labelled_by": who, high: int(is_hi.sum()), low: int(is_lo.sum()),
-                     "tied_at_a_cut_dropped": int((scores == hi).sum() * strict_hi + (scores == lo).sum() * strict_lo)}
+                     "tied_at_a_cut": tied, "ties": "dropped" if drop else "kept"}
     return out
 
 
