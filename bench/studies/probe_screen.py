@@ -48,7 +48,7 @@ def pooled(lm, texts: list[str], how: str) -> np.ndarray:
         counts = torch.zeros(n, dtype=torch.float64).index_add_(0, idx, torch.ones(len(idx), dtype=torch.float64))
         return (sums / counts.clamp_min(1)[:, None]).numpy()
     last = torch.zeros(n, dtype=torch.long)
-    last.index_reduce_(0, idx, torch.arange(len(idx)), "amax", include_self=False)
+    last.scatter_reduce_(0, idx, torch.arange(len(idx)), "amax", include_self=False)
     return h[last].numpy()
 
 
