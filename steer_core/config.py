@@ -143,6 +143,12 @@ class PackagedSource(Strict):
     )
 
 
+#: a labelled pool's texts whose score ties at a quantile cut that the tie block straddles (VADER reads many texts as
+#: exactly 0): keep = every text at or beyond the cut joins the class; drop = the block is left out as ambiguous.
+#: keep measured the larger off-domain swing for sentiment (docs/experiments.md)
+Ties = Literal["keep", "drop"]
+
+
 class ClassifierSource(Strict):
     """Texts labelled by one of our scorers: the top / bottom quantiles become the two classes."""
 
@@ -153,10 +159,7 @@ class ClassifierSource(Strict):
     low_quantile: float = Field(0.5, gt=0, lt=1)
     high_label: str = Field("high", min_length=1)
     low_label: str = Field("low", min_length=1)
-    ties: Literal["keep", "drop"] = Field(
-        "keep", description="texts whose score ties at a quantile cut that the tie block straddles (VADER reads many "
-        "texts as exactly 0): keep = every text at or beyond the cut joins the class; drop = the block is left out as "
-        "ambiguous. keep measured the larger off-domain swing for sentiment (docs/experiments.md)")
+    ties: Ties = "keep"
 
     @model_validator(mode="after")
     def _two_classes(self) -> "ClassifierSource":
@@ -207,10 +210,7 @@ class SelfLabelledSource(Strict):
     low_label: str | None = Field(None, min_length=1, description="... and as the − class (None: the lowest)")
     high_quantile: float = Field(0.75, gt=0, lt=1)
     low_quantile: float = Field(0.25, gt=0, lt=1)
-    ties: Literal["keep", "drop"] = Field(
-        "keep", description="texts whose score ties at a quantile cut that the tie block straddles (VADER reads many "
-        "texts as exactly 0): keep = every text at or beyond the cut joins the class; drop = the block is left out as "
-        "ambiguous. keep measured the larger off-domain swing for sentiment (docs/experiments.md)")
+    ties: Ties = "keep"
     min_accuracy: float = Field(0.7, ge=0.5, le=1, description="refuse a probe whose held-out accuracy is below this")
     max_texts: int = Field(2000, ge=20, le=1_000_000, description="labelled texts the probe is fitted on (balanced, "
                            "by hash order)")

@@ -127,7 +127,7 @@ def _by_quantiles(records: list[Record], scores: Sequence[float], src: Any, high
     # a tie at a cut straddles it when it carries the class past its quantile's share
     tied_hi = (scores >= hi).sum() > (1.0 - src.high_quantile) * n and (scores > hi).any()
     tied_lo = (scores <= lo).sum() > src.low_quantile * n and (scores < lo).any()
-    drop = getattr(src, "ties", "keep") == "drop"
+    drop = src.ties == "drop"
     is_hi = scores > hi if tied_hi and drop else scores >= hi
     is_lo = scores < lo if tied_lo and drop else scores <= lo
     out = [Record(r.text, high if h else low, None, r.topic) for r, h, l in zip(records, is_hi, is_lo) if h or l]
