@@ -668,7 +668,7 @@ def test_the_strength_interval_is_the_choice_rerun_on_resampled_prompts():
     assert (rec["strength"], rec["strength_minus"]) == (4.0, -2.0)
     agreed = strength_interval({r["strength"]: r for r in rows}, base, "sentiment", 0.25, "text", 0.95)
     assert agreed["plus"] == [4.0, 4.0] and agreed["minus"] == [-2.0, -2.0]
-    # +4 costs +20 % on average but 10 % on some prompts and 80 % on others: resampling moves the edge
+    # +4 costs +41 % on average, +10 % on some prompts and +80 % on others: resampling moves the edge
     rows[-1] = _pp_row(4, [0.8] * n, [11.0 if i % 2 else 18.0 for i in range(n)])
     by_s = {r["strength"]: r for r in rows}
     interval = strength_interval(by_s, base, "sentiment", 0.45, "text", 0.95, resamples=400)

@@ -32,7 +32,7 @@ from steer_core.data.clean import clean_text, normalise, unit_hash  # noqa: E402
 from steer_core.data.sources import _load_generated, hash_order, load_source, score_texts  # noqa: E402
 from steer_core.model.hidden import cached_hidden_states, default_hidden_cache  # noqa: E402
 from steer_core.model.lm import shared_lm  # noqa: E402
-from steer_core.scorers.probe import fit_probe  # noqa: E402
+from steer_core.scorers.probe import fit_probe, mean_hidden_states  # noqa: E402
 from steer_core.stages import lm_data_fns  # noqa: E402
 
 
@@ -40,14 +40,11 @@ def pooled(lm, texts: list[str], how: str) -> np.ndarray:
     """(n, d) final hidden states of each text, pooled by ``mean`` over its predicting positions or its ``last``."""
     import torch
 
+    if how == "mean":  # the shipped probe's features
+        return mean_hidden_states(lm, texts, cache_dir=default_hidden_cache())
     cache, _ = cached_hidden_states(lm, list(texts), 64, default_hidden_cache(), progress=False)
     idx, h = cache.text_index, cache.h.double()
-    n, d = len(texts), h.shape[1]
-    if how == "mean":
-        sums = torch.zeros(n, d, dtype=torch.float64).index_add_(0, idx, h)
-        counts = torch.zeros(n, dtype=torch.float64).index_add_(0, idx, torch.ones(len(idx), dtype=torch.float64))
-        return (sums / counts.clamp_min(1)[:, None]).numpy()
-    last = torch.zeros(n, dtype=torch.long)
+    last = torch.zeros(len(texts), dtype=torch.long)
     last.scatter_reduce_(0, idx, torch.arange(len(idx)), "amax", include_self=False)
     return h[last].numpy()
 

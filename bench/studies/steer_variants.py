@@ -108,31 +108,30 @@ def fit_variant(lm, name: str, seed: int, spec, hidden: Path):
     return steer, summary, card.counts["train"], seconds
 
 
-def strength_range(doc: dict) -> dict:
+def strength_range(doc: dict, cfg) -> dict:
     """The candidate's choice re-run on bootstrap draws of the document's prompts (``recommend.strength_interval``):
-    the range of strengths the protocol cannot tell apart."""
-    cfg = load_params(ROOT / "params.yaml").steers["sentiment"].evaluate
+    the range of strengths the protocol cannot tell apart. ``cfg``: the evaluation settings that chose."""
     by_s = {r["strength"]: r for r in doc["systems"]["candidate"]["rows"]}
     by_s.setdefault(0.0, doc["base"])
     return strength_interval(by_s, doc["base"], doc["control"], cfg.ppl_budget, cfg.fluency, cfg.confidence)
 
 
-def report(name: str, doc: dict, confidence: float) -> dict:
+def report(name: str, doc: dict, cfg) -> dict:
     """Print one variant's recommendation; return its figures."""
     rec = doc["systems"]["candidate"]["recommended"]
     gain = [g for g in rec["per_prompt"]["gain"] if np.isfinite(g)]
-    mean, low, high = M.paired_interval(gain, confidence)
+    mean, low, high = M.paired_interval(gain, cfg.confidence)
     fl = rec["fluency"]
     out = {"strength": rec["strength"], "strength_minus": rec.get("strength_minus"), "swing": mean,
            "swing_low": low, "swing_high": high, "in_sample_swing": rec["in_sample"]["control"],
            "fluency": fl, "ppl_increase": rec["ppl_increase"], "judges": {},
-           "strength_interval": strength_range(doc)}
+           "strength_interval": strength_range(doc, cfg)}
     line = (f"{name}: s {rec['strength']:+g}/{rec.get('strength_minus', 0):+g}; swing (cross-fitted) {mean:+.3f} "
             f"[{low:+.3f}, {high:+.3f}], in-sample {out['in_sample_swing']:+.3f}; {fl['estimate']} fluency "
             f"{fl['increase']:+.1%} [{fl['low']:+.1%}, {fl['high']:+.1%}]; text ppl {rec['ppl_increase']:+.1%}")
     for judge, cols in rec["per_prompt"].get("judges", {}).items():
         jg = [g for g in cols["gain"] if np.isfinite(g)]
-        jm, jl, jh = M.paired_interval(jg, confidence)
+        jm, jl, jh = M.paired_interval(jg, cfg.confidence)
         out["judges"][judge] = {"swing": jm, "low": jl, "high": jh}
         line += f"; {judge} {jm:+.3f} [{jl:+.3f}, {jh:+.3f}]"
     if iv := out["strength_interval"]:
@@ -196,7 +195,7 @@ def main() -> None:
             doc, _ = evaluate(lm, prompts, [System("candidate", cfg.strengths, steer=steer)], cfg,
                               seed=params.runtime.seed)
             print(f"\n# {variant}: {fit_note}; evaluation {time.perf_counter() - t0:.0f} s")
-            results[variant] = report(variant, doc, cfg.confidence)
+            results[variant] = report(variant, doc, cfg)
     by_recipe: dict[str, list[dict]] = {}
     for variant, r in results.items():
         by_recipe.setdefault(variant.partition("@")[0], []).append(r)
