@@ -143,13 +143,14 @@ def ours_fit(lm, train_texts, train_values, val_texts, val_values, head, val_cac
     """
     import functools
 
+    import steer_core.model.hidden as H
     import steer_core.train as T
     from steer_core.config import TrainConfig
 
     cfg = TrainConfig(rank=None, epsilon=EPSILON, optimizer="adam", lr=LR, epochs=max_epochs,
                       tokens_per_batch=tokens_per_batch, max_length=MAX_LENGTH, patience=0)
     captured: dict = {}
-    orig_opt, orig_cached, orig_cache = T._optimizer, T.cached_hidden_states, T.cache_hidden_states
+    orig_opt, orig_cached, orig_cache = T._optimizer, T.cached_hidden_states, H.cache_hidden_states
 
     def capture_optimizer(steer, c):  # lets on_step see the steer being fitted (fit_steer itself is unchanged)
         captured["steer"] = steer
@@ -184,7 +185,7 @@ def ours_fit(lm, train_texts, train_values, val_texts, val_values, head, val_cac
 
     T._optimizer, T.cached_hidden_states = capture_optimizer, timed_cached
     if cache_batch_tokens:
-        T.cache_hidden_states = functools.partial(orig_cache, batch_tokens=cache_batch_tokens)
+        H.cache_hidden_states = functools.partial(orig_cache, batch_tokens=cache_batch_tokens)
     reached = False
     try:
         clock = Clock()
@@ -193,7 +194,8 @@ def ours_fit(lm, train_texts, train_values, val_texts, val_values, head, val_cac
     except _Reached:
         reached = True
     finally:
-        T._optimizer, T.cached_hidden_states, T.cache_hidden_states = orig_opt, orig_cached, orig_cache
+        T._optimizer, T.cached_hidden_states = orig_opt, orig_cached
+        H.cache_hidden_states = orig_cache
     return {"curve": curve, "seconds": curve[-1][1], "cpu_seconds": curve[-1][3], "reached": reached,
             "steps": curve[-1][0],
             "cache_seconds": captured.get("cache_seconds", 0.0), "cache_cpu": captured.get("cache_cpu", 0.0),
