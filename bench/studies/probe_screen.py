@@ -9,9 +9,11 @@ labels, read by TextBlob), and the probe's agreement with VADER's quartile label
 
 Variants: the pooling (mean over the text's positions, or the last position) and the labelled texts (the airline
 tweets at any confidence, at confidence ≥ 0.99, or every topic's tweets). Each probe's held-out accuracy on the
-labelled tweets is printed beside its reading of the pool.
+labelled tweets is printed beside its reading of the pool. ``--steer`` also fits LM-Steer itself on the labelled
+tweets and labels the pool by its per-text log-likelihood ratio (the evidence ``steer highlight`` shows), a
+generative classifier in place of the probe.
 
-    source env.sh && python bench/studies/probe_screen.py --pool 800
+    source env.sh && python bench/studies/probe_screen.py --pool 800 [--variants 4] [--steer]
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from steer_core.model.hidden import cached_hidden_states, default_hidden_cache  
 from steer_core.model.lm import shared_lm  # noqa: E402
 from steer_core.scorers.probe import fit_probe, mean_hidden_states  # noqa: E402
 from steer_core.stages import lm_data_fns  # noqa: E402
+from steer_core.train import fit_steer  # noqa: E402
 
 
 def pooled(lm, texts: list[str], how: str) -> np.ndarray:
@@ -61,6 +64,41 @@ def labelled(topics: list[str] | None, min_conf: float, clean: CleanConfig, per:
     return texts, np.array([i < k for i in range(len(texts))])
 
 
+def steer_evidence(lm, texts: list[str], is_pos: np.ndarray, held: np.ndarray, pool: list[str], train_cfg
+                   ) -> tuple[np.ndarray, np.ndarray, float]:
+    """A steer fitted on the labelled texts (+1 / −1, the dummy at +1, the shipped train settings) read as a
+    generative classifier of the pool: per text, the sum and the mean over its tokens of log p(x | +1) − log p(x | −1)
+    (the dummy at 0, as ``steer highlight`` reads it), and the sign accuracy of the sum on the held-out texts."""
+    import torch
+
+    vals = lambda m: torch.tensor([[1.0 if x else -1.0, 1.0] for x in m])  # noqa: E731
+    tr = [t for t, h in zip(texts, held) if not h]
+    va = [t for t, h in zip(texts, held) if h]
+    steer, summary = fit_steer(lm, tr, vals(is_pos[~held]), va, vals(is_pos[held]), ["sentiment", "dummy"],
+                               train_cfg, seed=0, hidden_cache_dir=default_hidden_cache())
+    print(f"steer on the labelled texts: val loss {summary.base_val_loss:.3f} -> {summary.best_val_loss:.3f} "
+          f"(epoch {summary.best_epoch})", flush=True)
+
+    def read(batch: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        cache, _ = cached_hidden_states(lm, batch, 64, default_hidden_cache(), progress=False)
+        E = lm.output_embeddings.weight.detach().float()
+        ev = torch.zeros(cache.tokens)
+        with torch.no_grad():
+            for s0 in range(0, cache.tokens, 2048):
+                h, y = cache.h[s0:s0 + 2048], cache.targets[s0:s0 + 2048]
+                lp = [torch.log_softmax(steer.apply(h, steer.values_tensor({"sentiment": sign})) @ E.T, -1)
+                      .gather(1, y[:, None])[:, 0] for sign in (1.0, -1.0)]
+                ev[s0:s0 + 2048] = lp[0] - lp[1]
+        total = torch.zeros(len(batch)).index_add_(0, cache.text_index, ev)
+        n = torch.zeros(len(batch)).index_add_(0, cache.text_index, torch.ones(cache.tokens))
+        return total.numpy(), (total / n.clamp_min(1)).numpy()
+
+    s_va, _ = read(va)
+    acc = float(((s_va > 0) == is_pos[held]).mean())
+    total, mean = read(pool)
+    return total, mean, acc
+
+
 def gap(scores: np.ndarray, by: np.ndarray, q: float = 0.25) -> tuple[float, np.ndarray, np.ndarray]:
     """Mean ``scores`` of ``by``'s top quartile minus its bottom quartile; the two masks."""
     hi, lo = by >= np.quantile(by, 1 - q), by <= np.quantile(by, q)
@@ -74,6 +112,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dump", type=Path, help="write the pool, its lexicon scores and the first probe's to this json")
     ap.add_argument("--variants", type=int, default=4, help="how many of the labelled-text variants to fit")
+    ap.add_argument("--steer", action="store_true", help="also label the pool by a steer fitted on the labelled "
+                    "airline tweets (its per-text log-likelihood ratio, as `steer highlight` reads a text)")
     args = ap.parse_args()
     import torch
 
@@ -107,6 +147,13 @@ def main() -> None:
             cross = (hi & vlo).sum() + (lo & vhi).sum()
             print(f"| {how} | {name} ({len(texts)}) | {probe.accuracy:.3f} | {gv:+.3f} | {gt:+.3f} | "
                   f"{both} same, {cross} opposite |", flush=True)
+    if args.steer:  # the labelled texts fit a steer, whose log-likelihood ratio labels the pool
+        texts, is_pos = labelled(["airline"], 0.0, clean)
+        held = np.array([unit_hash("probe", normalise(t)) < 0.2 for t in texts])
+        t0 = time.perf_counter()
+        total, mean, acc = steer_evidence(lm, texts, is_pos, held, pool, params.steers["sentiment"].train)
+        print(f"steer evidence: held-out sign accuracy {acc:.3f} ({time.perf_counter() - t0:.0f} s)")
+        steer_scores = {"steer evidence, sum": total, "steer evidence, mean": mean}
     if args.dump:
         args.dump.write_text(json.dumps({"text": pool, "vader": vader.tolist(), "textblob": textblob.tolist(),
                                          "probe": probes[("airline", "mean")].tolist()}))
@@ -125,6 +172,14 @@ def main() -> None:
     both = z(vader) + z(p)
     _, hi, lo = gap(both, both)
     rules["quartiles of VADER + probe (standardised)"] = (hi, lo)
+    if args.steer:
+        for name, sc in steer_scores.items():
+            for q in (0.25, 0.1):
+                _, hi, lo = gap(sc, sc, q)
+                rules[f"{name}, q={q}"] = (hi, lo)
+            zs = z(vader) + z(sc)
+            _, hi, lo = gap(zs, zs)
+            rules[f"quartiles of VADER + {name} (standardised)"] = (hi, lo)
     for rule, (hi, lo) in rules.items():
         print(f"| {rule} | {hi.sum()} / {lo.sum()} | {vader[hi].mean() - vader[lo].mean():+.3f} | "
               f"{textblob[hi].mean() - textblob[lo].mean():+.3f} |", flush=True)
