@@ -13,7 +13,7 @@ labelled tweets is printed beside its reading of the pool. ``--steer`` also fits
 tweets and labels the pool by its per-text log-likelihood ratio (the evidence ``steer highlight`` shows), a
 generative classifier in place of the probe.
 
-    source env.sh && python bench/studies/probe_screen.py --pool 800 [--variants 4] [--steer]
+    source env.sh && python bench/studies/probe_screen.py --pool 800 [--variants 4] [--steer] [--pool-topics airline]
 """
 
 from __future__ import annotations
