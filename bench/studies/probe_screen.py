@@ -36,7 +36,7 @@ from steer_core.model.hidden import cached_hidden_states, default_hidden_cache  
 from steer_core.model.lm import shared_lm  # noqa: E402
 from steer_core.scorers.probe import fit_probe, mean_hidden_states  # noqa: E402
 from steer_core.stages import lm_data_fns  # noqa: E402
-from steer_core.train import fit_steer  # noqa: E402
+from steer_core.train import OutputHead, fit_steer  # noqa: E402
 
 
 def pooled(lm, texts: list[str], how: str) -> np.ndarray:
@@ -79,16 +79,17 @@ def steer_evidence(lm, texts: list[str], is_pos: np.ndarray, held: np.ndarray, p
     print(f"steer on the labelled texts: val loss {summary.base_val_loss:.3f} -> {summary.best_val_loss:.3f} "
           f"(epoch {summary.best_epoch})", flush=True)
 
+    head = OutputHead(lm, lm.device)
+
     def read(batch: list[str]) -> tuple[np.ndarray, np.ndarray]:
         cache, _ = cached_hidden_states(lm, batch, 64, default_hidden_cache(), progress=False)
-        E = lm.output_embeddings.weight.detach().float()
         ev = torch.zeros(cache.tokens)
         with torch.no_grad():
             for s0 in range(0, cache.tokens, 2048):
                 h, y = cache.h[s0:s0 + 2048], cache.targets[s0:s0 + 2048]
-                lp = [torch.log_softmax(steer.apply(h, steer.values_tensor({"sentiment": sign})) @ E.T, -1)
-                      .gather(1, y[:, None])[:, 0] for sign in (1.0, -1.0)]
-                ev[s0:s0 + 2048] = lp[0] - lp[1]
+                nll = [head.loss(steer, h, steer.values_tensor({"sentiment": sign}), y, reduction="none")
+                       for sign in (1.0, -1.0)]
+                ev[s0:s0 + 2048] = nll[1] - nll[0]  # log p(x | +1) − log p(x | −1)
         total = torch.zeros(len(batch)).index_add_(0, cache.text_index, ev)
         n = torch.zeros(len(batch)).index_add_(0, cache.text_index, torch.ones(cache.tokens))
         return total.numpy(), (total / n.clamp_min(1)).numpy()
