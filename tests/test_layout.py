@@ -114,3 +114,39 @@ def test_every_dvc_stage_enters_through_one_module() -> None:
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert {s["do"]["cmd"].split()[:3][2] for s in stages.values()} == {"flows.stages"}
     assert all(s["do"]["cmd"].split()[3] == name for name, s in stages.items())
+
+
+def project_references(path: Path) -> list[tuple[int, str, str]]:
+    """(line, module, name) for every name a script takes from this project's packages: ``from steer_core.x
+    import name`` and ``alias.name`` where ``import steer_core.x as alias`` (at any depth, read or patched)."""
+    tree = ast.parse(path.read_text())
+    roots = ("steer_core", "tasks", "flows")
+    aliases: dict[str, str] = {}
+    refs: list[tuple[int, str, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] in roots and a.asname:
+                    aliases[a.asname] = a.name
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in roots:
+            refs += [(node.lineno, node.module, a.name) for a in node.names if a.name != "*"]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            refs.append((node.lineno, aliases[node.value.id], node.attr))
+    return refs
+
+
+def test_every_project_name_a_bench_script_uses_exists() -> None:
+    """Benchmarks and studies run outside CI (minutes to hours each), so a function moved between modules breaks
+    them silently: every project name they import or patch must exist where they look for it."""
+    import importlib
+    import importlib.util
+
+    missing = []
+    for path in sorted((ROOT / "bench").rglob("*.py")):
+        for line, module, name in project_references(path):
+            mod = importlib.import_module(module)
+            submodule = hasattr(mod, "__path__") and importlib.util.find_spec(f"{module}.{name}") is not None
+            if not hasattr(mod, name) and not submodule:
+                missing.append(f"{path.relative_to(ROOT)}:{line}: {module}.{name}")
+    assert not missing, missing
