@@ -44,13 +44,15 @@ def untouched(root: Path) -> bool:
      "measures toxicity, but the control is 'sentiment'"),
     (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME], "evaluate": {"judge": "./no/such/judge"}}}},
      "steers.sentiment.evaluate.judge './no/such/judge': model path not found"),
+    (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME], "evaluate": {"judges": ["llm:./no/such/lm"]}}}},
+     "steers.sentiment.evaluate.judges 'llm:./no/such/lm': model path not found: ./no/such/lm"),
     (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME], "evaluate": {"strengths": [0.0, 2.0]}}}},
      "at least one pair"),
     (lambda p: {**p, "steers": {NAME: {**p["steers"][NAME],
                                        "data": {**p["steers"][NAME]["data"], "source": {"kind": "file", "path": "x.csv"}}}}},
      "data file x.csv not found"),
-], ids=["unknown-steer", "missing-model-dir", "tracking-down", "unknown-remote", "scheduler-gone", "scorer-kind", "missing-judge", "no-pair",
-        "missing-data-file"])
+], ids=["unknown-steer", "missing-model-dir", "tracking-down", "unknown-remote", "scheduler-gone", "scorer-kind",
+        "missing-judge", "missing-llm-judge", "no-pair", "missing-data-file"])
 def test_bad_input_is_one_line_and_exit_2_before_any_work(change, expect, tmp_path) -> None:
     root = make_project(tmp_path / "project", change(tiny_params(NAME)), with_git=False)
     proc = steer_run(root, *(["--steer", "nosuch"] if "--steer" in expect else []))

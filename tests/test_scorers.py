@@ -52,9 +52,8 @@ def _uncached_answer(lm, text: str, answer_ids: tuple[int, int]) -> float:
     from steer_core.scorers.llm import PREFIX, SUFFIX
 
     tok = lm.tokenizer
-    ids = tok(PREFIX, add_special_tokens=True).input_ids + (tok(" " + text, add_special_tokens=False).input_ids
-                                                            if text else []) + tok(SUFFIX,
-                                                                                   add_special_tokens=False).input_ids
+    body = tok(" " + text, add_special_tokens=False).input_ids if text else []
+    ids = tok(PREFIX).input_ids + body + tok(SUFFIX, add_special_tokens=False).input_ids
     with torch.inference_mode():
         logp = lm.model(input_ids=torch.tensor([ids])).logits[0, -1].log_softmax(-1)
     return float(logp[answer_ids[0]] - logp[answer_ids[1]])
@@ -78,6 +77,11 @@ def test_llm_judge_reads_each_text_after_its_cached_prefix_as_the_whole_prompt_w
     judge.batch_size = 1
     assert judge.score(texts) == pytest.approx(batched, abs=1e-4)  # padding never changes a score
     assert sum(judge.score(list(CONTENT_FREE))) / len(CONTENT_FREE) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_an_llm_judge_that_cannot_load_is_refused_when_named() -> None:
+    with pytest.raises(ScorerUnavailable, match="model path not found: ./no/such/model"):
+        get_scorer("llm:./no/such/model")
 
 
 @pytest.mark.slow

@@ -215,6 +215,12 @@ def _resolve_spec(spec: str) -> tuple[str, Path | None, str]:
     return "hub", None, spec
 
 
+def check_spec(spec: str) -> None:
+    """Raise :class:`ModelLoadError` now for a spec that cannot load: a missing path, a file that is not a GGUF, an
+    optional package not installed. A hub id passes here; whether the hub has it is known only at load."""
+    _resolve_spec(spec)
+
+
 def _in_hub_cache(repo_id: str) -> bool:
     """Whether a hub model was downloaded before (then it loads offline)."""
     try:

@@ -20,8 +20,8 @@ from .llm import LLMJudgeScorer
 
 __all__ = [
     "Cuts", "Kind", "Scorer", "ScorerUnavailable", "batched", "cuts_of", "get_scorer", "known_scorers", "register",
-    "DetoxifyScorer", "HFScorer", "JigsawScorer", "LLMJudgeScorer", "ProfanityScorer", "TextBlobScorer", "VaderScorer", "pick_label",
-    "distinct_n", "ngrams", "conditional_perplexity",
+    "DetoxifyScorer", "HFScorer", "JigsawScorer", "LLMJudgeScorer", "ProfanityScorer", "TextBlobScorer",
+    "VaderScorer", "pick_label", "distinct_n", "ngrams", "conditional_perplexity",
 ]
 
 

@@ -1,4 +1,4 @@
-"""``llm`` / ``llm:<model spec>``: a language model as a zero-shot sentiment judge, calibrated without labels.
+"""``llm`` / ``llm:<model spec>``: a language model as a few-shot sentiment judge, calibrated without labels.
 
 Why: the lexicons (VADER, TextBlob) read words; a steer trained on VADER-labelled text can learn VADER's words. An
 LM reads the whole text. Its score is log p(" positive") − log p(" negative") at the answer of a fixed few-shot
@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Sequence
 
-from .base import Cuts, Scorer, register
+from .base import Cuts, Scorer, ScorerUnavailable, register
 
 PREFIX = ("Decide whether each text is positive or negative.\n\n"
           "Text: Thanks so much, the staff were wonderful and the room was lovely!\nAnswer: positive\n\n"
@@ -38,11 +38,18 @@ class LLMJudgeScorer(Scorer):
     batch_size = 32
 
     def __init__(self, spec: str = "default") -> None:
+        from steer_core.model.lm import ModelLoadError, check_spec
+
+        try:  # a judge that cannot load is refused when named, before any sampling
+            check_spec(spec)
+        except ModelLoadError as exc:
+            raise ScorerUnavailable(str(exc)) from None
         self.spec = spec
         self.name = "llm" if spec == "default" else f"llm:{spec}"
         self._lm = None
         self._prefix_cache = None
         self._answer_ids: tuple[int, int] | None = None
+        self._prefix_len = 0
         self._offset = 0.0
         self._lock = threading.Lock()
 
@@ -107,6 +114,6 @@ class LLMJudgeScorer(Scorer):
         return self._raw(texts)
 
 
-@register("llm", "llm[:<model spec>] (a zero-shot LM sentiment judge; default: the default model)")
+@register("llm", "llm[:<model spec>] (an LM's few-shot sentiment answer; default: the default model)")
 def _make_llm(arg: str | None = None, **_: object) -> LLMJudgeScorer:
     return LLMJudgeScorer(arg or "default")
