@@ -1,7 +1,7 @@
 """The full fault sweep: ``steer run`` killed (SIGKILL to its process group, or to its main process alone) at every
 kill point of ``tests/faults.py``, then run again; each case must leave no process of the killed run alive 5 s
-after the kill, and end in the state of an undisturbed run. CI samples 2 of these points (tests/test_faults.py);
-this runs all of them and prints one line per point.
+after the kill, and end in the state of an undisturbed run. CI runs one of these points a run (two alternate by
+commit: tests/test_faults.py); this runs all of them and prints one line per point.
 
     source env.sh && .venv/bin/python bench/fault_sweep.py [--points train-mid,after-push] [--executor dask]
 
