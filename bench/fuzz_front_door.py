@@ -1,4 +1,4 @@
-"""The long run of the front-door fuzz test (tests/test_fuzz_front_door.py runs 500 derandomized examples of each
+"""The long run of the front-door fuzz test (tests/test_fuzz_front_door.py runs 250 derandomized examples of each
 in CI): random mutations of the shipped params.yaml through ``steer run --check``, and bad arguments to the
 ``steer`` commands, all in this process. Prints what was tried (by kind and outcome) and every example that breaks
 the property (tests/fuzzing.py); exit 1 if any does.

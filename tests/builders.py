@@ -4,6 +4,7 @@ Both seed torch's global RNG, as the copies they replace did, so each test build
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -46,3 +47,15 @@ def random_steer(dim: Any, rank: int | None = None, names: Sequence[str] = ("sty
         for p in st.parameters():
             p.normal_(0.0, scale)
     return st
+
+
+def build_tiny_model_dir(path: Path, tokenizer_dir: Path, hidden: int = 32, seed: int = 0) -> Path:
+    """A tiny random Llama with the default tokenizer, saved as a normal HF model directory."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    model = tiny_llama(len(tok), hidden=hidden, seed=seed, tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path

@@ -15,6 +15,21 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+#: The test files that take longest on 2 cores, longest first (measured with --durations). pytest-xdist hands whole
+#: files to its workers in collection order (pyproject's addopts: --dist loadfile --no-loadscope-reorder), so these
+#: start first and the many short files fill in beside them: no long file starts last while the other worker idles.
+LONGEST_FIRST = ("test_lineage.py", "test_pipeline.py", "test_faults.py", "test_cluster.py", "test_playground.py",
+                 "test_evaluate.py", "test_pool.py", "test_algebra_behaviour.py", "test_dvc.py", "test_dask.py",
+                 "test_deploy.py", "test_registry.py", "test_cli.py", "test_sampling.py", "test_train.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest files first (``LONGEST_FIRST``), the rest after them in their usual order; tests keep their order
+    within a file (a module's fixtures and its last-runs-last tests rely on it)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (pyproject's addopts run one worker per core) each worker is one core: torch in it uses
     one thread, so two workers do not fight over the same cores (the subprocess runs pin theirs in params)."""
@@ -39,23 +54,19 @@ def default_lm():
     return load_lm("default", device="cpu")
 
 
-def build_tiny_model_dir(path: Path, tokenizer_dir: Path, hidden: int = 32, seed: int = 0) -> Path:
-    """A tiny random Llama with the default tokenizer, saved as a normal HF model directory."""
-    from transformers import AutoTokenizer
-
-    from builders import tiny_llama
-
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    model = tiny_llama(len(tok), hidden=hidden, seed=seed, tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
-                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
-    model.save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    return path
-
-
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory, default_dir) -> Path:
+    from builders import build_tiny_model_dir
+
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model", default_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tiny_pipeline_model() -> Path:
+    """The pipeline tests' base model (tests/tiny_pipeline.py), on disk before any test names it in a params file."""
+    from tiny_pipeline import ensure_tiny_model
+
+    return ensure_tiny_model()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""DVC for real: the repo's dvc.yaml in a temp git repo, one tiny steer, the real default model, no mocks.
+"""DVC for real: the repo's dvc.yaml in a temp git repo, one tiny steer on the tiny pipeline's model, no mocks.
 
 The module runs one full ``dvc repro`` (the ``reproduced`` fixture); every other test starts from its own copy of that
 project: clean ``dvc status`` and a second repro that skips → an evaluate-only param change re-runs only

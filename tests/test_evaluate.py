@@ -517,7 +517,7 @@ def test_fit_actadd_last_layer_matches_where_it_is_added(tiny_lm):
 
 
 # ------------------------------------------------------------------------------------------ end to end (real model)
-E2E_PARAMS = tiny_params("sentiment")
+E2E_PARAMS = tiny_params("sentiment", model="default")  # the stages on the packaged default model
 E2E_PARAMS["steers"]["sentiment"]["evaluate"]["search_steps"] = 1  # one round of strength search, as shipped
 
 

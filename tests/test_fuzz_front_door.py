@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, example, given, settings
 
 from fuzzing import CliCase, Mutation, check_cli_case, check_params_mutation, cli_cases, cli_workdir, mutations
 
-pytestmark = pytest.mark.slow  # a thousand examples, about a minute: the full suite's, not the inner loop's
+pytestmark = pytest.mark.slow  # 250 examples a test (bench/fuzz_front_door.py runs more): the full suite's, not the inner loop's
 
-BUDGET = int(os.environ.get("STEER_FUZZ_EXAMPLES", "500"))
+BUDGET = int(os.environ.get("STEER_FUZZ_EXAMPLES", "250"))
 FUZZ = settings(max_examples=BUDGET, derandomize=True, deadline=None, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -1,7 +1,7 @@
 """One production loop, for real: ``steer run``'s flow executes dvc.yaml's stages through DVC, versions every output
 (``dvc.lock``, cache, the project's local remote), tags each model version with its lineage, and ``steer checkout``
 restores any version's data and steer byte for byte. Real DVC, git, MLflow and Prefect in temp dirs; the tiny
-pipeline params on the real default model.
+pipeline params (tests/tiny_pipeline.py: a tiny random model).
 
 The module's project is run once by the ``first`` fixture, which records what the first run left; every test that
 changes a project gets its own copy of it (``project``), so each test runs alone and in any order.

@@ -217,7 +217,7 @@ def test_first_run_is_recorded_as_parent_and_nested_steer_run(first) -> None:
     assert tags["trained"] == "true"
     assert tags["steer.sha256"] == first["steer_sha"]
     assert tags["gate.passed"] == "true" and tags["registered_version"] == "1"
-    assert params["model"] == "default"
+    assert params["model"] == TINY_PARAMS["model"]
     assert params["train.epochs"] == "1" and params["train.tokens_per_batch"] == "512"
     assert params["evaluate.max_new_tokens"] == "6"
     for key in ("candidate/s4/control", "candidate/s-4/control", "candidate/s0/ppl", "base/ppl", "base/control"):

@@ -1,16 +1,59 @@
-"""The smallest params.yaml that runs the real pipeline end to end on the default model (~1 min a stage chain on
-2 cores): 30 tweets per label, 3 neutral prompts, 2 samples of 6 tokens, 1 epoch. Shared by the pipeline, DVC and
-evaluation tests."""
+"""The smallest params.yaml that runs the real pipeline end to end (~1 min a stage chain on 2 cores): 30 tweets per
+label, 3 neutral prompts, 2 samples of 6 tokens, 1 epoch. Shared by the pipeline, DVC, fault and deployment tests.
+
+Those tests check the loop's mechanics (what runs, what is versioned, registered and restored), not what a steer
+does, so by default the base model is a tiny random Llama with the default model's tokenizer (``TINY_MODEL``, built
+once a machine by ``ensure_tiny_model``): every stage process then loads 10 MB instead of the 540 MB default model.
+``tiny_params(model="default")`` runs the same on the packaged default model (tests/test_evaluate.py's end to end)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def tiny_params(name: str = "sentiment", **top: Any) -> dict[str, Any]:
-    """A fresh (mutable) tiny params dict with one steer ``name``; ``top`` adds top-level keys (e.g. tracking)."""
+
+def tiny_model_path() -> Path:
+    """Where the pipeline tests' base model lives: in the steer cache (``STEER_CACHE_DIR``, as env.sh and
+    tests/conftest.py set it), outside every temp project, so a stage process of any project can load it."""
+    cache = Path(os.environ.get("STEER_CACHE_DIR") or ROOT / ".cache" / "steer")
+    return cache / "test-models" / "tiny-llama-h32-seed0"
+
+
+def ensure_tiny_model() -> Path:
+    """Build the tiny model once (a random 2-layer Llama of width 32, seed 0, the default model's tokenizer), under a
+    file lock and renamed into place whole, so parallel test workers neither race nor see half a model."""
+    from filelock import FileLock
+
+    path = tiny_model_path()
+    if (path / "config.json").is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if (path / "config.json").is_file():
+            return path
+        from steer_core.model.lm import default_gguf_path, gguf_cache_path
+
+        from builders import build_tiny_model_dir
+
+        staging = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
+        try:
+            build_tiny_model_dir(staging / "model", gguf_cache_path(default_gguf_path()))
+            os.replace(staging / "model", path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def tiny_params(name: str = "sentiment", model: str | None = None, **top: Any) -> dict[str, Any]:
+    """A fresh (mutable) tiny params dict with one steer ``name`` on ``model`` (default: the tiny random model);
+    ``top`` adds top-level keys (e.g. tracking)."""
     return {
-        "model": "default",
+        "model": model or str(tiny_model_path()),
         "runtime": {"threads": 1, "seed": 0},
         **top,
         "steers": {
