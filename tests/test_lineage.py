@@ -119,15 +119,6 @@ def test_first_run_writes_the_lock_fills_the_remote_and_tags_the_version(first) 
     assert parent.data.tags["git_commit"] == first["commit"] and "lineage.params_sha256" in parent.data.tags
 
 
-def test_a_second_run_reruns_nothing_and_registers_nothing(project) -> None:
-    root = project
-    before = versions(root)
-    (row,) = run_flow(root)
-    assert ran(row) == [] and row["status"] == "unchanged", row
-    assert versions(root) == before
-    assert "up to date" in dvc(root, "status").stdout
-
-
 def test_a_code_change_reruns_exactly_the_stages_that_run_that_code(project) -> None:
     root = project
     before = versions(root)

@@ -156,12 +156,14 @@ def test_tracking_configure_follows_each_projects_params_within_one_process(tmp_
         shutil.rmtree(b)  # the last project's store is gone: checking project c's must not look there
         check_tracking(cfg.uri, c, cfg.artifact_location)
         user = f"sqlite:///{tmp_path.resolve()}/user.db"
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", user)  # a user's explicit choice still wins, every time
+        os.environ["MLFLOW_TRACKING_URI"] = user  # a user's explicit choice still wins, every time
         assert tracking.configure(cfg, a) == user
         assert tracking.configure(cfg, b) == user
     finally:
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # configure's exports and the user's URI: none
+            os.environ.pop(var, None)  # is left for the next test in this worker (monkeypatch puts back the rest)
 
 
 @pytest.mark.slow  # a `steer run` subprocess
@@ -237,7 +239,7 @@ def test_first_run_is_recorded_as_parent_and_nested_steer_run(first) -> None:
 def test_second_run_with_nothing_changed_skips_training_and_registers_nothing(project, client) -> None:
     rows, seconds = run_flow(project)
     print(f"first run {project['first_seconds']:.1f}s, unchanged rerun {seconds:.1f}s")
-    assert rows[0]["status"] == "unchanged", rows
+    assert rows[0]["status"] == "unchanged" and rows[0]["ran"] == "none", rows  # DVC ran no stage
     assert rows[0]["version"] == "1"
     assert versions(client) == ["1"]
     assert champion(client) == "1"
