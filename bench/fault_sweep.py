@@ -1,7 +1,8 @@
 """The full fault sweep: ``steer run`` killed (SIGKILL to its process group, or to its main process alone) at every
 kill point of ``tests/faults.py``, then run again; each case must leave no process of the killed run alive 5 s
-after the kill, and end in the state of an undisturbed run. CI runs one of these points a run (two alternate by
-commit: tests/test_faults.py); this runs all of them and prints one line per point.
+after the kill, and end in the state of an undisturbed run. CI runs one crash scenario a run (two of these points
+and a tracking server killed mid-run rotate by commit: tests/test_faults.py); this runs every point and prints one
+line per point. The base model is the pipeline tests' tiny random model (tests/tiny_pipeline.py), built if missing.
 
     source env.sh && .venv/bin/python bench/fault_sweep.py [--points train-mid,after-push] [--executor dask]
 
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from faults import GONE_WITHIN_S, KILL_POINTS, PARAMS, fresh_project, run, run_killed_at, state  # noqa: E402
+from tiny_pipeline import ensure_tiny_model  # noqa: E402
 
 
 def main() -> int:
@@ -30,6 +32,7 @@ def main() -> int:
                         help="dask: the evaluation's shards on a LocalCluster of 2 worker processes, whose workers "
                         "must end with the run too")
     args = parser.parse_args()
+    ensure_tiny_model()
     params = copy.deepcopy(PARAMS)
     if args.executor == "dask":
         params["runtime"]["executor"] = {"kind": "dask", "workers": 2, "threads_per_worker": 1}

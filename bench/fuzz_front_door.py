@@ -91,6 +91,9 @@ def real_runs(base: Path, n: int, rng_seed: int) -> int:
 
     from faults import PARAMS, run
     from projects import make_project
+    from tiny_pipeline import ensure_tiny_model
+
+    ensure_tiny_model()  # the tiny params' base model
 
     base.mkdir(parents=True)
     tiny = base / "tiny-params.yaml"
