@@ -124,6 +124,8 @@ def isolated_tracking() -> Iterator[None]:
             mlflow.end_run()
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # what MLflow exported (set_registry_uri(None)
+            os.environ.pop(var, None)  # leaves its variable set); monkeypatch then puts back what was there before
         mp.undo()
         torch.set_num_threads(threads)
 

@@ -138,6 +138,7 @@ def playground(params_file: Path) -> Iterator:
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
 def columns(a: str = "sentiment@champion", sa: float = 4.0, b: str = "sentiment@2", sb: float = 6.0,
@@ -147,12 +148,17 @@ def columns(a: str = "sentiment@champion", sa: float = 4.0, b: str = "sentiment@
 
 
 # ----------------------------------------------------------------------------------------- fast: no model, no registry
-def test_a_tracking_server_that_is_down_gets_a_message(tmp_path: Path) -> None:
+def test_a_tracking_server_that_is_down_gets_a_message(tmp_path: Path, monkeypatch) -> None:
     """A tracking server that does not answer is named on the page at once (MLflow's own client would retry for
     minutes), and a local steer file still works without it."""
     import mlflow
 
     from flows.playground import Playground, message
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # the params name the server, nothing overrides them
+        monkeypatch.delenv(var, raising=False)
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
 
     down = f"http://127.0.0.1:{free_port()}"
     params = Params.model_validate({"tracking": {"uri": down}})
