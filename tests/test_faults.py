@@ -33,7 +33,8 @@ pytestmark = pytest.mark.slow
 # it); the tracking server killed between the push and the registration. STEER_KILL_POINTS=all runs the three. A
 # killed fit's resume has its own test (tests/test_train.py::test_kill_9_then_rerun_resumes_to_the_same_steer)
 TRACKING_SERVER_KILLED = "tracking-server-killed"
-ROTATION = [p.name for p in KILL_POINTS if p.name in ("version-created-late", "evaluate-main")] + [TRACKING_SERVER_KILLED]
+ROTATION = [p.name for p in KILL_POINTS if p.name in ("version-created-late", "evaluate-main")]
+ROTATION.append(TRACKING_SERVER_KILLED)
 assert len(ROTATION) == 3, "a sampled kill point is gone from tests/faults.py"
 
 

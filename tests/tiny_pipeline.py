@@ -2,8 +2,9 @@
 label, 3 neutral prompts, 2 samples of 6 tokens, 1 epoch. Shared by the pipeline, DVC, fault and deployment tests.
 
 Those tests check the loop's mechanics (what runs, what is versioned, registered and restored), not what a steer
-does, so by default the base model is a tiny random Llama with the default model's tokenizer (``tiny_model_path()``, built
-once a machine by ``ensure_tiny_model``): every stage process then loads 10 MB instead of the 540 MB default model.
+does, so by default the base model is a tiny random Llama with the default model's tokenizer (at
+``tiny_model_path()``, built once a machine by ``ensure_tiny_model``): every stage process then loads 10 MB instead
+of the 540 MB default model.
 ``tiny_params(model="default")`` runs the same on the packaged default model (tests/test_evaluate.py's end to end)."""
 
 from __future__ import annotations
