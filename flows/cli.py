@@ -9,11 +9,12 @@ importing the flow.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -93,6 +94,22 @@ def front_door(params_file: Path, only: Optional[list[str]] = None):
     return params, root, names
 
 
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send whatever is written to stdout meanwhile, by this process or a child (DVC's stage lines, a stage command's
+    output), to stderr, so that ``--json`` leaves stdout to the JSON document alone."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # and Python's own sys.stdout, whatever file it writes to
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 @app.command()
 @cli_errors
 def run(
@@ -110,7 +127,8 @@ def run(
         return
     from tasks import run_lock
 
-    with run_lock.hold(root, log=err.print):  # one run per project; a second one is refused at once
+    quiet_stdout = stdout_to_stderr() if as_json else contextlib.nullcontext()
+    with quiet_stdout, run_lock.hold(root, log=err.print):  # one run per project; a second one is refused at once
         from flows.steer_pipeline import steer_pipeline
 
         rows = steer_pipeline(params_path=str(params_file.resolve()), steers=only or None, dry_run=dry_run,

@@ -18,9 +18,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 #: The test files that take longest on 2 cores, longest first (measured with --durations). pytest-xdist hands whole
 #: files to its workers in collection order (pyproject's addopts: --dist loadfile --no-loadscope-reorder), so these
 #: start first and the many short files fill in beside them: no long file starts last while the other worker idles.
-LONGEST_FIRST = ("test_lineage.py", "test_pipeline.py", "test_faults.py", "test_cluster.py", "test_playground.py",
+LONGEST_FIRST = ("test_pipeline.py", "test_lineage.py", "test_faults.py", "test_cluster.py", "test_playground.py",
                  "test_evaluate.py", "test_pool.py", "test_algebra_behaviour.py", "test_dvc.py", "test_dask.py",
                  "test_deploy.py", "test_registry.py", "test_cli.py", "test_sampling.py", "test_train.py")
+#: Files that go to one worker with another, because they share a session's work: test_lineage starts from
+#: test_pipeline's first run (tests/first_run.py), which then runs once a suite
+SHARED_WORKER = {"tests/test_lineage.py": "tests/test_pipeline.py"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -28,6 +31,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     within a file (a module's fixtures and its last-runs-last tests rely on it)."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """xdist's per-file scheduling, with the files of ``SHARED_WORKER`` handed out as one unit (to one worker).
+    (``--dist loadgroup`` would do it by marks, but pytest 9 ignores the node ids xdist 3.8 rewrites for it.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedWorkerScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return SHARED_WORKER.get(scope, scope)
+
+    return SharedWorkerScheduling(config, log)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -5,7 +5,8 @@ second copy of the project in another folder (``projects.second_machine``: its o
 cache and tool state; nothing of the first copy's). A LocalCluster's shards give the local bytes too
 (tests/test_dask.py). One worker declares ``GPU=1``. ``steer run`` in the first copy joins them through
 ``runtime.executor.address``, with ``runtime.train_on: {resources: {GPU: 1}}``: the fit runs on the GPU worker (a CPU
-here) and the shards on both, and the steer, metrics, samples and plots are the bytes of the local executor's run.
+here) and the shards on both, and the steer, metrics, samples and plots are the bytes of the local executor's run
+(and, read from ``steer run --json``, the registered v1: nothing new to judge).
 Then a worker is killed mid-evaluation: its shard runs again on the other, and the results are still equal.
 
 The module's tests share the cluster; the kill test comes last (it leaves one worker).
@@ -130,6 +131,14 @@ def test_steer_run_on_an_external_cluster_gives_the_local_bytes_and_fits_on_the_
     assert proc.returncode == 0, said[-4000:]
     print(f"steer run on the external cluster (train + evaluate): {time.perf_counter() - t0:.0f} s; "
           + "; ".join(re.findall(r"((?:train|evaluate)@\w+: (?:done in|fitted on) [^\n]*)", said)))
+
+    # `steer run --json` in a new process: one row a steer, the table's columns and the baseline comparison; the
+    # steer it rebuilt is the registered v1 byte for byte, so nothing new is judged or registered
+    (row,) = json.loads(proc.stdout)
+    assert (row["steer"], row["status"], row["version"]) == (NAME, "unchanged", "1"), row
+    assert {"s", "gain", "judge", "fluency", "distinct-2", "why", "control", "vs_baseline"} <= set(row)
+    actadd = [line for line in row["vs_baseline"] if line.startswith("the ActAdd baseline at its budget strength")]
+    assert len(actadd) == 1 and "steer minus baseline" in actadd[0], row["vs_baseline"]
 
     assert f"joining the cluster at {cluster.address}" in said, said[-4000:]
     assert f"prepare@{NAME}: up to date" in said and f"train@{NAME}: running" in said, said[-4000:]

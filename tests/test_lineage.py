@@ -3,8 +3,9 @@
 restores any version's data and steer byte for byte. Real DVC, git, MLflow and Prefect in temp dirs; the tiny
 pipeline params (tests/tiny_pipeline.py: a tiny random model).
 
-The module's project is run once by the ``first`` fixture, which records what the first run left; every test that
-changes a project gets its own copy of it (``project``), so each test runs alone and in any order.
+The module starts from the first run that test_pipeline starts from too (tests/first_run.py: one run a suite); the
+``first`` fixture records what that run left. Every test that changes a project gets its own copy of it
+(``project``), so each test runs alone and in any order. A run outside git: test_pipeline's two-steers test.
 """
 
 from __future__ import annotations
@@ -14,25 +15,19 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
 
-from projects import copy_project, git, isolated_tracking, make_project, sha256, write_params
-from tiny_pipeline import tiny_params
+from first_run import NAME, V1_FILES, first_run
+from projects import copy_project, git, sha256, write_params
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-NAME = "sentiment"
 STAGES = [f"{s}@{NAME}" for s in ("prepare", "train", "evaluate")]
-PARAMS = tiny_params(NAME, tracking={"uri": "sqlite:///mlflow.db", "experiment": "lineage-test"})
-V1_FILES = [f"data/prepared/{NAME}/train.jsonl", f"data/prepared/{NAME}/val.jsonl",
-            f"data/prepared/{NAME}/card.json", f"data/prompts/{NAME}.jsonl", f"artifacts/steers/{NAME}.safetensors",
-            f"artifacts/steers/{NAME}.json"]
 
 
 def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -76,19 +71,13 @@ def ran(row: dict) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def first(tmp_path_factory: pytest.TempPathFactory, harness) -> Iterator[dict[str, Any]]:
-    """A git project after its first ``steer run``, and a record of what that run left behind."""
-    with isolated_tracking():
-        root = make_project(tmp_path_factory.mktemp("lineage") / "project", PARAMS)
-        rows = run_flow(root)
-        snap = tmp_path_factory.mktemp("v1")
-        for rel in V1_FILES:
-            (snap / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(root / rel, snap / rel)
-        mv = client(root).get_model_version(NAME, "1")
-        yield {"root": root, "rows": rows, "snapshot": snap, "lock": lock_md5s(root), "tags": dict(mv.tags),
-               "status": dvc(root, "status", "--json").stdout, "cloud": dvc(root, "status", "-c").stdout,
-               "commit": git(root, "rev-parse", "HEAD"), "repro": dvc(root, "repro").stdout}
+def first(tmp_path_factory: pytest.TempPathFactory, harness) -> dict[str, Any]:
+    """The git project after its first ``steer run`` (tests/first_run.py), and what DVC and MLflow say of it."""
+    run = first_run(tmp_path_factory)
+    root = run["root"]
+    mv = client(root).get_model_version(NAME, "1")
+    return {**run, "lock": lock_md5s(root), "tags": dict(mv.tags), "status": dvc(root, "status", "--json").stdout,
+            "cloud": dvc(root, "status", "-c").stdout, "repro": dvc(root, "repro").stdout}
 
 
 @pytest.fixture
@@ -165,7 +154,8 @@ def test_stage_deps_cover_every_module_a_stage_loads(project) -> None:
         proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         # run from the project root, a stage imports the project's own steer_core: the very files DVC hashes
-        loaded = {str(Path(f).resolve().relative_to(root.resolve())) for f in eval(proc.stdout.strip().splitlines()[-1])}
+        files = eval(proc.stdout.strip().splitlines()[-1])
+        loaded = {str(Path(f).resolve().relative_to(root.resolve())) for f in files}
         missing = [m for m in loaded if not any(m == d or m.startswith(d.rstrip("/") + "/") for d in deps)]
         assert not missing, f"{stage}: dvc.yaml deps lack {missing}"
     # the stages wrote the same bytes again, but for the steer's card, which holds this fit's timings
@@ -191,7 +181,8 @@ def test_new_data_registers_a_version_and_checkout_restores_v1_byte_identically(
     assert f"metrics/{NAME}.json" in diff and diff[f"metrics/{NAME}.json"], diff
     new = max(versions(root))
     assert row["version"] == str(new) and new > 1
-    assert sha256(root / f"artifacts/steers/{NAME}.safetensors") != sha256(snap / f"artifacts/steers/{NAME}.safetensors")
+    steer = f"artifacts/steers/{NAME}.safetensors"
+    assert sha256(root / steer) != sha256(snap / steer)
 
     shutil.rmtree(root / ".dvc" / "cache")  # restore must come from the remote, not the local cache
     out = tmp_path / "restored"
@@ -206,18 +197,3 @@ def test_new_data_registers_a_version_and_checkout_restores_v1_byte_identically(
     assert proc.returncode == 0, proc.stderr
     for rel in V1_FILES:
         assert sha256(root / rel) == sha256(snap / rel), rel
-
-
-def test_a_run_outside_git_works_and_its_lineage_says_so(request, harness) -> None:
-    outside = Path(tempfile.mkdtemp(prefix="steer-nogit-", dir="/tmp"))  # the tests' TMPDIR is inside this repo
-    request.addfinalizer(lambda: shutil.rmtree(outside, ignore_errors=True))
-    root = make_project(outside / "copied", PARAMS, with_git=False)
-    with isolated_tracking():
-        (row,) = run_flow(root)
-    assert row["status"] == "promoted", row
-    tags = client(root).get_model_version(NAME, "1").tags
-    assert tags["git_commit"] == "none" and tags["git_dirty"] == "unknown"
-    assert tags[f"dvc.artifacts/steers/{NAME}.safetensors"] == lock_md5s(root)[f"artifacts/steers/{NAME}.safetensors"]
-    assert "no_scm = True" in (root / ".dvc" / "config.local").read_text()
-    assert "up to date" in dvc(root, "status").stdout
-    assert "in sync" in dvc(root, "status", "-c").stdout

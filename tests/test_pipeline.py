@@ -1,32 +1,36 @@
-"""The real Prefect flow, end to end, on the real default model with tiny sizes, in a temp project.
+"""The real Prefect flow, end to end, on the tiny pipeline params (tests/tiny_pipeline.py: a tiny random model), in
+temp projects.
 
-The module runs the flow once (the ``first`` fixture) in a temp project (its own git repo, sqlite MLflow store and
-artifact folder); the tests that only read what that run left read it there, and each test that runs the flow again
-gets its own copy of that project (``project``), so every test runs alone and in any order:
+The module starts from the first run (the ``first`` fixture: tests/first_run.py, shared with test_lineage) in a temp
+project (its own git repo, sqlite MLflow store and artifact folder); the tests that only read what that run left read
+it there, and each test that runs the flow again gets its own copy of that project (``project``), so every test runs
+alone and in any order:
 
 1. first run: prepare → train → evaluate → register v1 → promote (alias ``champion`` → 1);
 2. the MLflow record of that run (parent run, nested steer run: params, tags, metrics, artifacts);
-3. rerun with nothing changed: "unchanged", train skipped (steer file untouched), no new version;
-4. the same through ``steer run --json`` in a subprocess (stamps work across processes);
-5. one scenario of four runs: a changed train param, ``dry_run=True``: retrained, v2 registered, champion alias does
+3. rerun with nothing changed: "unchanged", DVC runs no stage (steer file untouched), no new version (``steer run
+   --json`` in a new process: tests/test_cluster.py's second run);
+4. one scenario of four runs: a changed train param, ``dry_run=True``: retrained, v2 registered, champion alias does
    not move; then a gate that cannot pass (``min_margin: 5`` against a champion): v2 judged, tagged
    gate.passed=false, champion still 1; then a rerun: the rejected steer is neither re-evaluated nor re-registered;
-   then the gate loosened: the same v2 is judged again (its verdict rested on other settings) and promoted.
+   then the gate loosened: the same v2 is judged again (its verdict rested on other settings) and promoted;
+5. two steers in parallel, in a project copied outside any git work tree: each gets its own nested run and model, and
+   their lineage says there is no commit.
 
 Two quick checks come first: ``tracking.configure`` follows each project's params within one process (mlflow exports
 the URI it is given as MLFLOW_TRACKING_URI), and ``steer run`` on a typo'd params key exits 2 before touching anything.
 
-Prefect runs against ``prefect_test_harness`` (one temporary API server for the module). Sizes come from the tiny
-params (``.tmp/e2e/params.yaml``-like, inlined below): ~1 min per training run on a 2-core CPU.
+Prefect runs against ``prefect_test_harness`` (one temporary API server for the module).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -34,16 +38,11 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from projects import copy_project, git, isolated_tracking, make_project, prefect_home, sha256, write_params
-from tiny_pipeline import tiny_params
+from first_run import EXPERIMENT, NAME, TINY_PARAMS, first_run
+from projects import copy_project, isolated_tracking, make_project, prefect_home, sha256, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 STEER_BIN = Path(sys.executable).with_name("steer")
-NAME = "sentiment"
-EXPERIMENT = "steer-e2e-test"
-
-TINY_PARAMS = tiny_params(
-    NAME, tracking={"uri": "sqlite:///mlflow.db", "experiment": EXPERIMENT, "artifact_location": "mlartifacts"})
 
 
 def cli_env(tmp: Path) -> dict[str, str]:
@@ -59,17 +58,11 @@ def cli_env(tmp: Path) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def first(tmp_path_factory: pytest.TempPathFactory, harness) -> Iterator[dict[str, Any]]:
-    """The module's one first run, in a temp project (git repo with one commit), and what it left; no test changes
-    this project: a test that runs the flow again gets its own copy (``project``)."""
-    with isolated_tracking():
-        root = make_project(tmp_path_factory.mktemp("pipeline"), TINY_PARAMS)
-        state: dict[str, Any] = {"root": root, "params": root / "params.yaml", "uri": f"sqlite:///{root / 'mlflow.db'}",
-                                 "commit": git(root, "rev-parse", "HEAD")}
-        state["rows"], state["first_seconds"] = run_flow(state)
-        steer = paths(root)["steer"]
-        state.update(steer_mtime=steer.stat().st_mtime_ns, steer_sha=sha256(steer))
-        yield state
+def first(tmp_path_factory: pytest.TempPathFactory, harness) -> dict[str, Any]:
+    """The first run (tests/first_run.py, shared with test_lineage): a temp project, a git repo with one commit, and
+    what that run left. No test changes this project: a test that runs the flow again gets its own copy
+    (``project``)."""
+    return first_run(tmp_path_factory)
 
 
 @pytest.fixture
@@ -166,6 +159,20 @@ def test_tracking_configure_follows_each_projects_params_within_one_process(tmp_
             os.environ.pop(var, None)  # is left for the next test in this worker (monkeypatch puts back the rest)
 
 
+def test_json_runs_keep_stdout_for_the_document(capfd) -> None:
+    """``steer run --json`` sends what this process and its children (DVC, the stage commands) write to stdout to
+    stderr while it runs, so stdout holds the JSON document alone."""
+    from flows.cli import stdout_to_stderr
+
+    with stdout_to_stderr():
+        print("from this process")
+        subprocess.run([sys.executable, "-c", "print('from a stage command')"], check=True)
+    print('{"rows": []}')
+    out, err = capfd.readouterr()
+    assert out == '{"rows": []}\n', out
+    assert "from this process" in err and "from a stage command" in err
+
+
 @pytest.mark.slow  # a `steer run` subprocess
 def test_cli_run_with_typod_params_key_exits_2_naming_the_key(tmp_path: Path) -> None:
     bad = json.loads(json.dumps(TINY_PARAMS))
@@ -252,24 +259,6 @@ def test_second_run_with_nothing_changed_skips_training_and_registers_nothing(pr
 
 
 @pytest.mark.slow
-def test_cli_run_json_on_unchanged_project(project, client) -> None:
-    root = project["root"]
-    t0 = time.perf_counter()
-    proc = subprocess.run([str(STEER_BIN), "run", "--params", str(project["params"]), "--json"], cwd=root,
-                          env=cli_env(root), capture_output=True, text=True, timeout=400)
-    print(f"steer run --json (unchanged) {time.perf_counter() - t0:.1f}s")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(proc.stdout)
-    assert isinstance(rows, list) and len(rows) == 1
-    assert rows[0]["steer"] == NAME and rows[0]["status"] == "unchanged" and rows[0]["version"] == "1", rows
-    assert {"s", "gain", "judge", "fluency", "distinct-2", "why", "control", "vs_baseline"} <= set(rows[0])
-    actadd = [line for line in rows[0]["vs_baseline"] if line.startswith("the ActAdd baseline at its budget strength")]
-    assert len(actadd) == 1 and "steer minus baseline" in actadd[0], rows[0]["vs_baseline"]
-    assert paths(root)["steer"].stat().st_mtime_ns == project["steer_mtime"]
-    assert versions(client) == ["1"] and champion(client) == "1"
-
-
-@pytest.mark.slow
 def test_changed_steer_dry_run_v2_then_failing_gate_then_not_judged_again(project, client) -> None:
     """One scenario, four runs: a changed train param in a dry run registers v2 but keeps the champion; a gate that
     cannot pass (``min_margin: 5``) judges that same v2, tags it failed and keeps the champion; a third run neither
@@ -340,9 +329,11 @@ def test_changed_steer_dry_run_v2_then_failing_gate_then_not_judged_again(projec
 
 
 @pytest.mark.slow
-def test_two_steers_in_parallel_each_get_their_own_nested_run_and_model(tmp_path, harness) -> None:
+def test_two_steers_in_parallel_outside_git_each_get_their_own_nested_run_model_and_lineage(request, harness) -> None:
     """runtime.parallel_steers: 2 runs both chains as concurrent tasks; each steer still ends in its own nested
-    MLflow run and its own registered model."""
+    MLflow run and its own registered model. The project is a copy outside any git work tree: DVC runs without SCM
+    (in config.local, this copy only), and each version's lineage says there is no commit while still naming its
+    steer by its dvc.lock md5."""
     from mlflow.tracking import MlflowClient
 
     params = json.loads(json.dumps(TINY_PARAMS))
@@ -351,7 +342,9 @@ def test_two_steers_in_parallel_each_get_their_own_nested_run_and_model(tmp_path
     params["steers"]["pos2"]["train"]["lr"] = 0.05
     for spec in params["steers"].values():  # this test is about concurrency, not quality: any steer passes
         spec["gate"] = {"max_ppl_increase": 1e9, "min_distinct_2": 0.0, "min_gain": -1.0}
-    project = make_project(tmp_path / "project", params, with_git=False)
+    outside = Path(tempfile.mkdtemp(prefix="steer-nogit-", dir="/tmp"))  # the tests' TMPDIR is inside this repo
+    request.addfinalizer(lambda: shutil.rmtree(outside, ignore_errors=True))
+    project = make_project(outside / "copied", params, with_git=False)
     path = project / "params.yaml"
     with isolated_tracking():  # the module's project store must not leak in
         from flows.steer_pipeline import steer_pipeline
@@ -361,10 +354,20 @@ def test_two_steers_in_parallel_each_get_their_own_nested_run_and_model(tmp_path
     assert sorted(r["steer"] for r in rows) == sorted([NAME, "pos2"])
     assert all(r["status"] == "promoted" for r in rows), [(r["steer"], r["status"], r["why"]) for r in rows]
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    md5 = {o["path"]: o["md5"] for body in lock.values() for o in body.get("outs", [])}
     for name in (NAME, "pos2"):
-        assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+        v1 = client.get_model_version_by_alias(name, "champion")
+        assert str(v1.version) == "1"
+        assert v1.tags["git_commit"] == "none" and v1.tags["git_dirty"] == "unknown", v1.tags
+        assert v1.tags[f"dvc.artifacts/steers/{name}.safetensors"] == md5[f"artifacts/steers/{name}.safetensors"]
     exp = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(parents) == 1 and sorted(r.data.tags["steer"] for r in children) == sorted([NAME, "pos2"])
+    assert "no_scm = True" in (project / ".dvc" / "config.local").read_text()
+    dvc = Path(sys.executable).with_name("dvc")
+    status = subprocess.run([str(dvc), "status"], cwd=project, capture_output=True, text=True, timeout=300)
+    cloud = subprocess.run([str(dvc), "status", "-c"], cwd=project, capture_output=True, text=True, timeout=300)
+    assert "up to date" in status.stdout and "in sync" in cloud.stdout, status.stdout + cloud.stdout
