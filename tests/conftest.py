@@ -72,19 +72,18 @@ def default_lm():
     return load_lm("default", device="cpu")
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory, default_dir) -> Path:
-    from builders import build_tiny_model_dir
-
-    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model", default_dir)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _tiny_pipeline_model() -> Path:
     """The pipeline tests' base model (tests/tiny_pipeline.py), on disk before any test names it in a params file."""
     from tiny_pipeline import ensure_tiny_model
 
     return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(_tiny_pipeline_model) -> Path:
+    """A tiny random Llama (width 32, 2 layers) with the default tokenizer: the pipeline tests' model, read only."""
+    return _tiny_pipeline_model
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import pytest
 import yaml
@@ -106,27 +106,43 @@ def replace_in_sqlite(db: Path, old: str, new: str) -> None:
         con.close()
 
 
+#: The environment variables that name an MLflow store (MLflow exports the URI it is given as the first)
+MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def without_mlflow_uris(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without a store URI: a subprocess reads its store from the project's params."""
+    return {k: v for k, v in env.items() if k not in MLFLOW_URI_VARS}
+
+
+def forget_tracking() -> None:
+    """No active MLflow run, no global tracking or registry URI, and neither URI left in the environment
+    (``set_registry_uri(None)`` leaves its variable set): the next test in this worker starts from nothing."""
+    import mlflow
+
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    for var in MLFLOW_URI_VARS:
+        os.environ.pop(var, None)
+
+
 @contextmanager
 def isolated_tracking() -> Iterator[None]:
     """For in-process flow runs: no inherited MLflow URI (each project's params decide); afterwards no active run,
     no global tracking/registry URI, the environment and torch's thread count (the params set 1) put back."""
-    import mlflow
     import torch
 
     threads = torch.get_num_threads()
     mp = pytest.MonkeyPatch()
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # another test module may have left one
+    for var in MLFLOW_URI_VARS:  # another test module may have left one
         mp.delenv(var, raising=False)
     try:
         yield
     finally:
-        while mlflow.active_run():
-            mlflow.end_run()
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # what MLflow exported (set_registry_uri(None)
-            os.environ.pop(var, None)  # leaves its variable set); monkeypatch then puts back what was there before
-        mp.undo()
+        forget_tracking()
+        mp.undo()  # then puts back what was there before
         torch.set_num_threads(threads)
 
 

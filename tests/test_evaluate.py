@@ -1,8 +1,8 @@
 """The evaluation harness: metrics document schema, hand-checkable aggregation, the ActAdd baseline, and the
-``steer prepare / train / evaluate`` stages end to end on the real default model.
+``steer prepare / train / evaluate`` stage commands end to end (their mechanics: what each writes or refuses).
 
-Sizes are tiny (a 2-layer random Llama for the harness; 3 prompts × 2 samples × 6 tokens on the real model):
-the whole module runs in ~2 min on a 2-core CPU.
+Sizes are tiny (a 2-layer random Llama; 3 prompts × 2 samples × 6 tokens); the champion check that names the real
+default model runs on it. The whole module runs in ~2 min on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from steer_core.evaluate import protocol as ev
-from steer_core.evaluate.baselines import ActAdd, actadd_steering, decoder_layers, fit_actadd
+from steer_core.evaluate.baselines import ActAdd, decoder_layers, fit_actadd
 from steer_core.config import EvalConfig
 from steer_core.evaluate import metrics as M
 from steer_core.evaluate.protocol import Sample, System
@@ -517,7 +517,7 @@ def test_fit_actadd_last_layer_matches_where_it_is_added(tiny_lm):
 
 
 # ------------------------------------------------------------------------------------------ end to end (real model)
-E2E_PARAMS = tiny_params("sentiment", model="default")  # the stages on the packaged default model
+E2E_PARAMS = tiny_params("sentiment")  # the stage commands' mechanics, on the tiny random model
 E2E_PARAMS["steers"]["sentiment"]["evaluate"]["search_steps"] = 1  # one round of strength search, as shipped
 
 
@@ -560,7 +560,7 @@ def test_prepare_train_evaluate_end_to_end(tmp_path):
     proc = steer_run(root, "evaluate", "sentiment", "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((root / "metrics" / "sentiment.json").read_text())
-    assert doc["steer"] == "sentiment" and doc["base_model"] == "default" and doc["base_fingerprint"]
+    assert doc["steer"] == "sentiment" and doc["base_model"] == E2E_PARAMS["model"] and doc["base_fingerprint"]
     assert set(doc["systems"]) == {"candidate", "actadd"}
     assert_row_schema(doc["base"], "sentiment", {"neutral"})
     assert doc["protocol"]["prompts"] == 3 and doc["protocol"]["samples"] == 2

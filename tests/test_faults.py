@@ -39,7 +39,7 @@ assert len(ROTATION) == 3, "a sampled kill point is gone from tests/faults.py"
 
 
 def _commit_number() -> int:
-    """The checkout's HEAD as a number (0 outside git): which rotating kill point this commit runs."""
+    """The checkout's HEAD as a number (0 outside git): which of the rotating crash scenarios this commit runs."""
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
     return int(head.stdout.strip() or "0", 16) if head.returncode == 0 else 0
 

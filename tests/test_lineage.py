@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from first_run import NAME, V1_FILES, first_run
-from projects import copy_project, git, sha256, write_params
+from projects import copy_project, git, isolated_tracking, sha256, without_mlflow_uris, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 
 
 def steer_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env = without_mlflow_uris(os.environ)
     return subprocess.run([str(BIN / "steer"), *args, "--params", str(root / "params.yaml")], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -46,7 +46,8 @@ def steer_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
 def run_flow(root: Path) -> list[dict]:
     from flows.steer_pipeline import steer_pipeline
 
-    return steer_pipeline(params_path=str(root / "params.yaml"), root=str(root))
+    with isolated_tracking():  # the project's params name its store; none is left for the next test
+        return steer_pipeline(params_path=str(root / "params.yaml"), root=str(root))
 
 
 def client(root: Path):

@@ -39,7 +39,8 @@ import pytest
 import yaml
 
 from first_run import EXPERIMENT, NAME, TINY_PARAMS, first_run
-from projects import copy_project, isolated_tracking, make_project, prefect_home, sha256, write_params
+from projects import (MLFLOW_URI_VARS, copy_project, forget_tracking, isolated_tracking, make_project, prefect_home,
+                      sha256, without_mlflow_uris, write_params)
 
 ROOT = Path(__file__).resolve().parents[1]
 STEER_BIN = Path(sys.executable).with_name("steer")
@@ -47,7 +48,7 @@ STEER_BIN = Path(sys.executable).with_name("steer")
 
 def cli_env(tmp: Path) -> dict[str, str]:
     """The subprocess's environment: no inherited MLflow URI (the params decide), its own Prefect home."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env = without_mlflow_uris(os.environ)
     env.update(PREFECT_HOME=prefect_home(tmp / ".prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
                PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1",
                TMPDIR=str(tmp / "tmp"), PYTHONWARNINGS="ignore")
@@ -130,13 +131,11 @@ def test_tracking_configure_follows_each_projects_params_within_one_process(tmp_
     not take its own export for the user's."""
     import shutil
 
-    import mlflow
-
     from steer_core.config import TrackingConfig
     from tasks import mlflow_io as tracking
     from tasks.preflight import check_tracking
 
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+    for var in MLFLOW_URI_VARS:
         monkeypatch.delenv(var, raising=False)
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
@@ -153,10 +152,7 @@ def test_tracking_configure_follows_each_projects_params_within_one_process(tmp_
         assert tracking.configure(cfg, a) == user
         assert tracking.configure(cfg, b) == user
     finally:
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # configure's exports and the user's URI: none
-            os.environ.pop(var, None)  # is left for the next test in this worker (monkeypatch puts back the rest)
+        forget_tracking()  # configure's exports and the user's URI: none is left for the next test in this worker
 
 
 def test_json_runs_keep_stdout_for_the_document(capfd) -> None:

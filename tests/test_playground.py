@@ -23,6 +23,7 @@ from steer_core.config import CleanConfig, GateConfig, Params, TrainConfig
 from steer_core.gate import decide
 
 from builders import random_steer
+from projects import MLFLOW_URI_VARS, forget_tracking
 from servers import free_port, start_server, stop_server, wait_http
 
 PROMPT = "The food at this place was"
@@ -107,10 +108,7 @@ def build_project(root: Path, lm) -> Path:
             assert str(mv.version) == version
             promote("sentiment", version, decision)
     finally:
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-        os.environ.pop("MLFLOW_REGISTRY_URI", None)
+        forget_tracking()
     return root / "params.yaml"
 
 
@@ -129,16 +127,11 @@ def foreign(tmp_path_factory: pytest.TempPathFactory, default_lm) -> Path:
 @pytest.fixture
 def playground(params_file: Path) -> Iterator:
     """The page's logic on the project, in this process (MLflow's URIs reset afterwards)."""
-    import mlflow
-
     from flows.playground import Playground
     from steer_core.config import load_params
 
     yield Playground(load_params(params_file), params_file.parent, threads=1)
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    forget_tracking()
 
 
 def columns(a: str = "sentiment@champion", sa: float = 4.0, b: str = "sentiment@2", sb: float = 6.0,
@@ -151,14 +144,11 @@ def columns(a: str = "sentiment@champion", sa: float = 4.0, b: str = "sentiment@
 def test_a_tracking_server_that_is_down_gets_a_message(tmp_path: Path, monkeypatch) -> None:
     """A tracking server that does not answer is named on the page at once (MLflow's own client would retry for
     minutes), and a local steer file still works without it."""
-    import mlflow
-
     from flows.playground import Playground, message
 
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # the params name the server, nothing overrides them
+    for var in MLFLOW_URI_VARS:  # the params name the server, nothing overrides them
         monkeypatch.delenv(var, raising=False)
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
+    forget_tracking()
 
     down = f"http://127.0.0.1:{free_port()}"
     params = Params.model_validate({"tracking": {"uri": down}})
@@ -171,17 +161,15 @@ def test_a_tracking_server_that_is_down_gets_a_message(tmp_path: Path, monkeypat
             assert text.startswith("⚠ the MLflow tracking server at " + down + " is not reachable"), text
             assert "Traceback" not in text and "\n" not in text
     finally:
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        forget_tracking()
 
 
-def test_a_project_with_no_registry_yet_gets_a_message(tmp_path: Path) -> None:
+def test_a_project_with_no_registry_yet_gets_a_message(tmp_path: Path, monkeypatch) -> None:
     """A fresh clone before its first ``steer run``: the page says what to do instead of creating an empty store."""
-    import mlflow
-
     from flows.playground import Playground, message
 
+    for var in MLFLOW_URI_VARS:  # the project's own store, which a URI in the environment would override
+        monkeypatch.delenv(var, raising=False)
     try:
         with pytest.raises(FileNotFoundError) as err:
             Playground(Params(), tmp_path).choices()
@@ -189,9 +177,7 @@ def test_a_project_with_no_registry_yet_gets_a_message(tmp_path: Path) -> None:
                                              "nothing has been registered in this project yet (run `steer run`)")
         assert not (tmp_path / "mlflow.db").exists()
     finally:
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        forget_tracking()
 
 
 @pytest.mark.parametrize("prompt, strength, samples, seed, expected", [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from projects import make_project
+from projects import make_project, without_mlflow_uris
 from tiny_pipeline import tiny_params
 
 pytestmark = pytest.mark.slow  # every case is a `steer` subprocess
@@ -21,7 +21,7 @@ NAME = "sentiment"
 
 
 def steer_run(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env = without_mlflow_uris(os.environ)
     env.update(PREFECT_HOME=str(root / ".prefect"))
     params = [] if "--params" in args else ["--params", str(root / "params.yaml")]
     return subprocess.run([str(BIN / "steer"), "run", *params, *args], cwd=root, env=env, capture_output=True,

@@ -26,6 +26,7 @@ from steer_core.model.steer import BaseModelMismatch
 from tasks.mlflow_io import download_steer, get_champion, log_steer_model, promote
 
 from builders import random_steer, tiny_llama
+from projects import MLFLOW_URI_VARS, forget_tracking
 from servers import free_port, start_server, stop_server, wait_http
 
 pytestmark = pytest.mark.slow  # every test logs MLflow pyfunc models (~2–10 s each); two start servers
@@ -57,17 +58,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def use_uri(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tracking and registry both here (another test may have set a registry URI); monkeypatch restores the env."""
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+    for var in MLFLOW_URI_VARS:
         monkeypatch.setenv(var, uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-
-
-def release_uri() -> None:
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +80,7 @@ def store(db: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
     use_uri(uri, monkeypatch)
     mlflow.set_experiment(experiment_id=exp)
     yield uri
-    release_uri()
+    forget_tracking()
 
 
 @pytest.fixture
@@ -246,7 +240,7 @@ def tracking_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         mlflow.set_experiment("steers")
         yield url
     finally:
-        release_uri()
+        forget_tracking()
         stop_server(proc)
 
 

@@ -5,7 +5,7 @@ Those tests check the loop's mechanics (what runs, what is versioned, registered
 does, so by default the base model is a tiny random Llama with the default model's tokenizer (at
 ``tiny_model_path()``, built once a machine by ``ensure_tiny_model``): every stage process then loads 10 MB instead
 of the 540 MB default model.
-``tiny_params(model="default")`` runs the same on the packaged default model (tests/test_evaluate.py's end to end)."""
+``tiny_params(model="default")`` runs the same on the packaged default model."""
 
 from __future__ import annotations
 
