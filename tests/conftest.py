@@ -22,8 +22,8 @@ LONGEST_FIRST = ("test_pipeline.py", "test_lineage.py", "test_faults.py", "test_
                  "test_evaluate.py", "test_pool.py", "test_algebra_behaviour.py", "test_dvc.py", "test_dask.py",
                  "test_deploy.py", "test_registry.py", "test_cli.py", "test_sampling.py", "test_train.py")
 #: Files that go to one worker with another, because they share a session's work: test_lineage starts from
-#: test_pipeline's first run (tests/first_run.py), which then runs once a suite
-SHARED_WORKER = {"tests/test_lineage.py": "tests/test_pipeline.py"}
+#: test_pipeline's first run (tests/first_run.py), and test_faults compares with it, so it runs once a suite
+SHARED_WORKER = {"tests/test_lineage.py": "tests/test_pipeline.py", "tests/test_faults.py": "tests/test_pipeline.py"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

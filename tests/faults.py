@@ -17,12 +17,12 @@ from pathlib import Path
 
 import yaml
 
+from first_run import NAME, TINY_PARAMS
 from projects import make_project, prefect_home, sha256
-from tiny_pipeline import tiny_params
 
 BIN = Path(sys.executable).parent
-NAME = "sentiment"
-PARAMS = tiny_params(NAME, tracking={"uri": "sqlite:///mlflow.db", "experiment": "faults"})
+#: the params of tests/first_run.py's run, so that run is the undisturbed reference the tests compare with
+PARAMS = TINY_PARAMS
 # outputs whose bytes are a pure function of the inputs (the steer's JSON card also holds the fit's timings)
 DETERMINISTIC = [f"data/prepared/{NAME}/train.jsonl", f"data/prepared/{NAME}/val.jsonl",
                  f"data/prepared/{NAME}/card.json", f"data/prompts/{NAME}.jsonl",

@@ -31,6 +31,11 @@ V1_FILES = [f"data/prepared/{NAME}/train.jsonl", f"data/prepared/{NAME}/val.json
 _first: dict[str, Any] | None = None
 
 
+def first_run_done() -> bool:
+    """Whether this process has made the first run already (a caller without a Prefect API then needs none)."""
+    return _first is not None
+
+
 def first_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The project after its first run (a git repo with one commit, a sqlite MLflow store) and what that run left:
     its rows and seconds, the commit, the steer's mtime and sha256, and a snapshot of ``V1_FILES``. Runs the flow in
