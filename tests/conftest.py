@@ -33,6 +33,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: absent under -p no:xdist
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """xdist's per-file scheduling, with the files of ``SHARED_WORKER`` handed out as one unit (to one worker).
     (``--dist loadgroup`` would do it by marks, but pytest 9 ignores the node ids xdist 3.8 rewrites for it.)"""

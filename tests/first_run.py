@@ -1,10 +1,10 @@
-"""The tiny pipeline's first ``steer run``, shared by the two modules that start from it: tests/test_pipeline.py
-(the flow, the MLflow record, reruns, the gate) and tests/test_lineage.py (DVC's lock and remote, lineage tags,
-checkout).
+"""The tiny pipeline's first ``steer run``, shared by the modules that start from it: tests/test_pipeline.py (the
+flow, the MLflow record, reruns, the gate), tests/test_lineage.py (DVC's lock and remote, lineage tags, checkout) and
+tests/test_faults.py (the undisturbed state every crash and rerun must end in).
 
-A first run of the tiny project takes about a minute on 2 cores, and both modules begin with the same one.
-tests/conftest.py puts the two files in one xdist group (one worker), so the run happens once a suite, in whichever
-module asks first, inside that module's Prefect harness. No test changes this project: a test that runs the flow
+A first run of the tiny project takes about a minute on 2 cores, and the three modules begin with the same one.
+tests/conftest.py hands the three files to one xdist worker, so the run happens once a suite, in whichever module
+asks first, inside that module's Prefect harness. No test changes this project: a test that runs the flow
 again, or changes a file, works on its own copy (``projects.copy_project``).
 """
 
