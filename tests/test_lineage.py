@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from first_run import NAME, V1_FILES, first_run
-from projects import copy_project, git, isolated_tracking, sha256, without_mlflow_uris, write_params
+from first_run import NAME, V1_FILES, first_run, run_flow as timed_run_flow
+from projects import copy_project, git, sha256, without_mlflow_uris, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -44,10 +44,7 @@ def steer_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def run_flow(root: Path) -> list[dict]:
-    from flows.steer_pipeline import steer_pipeline
-
-    with isolated_tracking():  # the project's params name its store; none is left for the next test
-        return steer_pipeline(params_path=str(root / "params.yaml"), root=str(root))
+    return timed_run_flow(root)[0]
 
 
 def client(root: Path):

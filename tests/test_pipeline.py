@@ -31,14 +31,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import yaml
 
-from first_run import EXPERIMENT, NAME, TINY_PARAMS, first_run
+from first_run import EXPERIMENT, NAME, TINY_PARAMS, first_run, run_flow as timed_run_flow
 from projects import (MLFLOW_URI_VARS, copy_project, forget_tracking, isolated_tracking, make_project, prefect_home,
                       sha256, without_mlflow_uris, write_params)
 
@@ -86,11 +85,7 @@ def client(project):
 
 
 def run_flow(project: dict, **kwargs) -> tuple[list[dict], float]:
-    from flows.steer_pipeline import steer_pipeline
-
-    t0 = time.perf_counter()
-    rows = steer_pipeline(params_path=str(project["params"]), root=str(project["root"]), **kwargs)
-    return rows, time.perf_counter() - t0
+    return timed_run_flow(project["root"], **kwargs)
 
 
 def versions(client) -> list[str]:
@@ -341,11 +336,7 @@ def test_two_steers_in_parallel_outside_git_each_get_their_own_nested_run_model_
     outside = Path(tempfile.mkdtemp(prefix="steer-nogit-", dir="/tmp"))  # the tests' TMPDIR is inside this repo
     request.addfinalizer(lambda: shutil.rmtree(outside, ignore_errors=True))
     project = make_project(outside / "copied", params, with_git=False)
-    path = project / "params.yaml"
-    with isolated_tracking():  # the module's project store must not leak in
-        from flows.steer_pipeline import steer_pipeline
-
-        rows = steer_pipeline(params_path=str(path), root=str(project))
+    rows, _ = timed_run_flow(project)  # in isolated tracking: the module's project store must not leak in
     uri = f"sqlite:///{project / 'mlflow.db'}"
     assert sorted(r["steer"] for r in rows) == sorted([NAME, "pos2"])
     assert all(r["status"] == "promoted" for r in rows), [(r["steer"], r["status"], r["why"]) for r in rows]
